@@ -1,0 +1,197 @@
+"""Settings: one pydantic-settings object, a section per component, built once at the CLI edge."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cxrseg.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(Section):
+    """Where the dataset lives and how it is split."""
+
+    root: Path = Path("data/chest-segmentation-image")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="used only without test_image/")
+    split_seed: int = 0
+
+
+class PreprocessSettings(Section):
+    """How an X-ray becomes a model input; stored in every checkpoint."""
+
+    image_size: int = Field(128, ge=32, le=2048)
+    normalization: Literal["zscore"] = "zscore"
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"must be a multiple of 16, got {value}; try {16 * round(value / 16)}")
+        return value
+
+
+class ModelSettings(Section):
+    """U-Net shape: depth = number of poolings, base_channels doubles per level."""
+
+    depth: int = Field(4, ge=1, le=6)
+    base_channels: int = Field(16, ge=4, le=128)
+
+
+class AugmentSettings(Section):
+    """Batched tensor augmentation applied during training."""
+
+    enabled: bool = True
+    rotate_degrees: float = Field(10.0, ge=0, le=45)
+    scale: float = Field(0.1, ge=0, lt=0.5)
+    shift: float = Field(0.06, ge=0, lt=0.5)
+    brightness: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    gamma: float = Field(0.25, ge=0, lt=1)
+
+
+class TrainSettings(Section):
+    """Optimisation, schedule and run bookkeeping."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    dice_weight: float = Field(1.0, ge=0)
+    seed: int = 0
+    device: Device = "auto"
+    precision: Precision = "auto"
+    channels_last: bool = True
+    runs_dir: Path = Path("runs")
+    previews: int = Field(4, ge=0, description="validation pictures saved per epoch")
+    patience: int | None = Field(None, ge=1)
+    max_time: float | None = Field(None, gt=0, description="seconds")
+    deterministic: bool = False
+
+
+class InferenceSettings(Section):
+    """Shared by evaluate and predict."""
+
+    batch_size: int = Field(16, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    postprocess: bool = True
+    min_component_fraction: float = Field(0.002, ge=0, lt=1)
+    tta: bool = False
+    device: Device = "auto"
+
+
+class DownloadSettings(Section):
+    """Where datasets come from."""
+
+    kaggle_dataset: str = "newra008/chest-segmentation-image"
+    retries: int = Field(5, ge=0)
+    timeout: float = Field(30.0, gt=0)
+    max_extract_bytes: int = Field(20 * 1024**3, gt=0)
+    max_extract_files: int = Field(200_000, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every knob of cxrseg. Precedence: CLI flags > CXRSEG_* env > config file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid")
+
+    data: DataSettings = DataSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
+    model: ModelSettings = ModelSettings()
+    augment: AugmentSettings = AugmentSettings()
+    train: TrainSettings = TrainSettings()
+    inference: InferenceSettings = InferenceSettings()
+    download: DownloadSettings = DownloadSettings()
+    debug: bool = False
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{where}: {item['msg']}")
+    return f"Invalid settings ({origin}): " + "; ".join(parts)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
+
+    class _Loader(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (env_settings, init_settings)  # env wins over the file values passed as init
+
+    origin = f"CXRSEG_* environment or {config_file}" if config_file else "CXRSEG_* environment"
+    try:
+        loaded = _Loader(**file_values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from exc
+    return Settings.model_validate(loaded.model_dump())
+
+
+def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """Return a validated copy with `overrides` (nested dict, None values ignored) applied."""
+    cleaned = _drop_none(overrides)
+    try:
+        return Settings.model_validate(_deep_merge(settings.model_dump(), cleaned))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "command-line flags")) from exc
+
+
+def settings_from_json(values: dict[str, Any]) -> Settings:
+    """Rebuild Settings saved in a checkpoint, ignoring keys this version no longer knows."""
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        section = known.get(name)
+        model_cls = field.annotation
+        if isinstance(section, dict) and isinstance(model_cls, type) and issubclass(model_cls, BaseModel):
+            known[name] = {k: v for k, v in section.items() if k in model_cls.model_fields}
+    return Settings.model_validate(known)
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

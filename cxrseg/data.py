@@ -1,0 +1,209 @@
+"""Dataset pairing, splits and the one preprocessing used by train, evaluate and predict."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cxrseg.errors import DataError
+from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
+
+Split = Literal["train", "test", "all"]
+MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An X-ray and its lung mask, matched by file stem."""
+
+    image: Path
+    mask: Path
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an (height, width) image was scaled by `scale` and padded into a square model input."""
+
+    height: int
+    width: int
+    size: int
+    scale: float
+    top: int
+    left: int
+    inner_height: int
+    inner_width: int
+
+
+def _listing(paths: Sequence[object], what: str) -> str:
+    shown = ", ".join(str(p) for p in paths[:MAX_LISTED])
+    more = f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else ""
+    return f"{len(paths)} {what}: {shown}{more}"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name (hidden files skipped)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _by_stem(files: list[Path], folder: Path, strip: str = "") -> dict[str, Path]:
+    stems: dict[str, Path] = {}
+    clashes = []
+    for path in files:
+        stem = path.stem[: -len(strip)] if strip and path.stem.endswith(strip) else path.stem
+        if stem in stems:
+            clashes.append(f"{stems[stem].name}/{path.name}")
+        stems[stem] = path
+    if clashes:
+        raise DataError(f"{folder}: " + _listing(clashes, "file names share a stem") + "; keep one of each.")
+    return stems
+
+
+def find_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
+    """Pair images and masks by stem whatever their extensions (image/X.png with mask/X.jpeg).
+
+    A mask may also be named X_mask.*. Raises DataError listing every unpaired file.
+    """
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"Folder {folder} not found; point --data at a folder with image/ and mask/.")
+    images = _by_stem(list_images(image_dir), image_dir)
+    masks = _by_stem(list_images(mask_dir), mask_dir, strip="_mask")
+    lonely_images = [images[s] for s in sorted(images.keys() - masks.keys())]
+    lonely_masks = [masks[s] for s in sorted(masks.keys() - images.keys())]
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(_listing(lonely_images, f"images without a mask in {mask_dir}"))
+        if lonely_masks:
+            parts.append(_listing(lonely_masks, f"masks without an image in {image_dir}"))
+        raise DataError("; ".join(parts) + ". Pairs are matched by file name stem; add or remove files.")
+    if not images:
+        raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}.")
+    return [Pair(images[s], masks[s]) for s in sorted(images)]
+
+
+def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[Pair]]:
+    """Train and validation pairs: test_image/+test_mask/ when present, else a seeded split of image/+mask/."""
+    if not root.is_dir():
+        raise DataError(
+            f"Dataset folder {root} not found; pass --data DIR, set CXRSEG_DATA__ROOT, or run `cxrseg download`."
+        )
+    train = find_pairs(root / "image", root / "mask")
+    if (root / "test_image").is_dir() or (root / "test_mask").is_dir():
+        return {"train": train, "test": find_pairs(root / "test_image", root / "test_mask")}
+    if len(train) < 2:
+        raise DataError(f"{root}: need at least 2 pairs to split off a validation set, found {len(train)}.")
+    shuffled = list(train)
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(shuffled) * val_fraction))
+    return {"train": sorted(shuffled[n_val:], key=lambda p: p.name), "test": sorted(shuffled[:n_val], key=lambda p: p.name)}
+
+
+def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
+    """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder)."""
+    splits = dataset_splits(root, val_fraction, seed)
+    if split == "all":
+        return sorted(splits["train"] + splits["test"], key=lambda p: p.name)
+    return splits[split]
+
+
+def check_sizes(pairs: Sequence[Pair]) -> None:
+    """Raise DataError listing every pair whose image and mask sizes differ (headers only)."""
+    bad = []
+    for pair in pairs:
+        if image_size(pair.image) != image_size(pair.mask):
+            bad.append(f"{pair.image.name} {image_size(pair.image)} vs {pair.mask.name} {image_size(pair.mask)}")
+    if bad:
+        raise DataError(_listing(bad, "image/mask pairs differ in size (height, width)") + "; fix or remove them.")
+
+
+def fit_geometry(height: int, width: int, size: int) -> Geometry:
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return Geometry(height, width, size, scale, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
+
+
+def fit_to_square(array: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """Aspect-preserving resize (antialiased bilinear) of a float (H, W) array, zero-padded to (size, size)."""
+    geometry = fit_geometry(*array.shape, size)
+    resized = Image.fromarray(array.astype(np.float32), mode="F").resize(
+        (geometry.inner_width, geometry.inner_height), Image.Resampling.BILINEAR
+    )
+    out = np.zeros((size, size), dtype=np.float32)
+    out[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = resized
+    return out, geometry
+
+
+def valid_region(geometry: Geometry) -> np.ndarray:
+    """(size, size) float mask: 1 where the image is, 0 in the padding."""
+    valid = np.zeros((geometry.size, geometry.size), dtype=np.float32)
+    valid[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = 1
+    return valid
+
+
+def normalize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image z-score over the valid (non-padding) pixels; padding becomes 0. (N,1,S,S) -> (N,1,S,S)."""
+    count = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+    mean = (images * valid).sum(dim=(1, 2, 3), keepdim=True) / count
+    var = (((images - mean) * valid) ** 2).sum(dim=(1, 2, 3), keepdim=True) / count
+    return (images - mean) / var.sqrt().clamp_min(1e-3) * valid
+
+
+def restore(probabilities: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Undo fit_to_square on a (S, S) probability map: crop the padding, resize to (height, width)."""
+    inner = probabilities[
+        geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width
+    ]
+    resized = F.interpolate(inner[None, None].float(), size=(geometry.height, geometry.width), mode="bilinear", align_corners=False)
+    return resized[0, 0]
+
+
+@dataclass
+class CachedSet:
+    """A decoded, resized dataset held in memory: what one epoch iterates over."""
+
+    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1], zero padding
+    masks: torch.Tensor  # (N, 1, S, S) float32 in {0, 1}
+    valid: torch.Tensor  # (N, 1, S, S) float32, 1 inside the image
+    geometries: list[Geometry]
+    pairs: list[Pair]
+
+
+def load_pairs(
+    pairs: Sequence[Pair], size: int, workers: int = 4, on_item: Callable[[], None] | None = None
+) -> CachedSet:
+    """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size."""
+    check_sizes(pairs)
+
+    def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry]:
+        image, geometry = fit_to_square(read_image(pair.image), size)
+        mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size)
+        if on_item:
+            on_item()
+        return image, (mask > 0.5).astype(np.float32), geometry
+
+    with ThreadPoolExecutor(workers) as pool:
+        loaded = list(pool.map(load, pairs))
+    geometries = [g for _, _, g in loaded]
+    return CachedSet(
+        images=torch.from_numpy(np.stack([i for i, _, _ in loaded]))[:, None],
+        masks=torch.from_numpy(np.stack([m for _, m, _ in loaded]))[:, None],
+        valid=torch.from_numpy(np.stack([valid_region(g) for g in geometries]))[:, None],
+        geometries=geometries,
+        pairs=list(pairs),
+    )

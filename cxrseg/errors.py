@@ -1,0 +1,25 @@
+"""Typed errors: each message says what went wrong and what to change."""
+
+
+class CxrsegError(Exception):
+    """Base class for errors the CLI turns into one clear line."""
+
+
+class ConfigError(CxrsegError):
+    """A setting or config file is invalid."""
+
+
+class DataError(CxrsegError):
+    """A dataset folder, image or mask cannot be used."""
+
+
+class CheckpointError(CxrsegError):
+    """A checkpoint is missing, corrupt or incompatible."""
+
+
+class DownloadError(CxrsegError):
+    """A dataset could not be fetched or extracted."""
+
+
+class TrainingError(CxrsegError):
+    """Training cannot go on (for example, the loss became NaN)."""
