@@ -111,7 +111,10 @@ def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict
     shuffled = list(train)
     random.Random(seed).shuffle(shuffled)
     n_val = max(1, round(len(shuffled) * val_fraction))
-    return {"train": sorted(shuffled[n_val:], key=lambda p: p.name), "test": sorted(shuffled[:n_val], key=lambda p: p.name)}
+    return {
+        "train": sorted(shuffled[n_val:], key=lambda p: p.name),
+        "test": sorted(shuffled[:n_val], key=lambda p: p.name),
+    }
 
 
 def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
@@ -145,7 +148,9 @@ def fit_to_square(array: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
         (geometry.inner_width, geometry.inner_height), Image.Resampling.BILINEAR
     )
     out = np.zeros((size, size), dtype=np.float32)
-    out[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = resized
+    out[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = (
+        resized
+    )
     return out, geometry
 
 
@@ -169,7 +174,9 @@ def restore(probabilities: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     inner = probabilities[
         geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width
     ]
-    resized = F.interpolate(inner[None, None].float(), size=(geometry.height, geometry.width), mode="bilinear", align_corners=False)
+    resized = F.interpolate(
+        inner[None, None].float(), size=(geometry.height, geometry.width), mode="bilinear", align_corners=False
+    )
     return resized[0, 0]
 
 

@@ -1,0 +1,192 @@
+"""Self-describing safetensors checkpoints and resumable training state, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from cxrseg import __version__
+from cxrseg.config import Settings, settings_from_json
+from cxrseg.errors import CheckpointError
+from cxrseg.model import UNet
+
+FORMAT = "cxrseg-checkpoint"
+FORMAT_VERSION = 1
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint says about itself, besides its weights."""
+
+    settings: Settings
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    path: Path | None = None
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write safetensors to a temporary name in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel or torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    clean = {}
+    for key, value in state.items():
+        for prefix in STRIP_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        clean[key] = value
+    return clean
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> None:
+    """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "cxrseg_version": __version__,
+        "settings": info.settings.model_dump_json(),
+        "epoch": str(info.epoch),
+        "metrics": json.dumps(info.metrics),
+    }
+    atomic_save(strip_prefixes(unwrap(model).state_dict()), metadata, path)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} not found; pass --checkpoint PATH to a .safetensors file.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({exc}); use another checkpoint.") from exc
+    return tensors, metadata
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
+    """Weights and metadata of a cxrseg checkpoint, validated."""
+    tensors, metadata = _read(path)
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
+    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format {metadata['format_version']}, newer than this cxrseg "
+            f"({__version__}) reads; upgrade cxrseg."
+        )
+    try:
+        settings = settings_from_json(json.loads(metadata["settings"]))
+        info = Checkpoint(
+            settings=settings,
+            epoch=int(metadata.get("epoch", 0)),
+            metrics=json.loads(metadata.get("metrics", "{}")),
+            version=metadata.get("cxrseg_version", "unknown"),
+            path=path,
+        )
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
+    return strip_prefixes(tensors), info
+
+
+def build_model(settings: Settings) -> UNet:
+    return UNet(in_channels=1, out_channels=1, base_channels=settings.model.base_channels, depth=settings.model.depth)
+
+
+def load_checkpoint(path: Path) -> tuple[UNet, Checkpoint]:
+    """Rebuild the U-Net from the checkpoint's own settings and load its weights (eval mode)."""
+    tensors, info = read_checkpoint(path)
+    model = build_model(info.settings)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the U-Net its settings describe ({exc}).") from exc
+    return model.eval(), info
+
+
+def save_state(path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+    """Optimizer state as tensors plus JSON (scheduler, epoch, RNG, ...): resumable without pickle."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    metadata = {
+        "format": FORMAT + "-state",
+        "format_version": str(FORMAT_VERSION),
+        "param_groups": json.dumps(state["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+        "extra": json.dumps(extra),
+    }
+    atomic_save(tensors, metadata, path)
+
+
+def load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore optimizer state saved by save_state and return its extra JSON."""
+    tensors, metadata = _read(path)
+    if metadata.get("format") != FORMAT + "-state":
+        raise CheckpointError(f"{path} is not a cxrseg training state file.")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata["optimizer_scalars"]).items():
+        state.setdefault(int(index), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": dict(sorted(state.items())), "param_groups": json.loads(metadata["param_groups"])})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not match this model ({exc}).") from exc
+    return json.loads(metadata["extra"])
+
+
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "lung-unet.safetensors"
+
+
+def newest_run_checkpoint(runs_dir: Path) -> Path | None:
+    """best.safetensors of the most recently modified run in `runs_dir`, if any."""
+    if not runs_dir.is_dir():
+        return None
+    candidates = [p for p in runs_dir.glob("*/best.safetensors") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def default_checkpoint(runs_dir: Path) -> tuple[Path, str]:
+    """The checkpoint to use when none is given, and a sentence saying which and why."""
+    newest = newest_run_checkpoint(runs_dir)
+    if newest is not None:
+        return newest, f"Using the newest run's best checkpoint {newest}"
+    if BUNDLED_MODEL.is_file():
+        return BUNDLED_MODEL, f"No run in {runs_dir}; using the pretrained lung model shipped with cxrseg"
+    raise CheckpointError(
+        f"No checkpoint given and no run in {runs_dir}; pass --checkpoint PATH or run `cxrseg train`."
+    )

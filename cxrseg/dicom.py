@@ -1,0 +1,171 @@
+"""Reading any X-ray input into a grey array: DICOM through the optional pydicom, other images through Pillow."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cxrseg.errors import DataError
+from cxrseg.imaging import pil_to_gray
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+MAX_PIXELS = 100_000_000  # 100 megapixels: larger inputs get an error row instead of a decompression bomb
+INSTALL_HINT = "pip install 'cxrseg[dicom]'"
+FLOAT_MODES = ("I", "F")
+
+
+@dataclass(frozen=True)
+class Xray:
+    """An input decoded for the model: grey values in [0, 1] where air is dark, plus what the file says."""
+
+    gray: np.ndarray  # (H, W) float32 in [0, 1]
+    spacing: tuple[float, float] | None = None  # (row, column) millimetres per pixel
+    spacing_source: str = ""  # "PixelSpacing" or "ImagerPixelSpacing" when known
+    kind: str = "image"  # "image" or "dicom"
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def is_dicom(path: Path) -> bool:
+    return has_dicom_preamble(path) or path.suffix.lower() in DICOM_SUFFIXES
+
+
+def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
+    """Decode a DICOM file (detected by its preamble or .dcm suffix) or a PNG/JPEG/TIFF/BMP image.
+
+    Raises DataError with a one-line reason for empty, truncated, oversized or undecodable files.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found.") from exc
+    if is_dicom(path):
+        return read_dicom(path, max_pixels)
+    return Xray(read_picture(path, max_pixels))
+
+
+def _too_large(path: Path, height: int, width: int, max_pixels: int) -> DataError:
+    return DataError(
+        f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
+        "downscale the image first."
+    )
+
+
+def read_picture(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG/JPEG/TIFF/BMP -> float32 (H, W) in [0, 1]; checks the size from the header before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise _too_large(path, height, width, max_pixels)
+            image.load()
+            if image.format == "JPEG":
+                image = ImageOps.exif_transpose(image)
+            gray = pil_to_gray(image)
+            mode = image.mode
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); it is truncated or not a PNG/JPEG/TIFF/BMP/DICOM file. "
+            "Replace or remove it."
+        ) from exc
+    if mode in FLOAT_MODES and not np.isfinite(gray).all():
+        raise DataError(f"{path}: image holds NaN or infinite values; export it again.")
+    return gray
+
+
+def _pydicom(path: Path) -> Any:
+    try:
+        import pydicom
+        import pydicom.pixels  # noqa: F401
+    except ImportError as exc:
+        raise DataError(f"{path}: is a DICOM file but pydicom is not installed; run {INSTALL_HINT}.") from exc
+    return pydicom
+
+
+def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str]:
+    """(row, column) mm per pixel from PixelSpacing, else ImagerPixelSpacing (at the detector plane)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            row, col = float(value[0]), float(value[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
+            return (row, col), keyword
+    return None, ""
+
+
+def _decode(ds: Any, path: Path) -> np.ndarray:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", None) or str(syntax or "unknown")
+    try:
+        return np.asarray(ds.pixel_array)
+    except (NotImplementedError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot decode DICOM pixel data in transfer syntax '{name}' ({reason}); install a decoder "
+            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or convert the file to uncompressed."
+        ) from exc
+    except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: DICOM pixel data is corrupt or truncated ({exc}); export it again.") from exc
+
+
+def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
+    """Decode one DICOM frame: Rescale Slope/Intercept, VOI LUT or window, MONOCHROME1 inverted, min-max to [0, 1]."""
+    pydicom = _pydicom(path)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable DICOM file ({exc}); export it again or remove it.") from exc
+    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(
+            f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
+            "remove it from the inputs."
+        )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > max_pixels:
+        raise _too_large(path, rows, cols, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
+    pixels = _decode(ds, path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour: pydicom returns RGB
+            values = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        elif pixels.ndim == 2:
+            values = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds, index=0), dtype=np.float32)
+        else:
+            raise DataError(f"{path}: unexpected DICOM pixel array shape {pixels.shape}; export a single 2D frame.")
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: DICOM modality or VOI LUT is unusable ({exc}); export the image again.") from exc
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: DICOM pixel data holds NaN or infinite values; export it again.")
+    low, high = float(values.min()), float(values.max())
+    gray = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":  # MONOCHROME1: the lowest value is white; make air dark like MONOCHROME2
+        gray = 1.0 - gray
+    spacing, source = _spacing(ds)
+    return Xray(gray.astype(np.float32, copy=False), spacing, source, "dicom")

@@ -1,0 +1,308 @@
+"""Fetch the lung dataset (Kaggle, a URL or a local archive) into the folder `cxrseg train` reads."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cxrseg import __version__
+from cxrseg.config import DownloadSettings
+from cxrseg.data import dataset_splits
+from cxrseg.errors import DataError, DownloadError
+from cxrseg.extract import PARTIAL_DIR, check_destination, count_images, extract_dataset, install, is_present
+
+Progress = Callable[[int, int | None], None]
+backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it
+MAX_BACKOFF_SECONDS = 60.0
+CHUNK_BYTES = 1 << 16
+
+
+@dataclass
+class DownloadResult:
+    """What `download_dataset` did.
+
+    Attributes:
+        dest: the dataset folder (holds image/, mask/ and usually test_image/, test_mask/).
+        already_present: True when nothing was fetched because dest already held a dataset.
+        counts: image files per folder, e.g. {"image": 2000, "mask": 2000, "test_image": 200, "test_mask": 200}.
+        source: the URL or archive path, for the user.
+    """
+
+    dest: Path
+    already_present: bool
+    counts: dict[str, int]
+    source: str
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt: connection error, timeout, HTTP 5xx/429 or a body cut short."""
+
+
+def kaggle_credentials(env: Mapping[str, str], kaggle_json: Path | None = None) -> tuple[str, str]:
+    """(username, key) from KAGGLE_USERNAME/KAGGLE_KEY, else from kaggle.json."""
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
+    if kaggle_json is None:
+        config_dir = env.get("KAGGLE_CONFIG_DIR")
+        kaggle_json = Path(config_dir) / "kaggle.json" if config_dir else Path.home() / ".kaggle" / "kaggle.json"
+    token_hint = "create one at https://www.kaggle.com/settings (API > Create New Token)"
+    if not kaggle_json.is_file():
+        raise DownloadError(
+            f"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY or save kaggle.json to {kaggle_json} "
+            f"({token_hint}), or pass --url or --archive."
+        )
+    try:
+        values = json.loads(kaggle_json.read_text())
+        return str(values["username"]), str(values["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DownloadError(f"{kaggle_json} is not a valid kaggle.json ({exc!r}); {token_hint}.") from exc
+
+
+def _http_message(code: int, url: str, kaggle_dataset: str | None) -> str:
+    if kaggle_dataset:
+        page = f"https://www.kaggle.com/datasets/{kaggle_dataset}"
+        if code in (401, 403):
+            return (
+                f"Kaggle refused the download (HTTP {code}): check KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json, "
+                f"and accept the dataset's terms on {page}."
+            )
+        if code == 404:
+            return f"Kaggle dataset {kaggle_dataset} not found (HTTP 404); check download.kaggle_dataset ({page})."
+    elif code in (401, 403):
+        return f"{url} refused access (HTTP {code}); use a public link, or fetch the file yourself and pass --archive."
+    elif code == 404:
+        return f"{url} not found (HTTP 404); check the --url."
+    return f"{url} answered HTTP {code}; check the address or try again later."
+
+
+class _Transfer:
+    """One file streamed to disk across attempts; `done` bytes are on disk, `total` is None when unknown."""
+
+    def __init__(
+        self,
+        url: str,
+        out: BinaryIO,
+        headers: Mapping[str, str],
+        timeout: float,
+        on_progress: Progress | None,
+        kaggle_dataset: str | None,
+    ):
+        self.url, self.out, self.headers, self.timeout = url, out, headers, timeout
+        self.on_progress, self.kaggle_dataset = on_progress, kaggle_dataset
+        self.done, self.total = 0, None
+
+    def _restart(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.done = 0
+
+    def _open(self) -> http.client.HTTPResponse:
+        request = urllib.request.Request(self.url, headers={"User-Agent": f"cxrseg/{__version__}"})
+        for name, value in self.headers.items():
+            request.add_unredirected_header(name, value)  # never forward credentials to a storage redirect
+        if self.done:
+            request.add_header("Range", f"bytes={self.done}-")
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code >= 500 or exc.code == 429:
+                raise _Retryable(f"HTTP {exc.code}") from exc
+            if exc.code == 416 and self.done:  # our range is past the end: start over
+                self._restart()
+                raise _Retryable("HTTP 416 on resume") from exc
+            raise DownloadError(_http_message(exc.code, self.url, self.kaggle_dataset)) from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            raise _Retryable(str(getattr(exc, "reason", exc)) or type(exc).__name__) from exc
+
+    def _announce(self, total: int | None) -> None:
+        if self.total is not None and total is not None and total != self.total:
+            raise DownloadError(
+                f"{self.url} changed size during the download ({self.total} then {total} bytes); "
+                "the partial file was deleted, run again."
+            )
+        self.total = total if total is not None else self.total
+
+    def attempt(self) -> None:
+        """Fetch what is missing; returns when complete, raises _Retryable when worth another try."""
+        with self._open() as response:
+            length = response.headers.get("Content-Length")
+            if self.done and response.status == 206:
+                match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
+                if not match or int(match[1]) != self.done:
+                    self._restart()
+                    raise _Retryable("the server sent an unexpected range")
+                self._announce(None if match[2] == "*" else int(match[2]))
+            else:  # 200: a full body, also when the server ignored our Range
+                self._restart()
+                self._announce(int(length) if length and length.isdigit() else None)
+            if self.on_progress:  # tells the bar the total, or that a restart went back to 0
+                self.on_progress(self.done, self.total)
+            try:
+                while chunk := response.read(CHUNK_BYTES):
+                    self.out.write(chunk)
+                    self.done += len(chunk)
+                    if self.on_progress:
+                        self.on_progress(self.done, self.total)
+            except (TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
+                raise _Retryable(f"connection lost after {self.done} bytes ({exc!r})") from exc
+        if self.total is not None and self.done < self.total:  # http.client reads short bodies without error
+            raise _Retryable(f"connection closed after {self.done} of {self.total} bytes")
+
+
+def _fetch(
+    url: str,
+    target: Path,
+    settings: DownloadSettings,
+    headers: Mapping[str, str],
+    on_progress: Progress | None,
+    kaggle_dataset: str | None,
+) -> None:
+    """Stream `url` to `target`: exponential backoff on transient failures, resume with Range."""
+    failures = 0
+    with open(target, "wb") as out:
+        transfer = _Transfer(url, out, headers, settings.timeout, on_progress, kaggle_dataset)
+        while True:
+            before = transfer.done
+            try:
+                transfer.attempt()
+                return
+            except _Retryable as exc:
+                reason = str(exc)
+            failures = 0 if transfer.done > before else failures + 1  # progress earns fresh retries
+            if failures > settings.retries:
+                got = f" at {transfer.done} of {transfer.total} bytes" if transfer.total else ""
+                raise DownloadError(
+                    f"Download of {url} failed{got} after {settings.retries + 1} failed attempts in a row ({reason}); "
+                    "the partial file was deleted. Check your network connection and run again."
+                )
+            time.sleep(min(backoff_seconds * 2 ** (failures - 1), MAX_BACKOFF_SECONDS))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_dataset(
+    settings: DownloadSettings,
+    dest: Path,
+    *,
+    url: str | None = None,
+    archive: Path | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    on_progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+    kaggle_json: Path | None = None,
+    kaggle_base_url: str = "https://www.kaggle.com/api/v1",
+) -> DownloadResult:
+    """Put a dataset with image/, mask/, test_image/, test_mask/ in `dest`, from Kaggle, `url` or `archive`.
+
+    Args:
+        settings: Kaggle dataset name, retries, timeout and extraction limits.
+        dest: the dataset folder to create (Settings.data.root by default in the CLI).
+        url: an http(s) zip or tar(.gz) instead of Kaggle.
+        archive: a local zip or tar(.gz); read only, never moved or deleted.
+        sha256: expected checksum of the archive, hex.
+        force: replace a dataset already in `dest` (kept until the new one is complete).
+        on_progress: called with (bytes_done, total_or_None) while downloading.
+        env: where KAGGLE_USERNAME / KAGGLE_KEY / KAGGLE_CONFIG_DIR are read (os.environ by default).
+        kaggle_json: credentials file (default ~/.kaggle/kaggle.json).
+        kaggle_base_url: Kaggle API root.
+
+    Returns:
+        DownloadResult; `already_present` is True (and nothing fetched) when `dest` held image/ and mask/.
+
+    Raises:
+        DownloadError: with a one-line message saying what to do; nothing half-done is left behind.
+    """
+    if url is not None and archive is not None:
+        raise DownloadError("Pass either --url or --archive, not both.")
+    dest = Path(dest)
+    expected = sha256.strip().lower() if sha256 else None
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise DownloadError(f"--sha256 must be 64 hex digits, got {sha256!r}.")
+    kaggle_dataset = None
+    if archive is not None:
+        archive = Path(archive)
+        source = str(archive)
+    elif url is not None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise DownloadError(f"--url must start with http:// or https://, got {url!r}.")
+        source = url
+    else:
+        kaggle_dataset = settings.kaggle_dataset
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", kaggle_dataset):
+            raise DownloadError(f"download.kaggle_dataset must look like owner/name, got {kaggle_dataset!r}.")
+        source = f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}"
+
+    if is_present(dest) and not force:
+        return DownloadResult(dest, True, count_images(dest), source)
+    check_destination(dest)
+    headers = {}
+    if kaggle_dataset is not None:
+        user, key = kaggle_credentials(os.environ if env is None else env, kaggle_json)
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+    if archive is not None and not archive.is_file():
+        raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
+
+    created = not dest.exists()
+    partial_dir = dest / PARTIAL_DIR
+    staging: Path | None = None
+    try:
+        if archive is None:
+            partial_dir.mkdir(parents=True, exist_ok=True)
+            name = Path(urllib.parse.urlsplit(source).path).name
+            archive_path = partial_dir / (re.sub(r"[^\w.-]", "_", name) or "dataset.zip")
+            _fetch(source, archive_path, settings, headers, on_progress, kaggle_dataset)
+        else:
+            archive_path = archive
+        if expected is not None and (actual := _sha256(archive_path)) != expected:
+            deleted = "; the partial file was deleted" if archive is None else ""
+            raise DownloadError(f"sha256 mismatch for {source}: expected {expected}, got {actual}{deleted}.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        unpacked = staging / "unpacked"
+        unpacked.mkdir()
+        root = extract_dataset(archive_path, unpacked, settings, source)
+        try:
+            dataset_splits(root)
+        except DataError as exc:
+            raise DownloadError(f"{source} unpacked, but the dataset is unusable: {exc}") from exc
+        counts = count_images(root)
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        install(root, dest, staging)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DownloadError(
+                f"No space left on the disk holding {dest.parent}; free some space or pick another --dest."
+            ) from exc
+        raise DownloadError(f"{exc.filename or dest}: {exc.strerror or exc}; check the path and permissions.") from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if partial_dir.is_dir():
+            shutil.rmtree(partial_dir, ignore_errors=True)
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+    return DownloadResult(dest, False, counts, source)

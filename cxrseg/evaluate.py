@@ -1,0 +1,124 @@
+"""Scoring a model on image/mask pairs, each at its mask's own resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrseg.config import InferenceSettings, Settings
+from cxrseg.data import Geometry, Pair, check_sizes, fit_to_square, valid_region
+from cxrseg.imaging import read_image, read_mask
+from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.metrics import Scores, score, summarize
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    name: str
+    image: Path
+    scores: Scores
+
+
+@dataclass
+class Evaluation:
+    rows: list[ImageScore]
+    summary: dict[str, dict[str, float]]
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {name: stats["mean"] for name, stats in self.summary.items()}
+        out["n_images"] = len(self.rows)
+        out["summary"] = self.summary
+        return out
+
+
+Loaded = tuple[np.ndarray, np.ndarray, Geometry]
+
+
+def _load(pair: Pair, size: int) -> Loaded:
+    image, geometry = fit_to_square(read_image(pair.image), size)
+    return image, read_mask(pair.mask), geometry
+
+
+def prefetched_batches(pairs: Sequence[Pair], size: int, batch_size: int, workers: int = 2) -> Iterator[list[Loaded]]:
+    """Decode batch k+1 in threads while the caller computes on batch k."""
+    chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    with ThreadPoolExecutor(workers) as pool:
+        pending = [pool.submit(lambda c=c: [_load(p, size) for p in c]) for c in chunks[:1]]
+        for index in range(len(chunks)):
+            if index + 1 < len(chunks):
+                pending.append(pool.submit(lambda c=chunks[index + 1]: [_load(p, size) for p in c]))
+            yield pending.pop(0).result()
+
+
+def score_batch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    valid: torch.Tensor,
+    geometries: Sequence[Geometry],
+    truths: Sequence[np.ndarray],
+    cfg: InferenceSettings,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    with_hd95: bool = True,
+) -> list[Scores]:
+    """Predict a fitted batch, restore each map to its original size and score it against the truth."""
+    probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
+    masks = probabilities_to_masks(probs, geometries, cfg)
+    return [score(mask, truth, with_hd95) for (_, mask), truth in zip(masks, truths, strict=True)]
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    settings: Settings,
+    pairs: Sequence[Pair],
+    cfg: InferenceSettings,
+    on_advance: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Dice, IoU, precision, recall and HD95 per pair; preprocessing comes from `settings` (the checkpoint's)."""
+    check_sizes(pairs)
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(device, settings.train.precision)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    size = settings.preprocess.image_size
+    rows: list[ImageScore] = []
+    done = 0
+    for batch in prefetched_batches(pairs, size, cfg.batch_size):
+        images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
+        valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
+        scores = score_batch(model, images, valid, [b[2] for b in batch], [b[1] for b in batch], cfg, device, dtype)
+        for pair, item in zip(pairs[done : done + len(batch)], scores, strict=True):
+            rows.append(ImageScore(pair.name, pair.image, item))
+        done += len(batch)
+        if on_advance:
+            on_advance(len(batch))
+    return Evaluation(rows, summarize([r.scores for r in rows]))
+
+
+def write_csv(evaluation: Evaluation, path: Path) -> None:
+    """Per-image rows (name, image, metrics), written to a temporary name then renamed."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "image", "dice", "iou", "precision", "recall", "hd95"])
+        for row in evaluation.rows:
+            s = row.scores
+            writer.writerow(
+                [
+                    row.name,
+                    row.image,
+                    f"{s.dice:.6f}",
+                    f"{s.iou:.6f}",
+                    f"{s.precision:.6f}",
+                    f"{s.recall:.6f}",
+                    f"{s.hd95:.3f}",
+                ]
+            )
+    tmp.replace(path)

@@ -1,0 +1,183 @@
+"""Safe unpacking of dataset archives (zip, tar, tar.gz) and moving the dataset inside them into place."""
+
+from __future__ import annotations
+
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO
+
+from cxrseg.config import DownloadSettings
+from cxrseg.data import list_images
+from cxrseg.errors import DownloadError
+
+SPLIT_DIRS = ("image", "mask", "test_image", "test_mask")
+SKIPPED_TOP = ("__MACOSX",)  # macOS resource forks mirror the real tree; never a dataset
+CHUNK_BYTES = 1 << 20
+PARTIAL_DIR = ".partial"  # DEST/.partial holds the archive while it downloads
+
+
+class _Budget:
+    """Counts files and bytes written against the zip-bomb limits of DownloadSettings."""
+
+    def __init__(self, settings: DownloadSettings, source: str):
+        self.max_bytes, self.max_files = settings.max_extract_bytes, settings.max_extract_files
+        self.source = source
+        self.bytes = self.files = 0
+
+    def check(self, extra_bytes: int, extra_files: int) -> None:
+        if self.files + extra_files > self.max_files:
+            raise DownloadError(
+                f"{self.source} holds more than {self.max_files} files, the download.max_extract_files limit; "
+                "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_FILES if you trust this archive."
+            )
+        if self.bytes + extra_bytes > self.max_bytes:
+            raise DownloadError(
+                f"{self.source} unpacks to more than {self.max_bytes} bytes, the download.max_extract_bytes limit; "
+                "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_BYTES if you trust this archive."
+            )
+
+    def copy(self, src: IO[bytes], target: Path) -> None:
+        """Write one member, counting real bytes (headers may lie about sizes)."""
+        self.check(0, 1)
+        self.files += 1
+        with open(target, "wb") as out:
+            while chunk := src.read(CHUNK_BYTES):
+                self.check(len(chunk), 0)
+                self.bytes += len(chunk)
+                out.write(chunk)
+
+
+def _safe_parts(name: str, source: str) -> tuple[str, ...] | None:
+    """Path parts of a member name, None for skipped junk; refuses absolute paths and `..`."""
+    clean = name.replace("\\", "/")
+    if clean.startswith("/") or re.match(r"[A-Za-z]:", clean):
+        raise DownloadError(f"{source} holds an absolute path ({name!r}); refusing to unpack it.")
+    parts = tuple(p for p in clean.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise DownloadError(f"{source} holds a path leaving its folder ({name!r}); refusing to unpack it.")
+    if not parts or parts[0] in SKIPPED_TOP:
+        return None
+    return parts
+
+
+def _refuse_special(name: str, source: str) -> None:
+    raise DownloadError(f"{source} holds a link or device file ({name!r}); refusing to unpack it.")
+
+
+def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:  # vet every entry before writing anything
+            _safe_parts(info.filename, source)
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                _refuse_special(info.filename, source)
+        files = [i for i in infos if not i.is_dir()]
+        budget.check(sum(i.file_size for i in files), len(files))
+        for info in infos:
+            parts = _safe_parts(info.filename, source)
+            if parts is None:
+                continue
+            target = into.joinpath(*parts)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src:
+                budget.copy(src, target)
+
+
+def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> None:
+    with tarfile.open(archive, "r:*") as tf:
+        for member in tf:  # streams: one decompression pass
+            parts = _safe_parts(member.name, source)
+            if not (member.isfile() or member.isdir()):
+                _refuse_special(member.name, source)
+            if parts is None:
+                continue
+            target = into.joinpath(*parts)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            budget.check(member.size, 1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(member)
+            assert src is not None  # regular files always have a data stream
+            with src:
+                budget.copy(src, target)
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (tarfile.TarError, EOFError, zlib.error):
+        return False
+
+
+def find_root(folder: Path, source: str) -> Path:
+    """The shallowest folder under `folder` holding image/ and mask/ (archives often nest them)."""
+    level = [folder]
+    while level:
+        for candidate in level:
+            if (candidate / "image").is_dir() and (candidate / "mask").is_dir():
+                return candidate
+        level = sorted(c for f in level for c in f.iterdir() if c.is_dir() and not c.name.startswith("."))
+    top = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
+    raise DownloadError(
+        f"{source} holds no image/ and mask/ folders (top level: {top}); is it the chest-segmentation-image dataset?"
+    )
+
+
+def extract_dataset(archive: Path, into: Path, settings: DownloadSettings, source: str) -> Path:
+    """Unpack `archive` into the empty folder `into` and return the folder holding image/ and mask/.
+
+    Refuses absolute paths, `..`, links and device files, and stops at the size and file-count limits.
+
+    Raises:
+        DownloadError: the archive is unsafe, too large, corrupt or holds no dataset.
+    """
+    budget = _Budget(settings, source)
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, into, budget, source)
+        elif _is_tar(archive):
+            _extract_tar(archive, into, budget, source)
+        else:
+            raise DownloadError(f"{source} is not a readable zip or tar archive (truncated or corrupt?); get it again.")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DownloadError(f"{source} is corrupt ({exc}); fetch it again.") from exc
+    return find_root(into, source)
+
+
+def count_images(root: Path) -> dict[str, int]:
+    """Number of image files in each of image/, mask/, test_image/, test_mask/ (0 when absent)."""
+    return {name: len(list_images(root / name)) if (root / name).is_dir() else 0 for name in SPLIT_DIRS}
+
+
+def is_present(dest: Path) -> bool:
+    return (dest / "image").is_dir() and (dest / "mask").is_dir()
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse a file, or a non-empty folder that holds no dataset (never delete what the user keeps there)."""
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest} is a file, not a folder; pick another --dest.")
+    if dest.is_dir() and not is_present(dest) and any(p.name != PARTIAL_DIR for p in dest.iterdir()):
+        raise DownloadError(f"{dest} is not empty and holds no image/ and mask/; pick an empty or new --dest.")
+
+
+def install(root: Path, dest: Path, staging: Path) -> None:
+    """Move the finished dataset to `dest`; an old copy is moved aside only now, and back on failure."""
+    previous = staging / "previous"
+    if dest.exists():
+        dest.rename(previous)
+    try:
+        root.rename(dest)
+    except OSError:
+        if previous.exists():
+            previous.rename(dest)
+        raise

@@ -1,0 +1,72 @@
+"""Self-describing checkpoints: round trips, corruption, prefixes, optimizer state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrseg.checkpoint import Checkpoint, build_model, load_checkpoint, load_state, save_checkpoint, save_state
+from cxrseg.config import Settings
+from cxrseg.errors import CheckpointError
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.model_validate({"model": {"base_channels": 4, "depth": 2}, "preprocess": {"image_size": 32}})
+
+
+def test_round_trip_gives_identical_logits(tmp_path: Path, settings: Settings) -> None:
+    torch.manual_seed(0)
+    model = build_model(settings)
+    model(torch.randn(4, 1, 32, 32))  # move batch-norm statistics away from their defaults
+    model.eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, Checkpoint(settings=settings, epoch=7, metrics={"val_dice": 0.9}))
+    loaded, info = load_checkpoint(path)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    assert info.settings == settings and info.epoch == 7 and info.metrics == {"val_dice": 0.9}
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_wrapped_models_are_saved_unwrapped(tmp_path: Path, settings: Settings) -> None:
+    model = build_model(settings)
+    wrapped = torch.nn.Module()
+    wrapped.module = model
+    save_checkpoint(tmp_path / "m.safetensors", wrapped, Checkpoint(settings=settings))
+    loaded, _ = load_checkpoint(tmp_path / "m.safetensors")
+    assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+def test_truncated_checkpoint_is_named(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, build_model(settings), Checkpoint(settings=settings))
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="m.safetensors is truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="--checkpoint"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a cxrseg checkpoint"):
+        load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_optimizer_state_round_trip(tmp_path: Path, settings: Settings) -> None:
+    model = build_model(settings)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 1, 32, 32)).mean().backward()
+    optimizer.step()
+    save_state(tmp_path / "state.safetensors", optimizer, {"epoch": 3})
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    assert load_state(tmp_path / "state.safetensors", fresh) == {"epoch": 3}
+    for param in model.parameters():
+        a, b = optimizer.state[param], fresh.state[param]
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        assert float(a["step"]) == float(b["step"])

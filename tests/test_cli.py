@@ -1,0 +1,117 @@
+"""End to end through the `cxrseg` command: train -> evaluate on the packaged sample, errors, download."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrseg import SAMPLE_DIR
+from cxrseg.cli import app
+from tests.test_download import Server, dataset_files, zip_bytes
+
+TINY = ["--image-size", "64", "--base-channels", "4", "--depth", "2", "--batch-size", "8"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_train_then_evaluate_on_the_packaged_sample(runner: CliRunner, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--epochs", "2", "--runs-dir", str(runs), *TINY])
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+    for name in ("best.safetensors", "last.safetensors", "state.safetensors", "settings.json", "environment.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert json.loads((run / "settings.json").read_text())["preprocess"]["image_size"] == 64
+    assert (run / "previews" / "epoch_002.png").is_file()
+
+    csv = tmp_path / "scores.csv"
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(SAMPLE_DIR), "--runs-dir", str(runs), "--json", "--csv", str(csv)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_images"] == 4 and 0 <= report["dice"] <= 1 and "hd95" in report and "iou" in report
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("name,image,dice") and len(rows) == 5
+
+    result = runner.invoke(app, ["evaluate", "--data", str(SAMPLE_DIR), "--runs-dir", str(runs), "--split", "all"])
+    assert result.exit_code == 0 and "24 images" in result.stdout
+
+
+def test_evaluate_scores_at_the_masks_own_resolution(runner: CliRunner, tmp_path: Path) -> None:
+    """A 64px model on 512px masks: the table reports images at the masks' size, not the model's."""
+    runs = tmp_path / "runs"
+    runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--epochs", "1", "--runs-dir", str(runs), *TINY])
+    checkpoint = next(runs.glob("*/best.safetensors"))
+    from cxrseg.checkpoint import load_checkpoint
+    from cxrseg.config import InferenceSettings
+    from cxrseg.data import select_pairs
+    from cxrseg.evaluate import evaluate_model
+
+    model, info = load_checkpoint(checkpoint)
+    pairs = select_pairs(SAMPLE_DIR, "test")
+    evaluation = evaluate_model(model, info.settings, pairs, InferenceSettings(postprocess=False))
+    assert len(evaluation.rows) == 4 and all(0 <= r.scores.dice <= 1 for r in evaluation.rows)
+
+
+def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrseg", "train", "--data", str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "missing not found" in result.stderr and "--data" in result.stderr
+
+    debug = subprocess.run(
+        [sys.executable, "-m", "cxrseg", "--debug", "train", "--data", str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_bad_flag_value_names_the_setting(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--image-size", "100"])
+    assert result.exit_code != 0
+    assert "multiple of 16" in str(result.exception) or "multiple of 16" in result.output
+
+
+def test_download_then_train_finds_the_data(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server()
+    try:
+        url = server.serve("/x.zip", zip_bytes(dataset_files(), prefix="chest-segmentation/"))
+        monkeypatch.chdir(tmp_path)
+        result = runner.invoke(app, ["download", "--url", url])
+        assert result.exit_code == 0, result.output
+        again = runner.invoke(app, ["download", "--url", url])
+        assert "already present" in again.output and len(server.requests) == 1
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    result = runner.invoke(app, ["train", "--epochs", "1", "--image-size", "32", "--base-channels", "4",
+                                 "--depth", "2", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert next((tmp_path / "runs").glob("*/best.safetensors")).is_file()
+
+
+def test_version(runner: CliRunner) -> None:
+    from cxrseg import __version__
+
+    assert __version__ in runner.invoke(app, ["--version"]).stdout
+
+
+def test_sample_ships_with_licence() -> None:
+    assert "CC BY-NC-SA 4.0" in (SAMPLE_DIR / "README.md").read_text()
+    assert shutil.disk_usage(SAMPLE_DIR)  # folder exists
+    assert len(list((SAMPLE_DIR / "image").glob("*.png"))) == 20

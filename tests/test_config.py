@@ -1,0 +1,36 @@
+"""Settings precedence: flags > CXRSEG_* env > config file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrseg.config import Settings, load_settings, with_overrides
+from cxrseg.errors import ConfigError
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "cxrseg.toml"
+    config.write_text("[train]\nepochs = 7\nlr = 0.01\nbatch_size = 8\n")
+    monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "9")
+    monkeypatch.setenv("CXRSEG_TRAIN__BATCH_SIZE", "4")
+    settings = with_overrides(load_settings(config), {"train": {"batch_size": 2, "lr": None}})
+    assert settings.train.epochs == 9  # env over file
+    assert settings.train.lr == 0.01  # file over default; None flag ignored
+    assert settings.train.batch_size == 2  # flag over env
+    assert settings.model.depth == Settings().model.depth
+
+
+def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match="train.epochz"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        with_overrides(Settings(), {"preprocess": {"image_size": 100}})
+    monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "many")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_settings()

@@ -1,0 +1,105 @@
+"""Pairing, reading and the shared preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrseg.data import dataset_splits, find_pairs, fit_to_square, load_pairs, normalize, restore, select_pairs
+from cxrseg.errors import DataError
+from cxrseg.imaging import read_image, read_mask
+from tests.conftest import ellipse_pair, write_dataset
+
+
+def test_pairs_by_stem_with_jpeg_masks_and_thresholds_grey_edges(dataset: Path) -> None:
+    pairs = find_pairs(dataset / "image", dataset / "mask")
+    assert [p.name for p in pairs] == [f"case_{i:03d}" for i in range(6)]
+    assert all(p.image.suffix == ".png" and p.mask.suffix == ".jpeg" for p in pairs)
+    raw = np.asarray(Image.open(pairs[0].mask))
+    assert len(np.unique(raw)) > 2  # JPEG left grey edges ...
+    mask = read_mask(pairs[0].mask)
+    assert mask.dtype == bool  # ... that the reader thresholds at >127
+    _, truth = ellipse_pair(0)
+    assert (mask == truth).mean() > 0.98
+
+
+def test_mispaired_folders_list_the_offending_files(dataset: Path) -> None:
+    (dataset / "image" / "case_000.png").rename(dataset / "image" / "other.png")
+    with pytest.raises(DataError) as info:
+        find_pairs(dataset / "image", dataset / "mask")
+    message = str(info.value)
+    assert "other.png" in message and "case_000.jpeg" in message and "without a mask" in message
+
+
+def test_duplicate_stems_are_refused(dataset: Path) -> None:
+    Image.new("L", (64, 64)).save(dataset / "image" / "case_001.bmp")
+    with pytest.raises(DataError, match="share a stem"):
+        find_pairs(dataset / "image", dataset / "mask")
+
+
+def test_mask_named_with_mask_suffix_pairs(tmp_path: Path) -> None:
+    for folder in ("image", "mask"):
+        (tmp_path / folder).mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "image" / "x.png")
+    Image.new("L", (8, 8)).save(tmp_path / "mask" / "x_mask.png")
+    assert [p.name for p in find_pairs(tmp_path / "image", tmp_path / "mask")] == ["x"]
+
+
+def test_size_mismatch_and_unreadable_files_are_named(dataset: Path) -> None:
+    Image.new("RGB", (40, 64)).save(dataset / "image" / "case_002.png")
+    with pytest.raises(DataError, match="case_002.png"):
+        load_pairs(find_pairs(dataset / "image", dataset / "mask"), 32)
+    (dataset / "image" / "case_003.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="case_003.png"):
+        read_image(dataset / "image" / "case_003.png")
+
+
+def test_reads_16_bit_rgba_and_rgb(tmp_path: Path) -> None:
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    deep = read_image(tmp_path / "deep.png")
+    assert deep.dtype == np.float32 and len(np.unique(deep)) == 64 * 64  # no 8-bit truncation
+    Image.new("RGBA", (10, 12), (255, 255, 255, 128)).save(tmp_path / "rgba.png")
+    assert read_image(tmp_path / "rgba.png").shape == (12, 10)
+    assert np.allclose(read_image(tmp_path / "rgba.png"), 1.0)
+
+
+def test_split_without_test_folders_is_seeded(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", n_train=10, n_test=0)
+    for folder in ("test_image", "test_mask"):
+        (root / folder).rmdir()
+    a, b = dataset_splits(root, 0.3, seed=1), dataset_splits(root, 0.3, seed=1)
+    assert a == b and len(a["test"]) == 3 and len(a["train"]) == 7
+    assert not {p.name for p in a["train"]} & {p.name for p in a["test"]}
+    assert len(select_pairs(root, "all")) == 10
+
+
+def test_missing_dataset_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="--data"):
+        dataset_splits(tmp_path / "nowhere")
+
+
+def test_fit_and_restore_preserve_aspect_and_position() -> None:
+    image = np.zeros((100, 50), dtype=np.float32)
+    image[:, :25] = 1.0  # left half bright
+    fitted, geometry = fit_to_square(image, 64)
+    assert fitted.shape == (64, 64) and geometry.inner_height == 64 and geometry.inner_width == 32
+    assert fitted[:, :16].max() == 0  # padding left and right
+    back = restore(torch.from_numpy(fitted), geometry).numpy()
+    assert back.shape == (100, 50)
+    assert back[:, :20].mean() > 0.95 and back[:, 30:].mean() < 0.05
+
+
+def test_normalize_ignores_padding() -> None:
+    images = torch.rand(2, 1, 8, 8)
+    valid = torch.zeros(2, 1, 8, 8)
+    valid[:, :, 2:6] = 1
+    out = normalize(images, valid)
+    inside = out[valid.bool()].view(2, -1)
+    assert torch.allclose(inside.mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(inside.std(1, unbiased=False), torch.ones(2), atol=1e-3)
+    assert out[~valid.bool()].abs().max() == 0

@@ -1,0 +1,423 @@
+"""download_dataset against a real HTTP server on 127.0.0.1 serving tiny Kaggle-layout archives."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import io
+import json
+import re
+import socket
+import stat
+import tarfile
+import threading
+import types
+import zipfile
+from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrseg import download, extract
+from cxrseg.config import DownloadSettings
+from cxrseg.data import dataset_splits
+from cxrseg.download import DownloadResult, download_dataset
+from cxrseg.errors import DownloadError
+
+KAGGLE_PATH = "/api/v1/datasets/download/newra008/chest-segmentation-image"
+FULL_COUNTS = {"image": 3, "mask": 3, "test_image": 2, "test_mask": 2}
+
+
+def _encode(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@cache
+def dataset_files(n_train: int = 3, n_test: int = 2) -> dict[str, bytes]:
+    """Kaggle layout: RGB image/*.png with JPEG mask/*.jpeg, 32x32."""
+    rng = np.random.default_rng(n_train)
+    yy, xx = np.mgrid[:32, :32]
+    files = {}
+    for image_dir, mask_dir, n in (("image", "mask", n_train), ("test_image", "test_mask", n_test)):
+        for i in range(n):
+            files[f"{image_dir}/{i}.png"] = _encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "PNG")
+            ellipse = ((yy - 16) / (6 + i)) ** 2 + ((xx - 16) / 10) ** 2 <= 1
+            files[f"{mask_dir}/{i}.jpeg"] = _encode(ellipse.astype(np.uint8) * 255, "JPEG")
+    return files
+
+
+def zip_bytes(files: dict[str, bytes], prefix: str = "") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(prefix + name, data)
+    return buffer.getvalue()
+
+
+def tar_bytes(files: dict[str, bytes], prefix: str = "", extra: list[tarfile.TarInfo] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tf.addfile(info, io.BytesIO(b"x" * info.size) if info.size else None)
+    return buffer.getvalue()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.requests.append((self.path, self.headers))
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+        else:
+            route(self)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def send_body(handler: Handler, data: bytes, *, honour_range: bool = True, cut: bool = False) -> None:
+    """Send `data` (from the Range start when asked); `cut` closes after half the announced bytes."""
+    start = 0
+    match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
+    if match and honour_range:
+        start = int(match[1])
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+    else:
+        handler.send_response(200)
+    body = data[start:]
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body[: len(body) // 2] if cut else body)
+
+
+def send_status(code: int):
+    def route(handler: Handler) -> None:
+        handler.send_response(code)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route
+
+
+class Server:
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.routes, self.httpd.requests = {}, []
+        self.routes, self.requests = self.httpd.routes, self.httpd.requests
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+    def serve(self, path: str, data: bytes) -> str:
+        self.routes[path] = lambda handler: send_body(handler, data)
+        return self.url(path)
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def fast_and_local(monkeypatch):
+    monkeypatch.setattr(download, "backoff_seconds", 0.01)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def settings() -> DownloadSettings:
+    return DownloadSettings(retries=3, timeout=5)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "lungs"
+
+
+def assert_clean(dest: Path, present: bool) -> None:
+    """The parent holds the dataset folder (or nothing): no temporary or partial leftovers."""
+    parent = dest.parent
+    entries = sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+    assert entries == ([dest.name] if present else [])
+    if present:
+        assert sorted(p.name for p in dest.iterdir()) == ["image", "mask", "test_image", "test_mask"]
+
+
+def assert_dataset(result: DownloadResult, dest: Path, counts: dict[str, int] = FULL_COUNTS) -> None:
+    assert result.dest == dest and not result.already_present
+    assert result.counts == counts
+    assert (dest / "image" / "0.png").is_file() and (dest / "test_mask" / "1.jpeg").is_file()
+    assert len(dataset_splits(dest)["train"]) == counts["image"]
+    assert_clean(dest, present=True)
+
+
+def basic(user: str, key: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+
+
+def test_kaggle_download_with_kaggle_json_redirect_progress_and_sha256(server, settings, dest, tmp_path):
+    data = zip_bytes(dataset_files())
+    token = tmp_path / "kaggle.json"
+    token.write_text(json.dumps({"username": "alice", "key": "s3cret"}))
+
+    def kaggle(handler: Handler) -> None:
+        ok = handler.headers.get("Authorization") == basic("alice", "s3cret")
+        handler.send_response(302 if ok else 401)
+        handler.send_header("Location", "/storage/signed.zip")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server.routes[KAGGLE_PATH] = kaggle
+    server.serve("/storage/signed.zip", data)
+    progress = []
+    result = download_dataset(
+        settings,
+        dest,
+        sha256=hashlib.sha256(data).hexdigest(),
+        env={},
+        kaggle_json=token,
+        kaggle_base_url=server.url("/api/v1"),
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
+    assert_dataset(result, dest)
+    assert result.source == server.url(KAGGLE_PATH)
+    assert progress[-1] == (len(data), len(data))
+    assert [path for path, _ in server.requests] == [KAGGLE_PATH, "/storage/signed.zip"]
+    assert server.requests[1][1].get("Authorization") is None  # credentials stay with Kaggle
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_dropped_connection_resumes(server, dest, honour_range):
+    data = zip_bytes(dataset_files())
+    calls = []
+
+    def flaky(handler: Handler) -> None:
+        calls.append(handler.headers.get("Range"))
+        send_body(handler, data, honour_range=honour_range, cut=len(calls) == 1)
+
+    server.routes["/ds.zip"] = flaky
+    progress = []
+    settings = DownloadSettings(retries=0)  # a retry that made progress does not count against the limit
+    result = download_dataset(settings, dest, url=server.url("/ds.zip"), on_progress=lambda d, t: progress.append(d))
+    assert_dataset(result, dest)
+    assert calls == [None, f"bytes={len(data) // 2}-"]
+    assert progress[-1] == len(data)
+    # a 206 continues from the half; a 200 (Range ignored) starts the file over
+    assert progress.count(0) == (1 if honour_range else 2)
+
+
+def test_server_errors_retried_with_backoff(server, settings, dest, monkeypatch):
+    data = zip_bytes(dataset_files())
+    sleeps = []
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=sleeps.append))
+    answers = iter([send_status(500), send_status(500)])
+    server.routes["/ds.zip"] = lambda handler: next(answers, lambda h: send_body(h, data))(handler)
+    result = download_dataset(settings, dest, url=server.url("/ds.zip"))
+    assert_dataset(result, dest)
+    assert len(server.requests) == 3
+    assert sleeps == [0.01, 0.02]
+
+
+def test_server_errors_give_up_after_retries(server, dest):
+    server.routes["/ds.zip"] = send_status(503)
+    with pytest.raises(DownloadError, match=r"HTTP 503.*Check your network") as info:
+        download_dataset(DownloadSettings(retries=1), dest, url=server.url("/ds.zip"))
+    assert "after 2 failed attempts" in str(info.value)
+    assert len(server.requests) == 2
+    assert_clean(dest, present=False)
+
+
+def test_url_not_found(server, settings, dest):
+    with pytest.raises(DownloadError, match=r"not found \(HTTP 404\); check the --url"):
+        download_dataset(settings, dest, url=server.url("/missing.zip"))
+    assert len(server.requests) == 1  # a 404 is not retried
+    assert_clean(dest, present=False)
+
+
+def test_kaggle_401_says_check_credentials_and_terms(server, settings, dest, tmp_path):
+    server.routes[KAGGLE_PATH] = send_status(401)
+    env = {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "wrong"}
+    with pytest.raises(DownloadError) as info:
+        download_dataset(
+            settings, dest, env=env, kaggle_json=tmp_path / "no.json", kaggle_base_url=server.url("/api/v1")
+        )
+    message = str(info.value)
+    assert "HTTP 401" in message and "KAGGLE_USERNAME" in message
+    assert "accept the dataset's terms on https://www.kaggle.com/datasets/newra008/chest-segmentation-image" in message
+    assert [(p, h.get("Authorization")) for p, h in server.requests] == [(KAGGLE_PATH, basic("alice", "wrong"))]
+    assert_clean(dest, present=False)
+
+
+def test_no_credentials(server, settings, dest, tmp_path):
+    with pytest.raises(DownloadError, match=r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY"):
+        download_dataset(settings, dest, env={}, kaggle_json=tmp_path / "none.json", kaggle_base_url=server.url(""))
+    assert server.requests == []
+    assert_clean(dest, present=False)
+
+
+def test_no_network(dest):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError, match=r"after 2 failed attempts .*Check your network connection"):
+        download_dataset(DownloadSettings(retries=1), dest, url=f"http://127.0.0.1:{port}/ds.zip")
+    assert_clean(dest, present=False)
+
+
+def test_wrong_sha256_deletes_partial(server, settings, dest):
+    url = server.serve("/ds.zip", zip_bytes(dataset_files()))
+    with pytest.raises(DownloadError, match=r"sha256 mismatch .* expected 0{64}, got [0-9a-f]{64}; .*deleted"):
+        download_dataset(settings, dest, url=url, sha256="0" * 64)
+    assert_clean(dest, present=False)
+
+
+def test_truncated_zip(server, settings, dest):
+    data = zip_bytes(dataset_files())
+    url = server.serve("/ds.zip", data[: len(data) // 2])
+    with pytest.raises(DownloadError, match=r"not a readable zip or tar archive \(truncated or corrupt\?\)"):
+        download_dataset(settings, dest, url=url)
+    assert_clean(dest, present=False)
+
+
+def _tar_info(name: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+def _tar_with(info: tarfile.TarInfo) -> bytes:
+    return tar_bytes(dataset_files(), extra=[info])
+
+
+def _zip_symlink() -> bytes:
+    buffer = io.BytesIO(zip_bytes(dataset_files()))
+    with zipfile.ZipFile(buffer, "a") as zf:
+        info = zipfile.ZipInfo("image/evil.png")
+        info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("dotdot.zip", lambda tmp: zip_bytes({**dataset_files(), "../evil.txt": b"x"}), "path leaving its folder"),
+        ("abs.zip", lambda tmp: zip_bytes({**dataset_files(), str(tmp / "evil.txt"): b"x"}), "absolute path"),
+        ("link.zip", lambda tmp: _zip_symlink(), "link or device file"),
+        ("dotdot.tar.gz", lambda tmp: tar_bytes({**dataset_files(), "../evil.txt": b"x"}), "path leaving its folder"),
+        ("link.tar.gz", lambda tmp: _tar_with(_tar_info("image/x.png", tarfile.SYMTYPE, "/etc/passwd")), "link or"),
+        ("hardlink.tar.gz", lambda tmp: _tar_with(_tar_info("image/x.png", tarfile.LNKTYPE, "image/0.png")), "link or"),
+        ("dev.tar.gz", lambda tmp: _tar_with(_tar_info("image/null", tarfile.CHRTYPE)), "link or device file"),
+    ],
+)
+def test_unsafe_archives_refused(settings, dest, tmp_path, name, make, message):
+    archive = tmp_path / "src" / name
+    archive.parent.mkdir()
+    archive.write_bytes(make(tmp_path))
+    with pytest.raises(DownloadError, match=message):
+        download_dataset(settings, dest, archive=archive)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "data" / "evil.txt").exists()
+    assert archive.is_file()
+    assert_clean(dest, present=False)
+
+
+def test_nested_top_folders_normalised(settings, dest, tmp_path):
+    files = {f"chest/v1/{k}": v for k, v in dataset_files().items()}
+    files |= {"__MACOSX/chest/v1/image/._0.png": b"junk", "README.txt": b"hi"}
+    archive = tmp_path / "nested.zip"
+    archive.write_bytes(zip_bytes(files))
+    assert_dataset(download_dataset(settings, dest, archive=archive), dest)
+
+
+def test_local_archive_left_untouched(settings, dest, tmp_path):
+    archive = tmp_path / "src" / "kaggle.zip"
+    archive.parent.mkdir()
+    data = zip_bytes(dataset_files())
+    archive.write_bytes(data)
+    before = archive.stat()
+    result = download_dataset(settings, dest, archive=archive, sha256=hashlib.sha256(data).hexdigest().upper())
+    assert_dataset(result, dest)
+    assert result.source == str(archive)
+    after = archive.stat()
+    assert archive.read_bytes() == data and (after.st_mtime_ns, after.st_mode) == (before.st_mtime_ns, before.st_mode)
+
+
+def test_tar_gz_download(server, settings, dest):
+    url = server.serve("/chest.tar.gz", tar_bytes(dataset_files(), prefix="chest-segmentation-image/"))
+    assert_dataset(download_dataset(settings, dest, url=url), dest)
+
+
+def test_second_run_is_a_no_op(server, settings, dest, tmp_path):
+    archive = tmp_path / "kaggle.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    download_dataset(settings, dest, archive=archive)
+    again = download_dataset(settings, dest, url=server.url("/never.zip"))
+    from_kaggle = download_dataset(settings, dest, env={}, kaggle_json=tmp_path / "none.json")  # no credentials needed
+    for result in (again, from_kaggle):
+        assert result.already_present and result.counts == FULL_COUNTS and result.dest == dest
+    assert server.requests == []
+    assert_clean(dest, present=True)
+
+
+def test_force_replaces_but_keeps_old_copy_until_complete(settings, dest, tmp_path):
+    old, new, broken = tmp_path / "old.zip", tmp_path / "new.zip", tmp_path / "broken.zip"
+    old.write_bytes(zip_bytes(dataset_files()))
+    new.write_bytes(zip_bytes(dataset_files(n_train=4), prefix="top/"))
+    broken.write_bytes(old.read_bytes()[:200])
+    download_dataset(settings, dest, archive=old)
+    with pytest.raises(DownloadError, match="not a readable zip"):
+        download_dataset(settings, dest, archive=broken, force=True)
+    assert_clean(dest, present=True)
+    assert len(list((dest / "image").iterdir())) == 3
+    result = download_dataset(settings, dest, archive=new, force=True)
+    assert_dataset(result, dest, {**FULL_COUNTS, "image": 4, "mask": 4})
+
+
+@pytest.mark.parametrize("pack", [zip_bytes, tar_bytes])
+@pytest.mark.parametrize(("limit", "value"), [("max_extract_bytes", 500), ("max_extract_files", 4)])
+def test_extraction_limits(dest, tmp_path, pack, limit, value):
+    archive = tmp_path / "bomb.bin"
+    archive.write_bytes(pack(dataset_files()))
+    settings = DownloadSettings(**{limit: value})
+    with pytest.raises(DownloadError, match=f"the download.{limit} limit; raise CXRSEG_DOWNLOAD__{limit.upper()}"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def test_disk_full(server, settings, dest, monkeypatch):
+    url = server.serve("/ds.zip", zip_bytes(dataset_files()))
+
+    def full(self, src, target):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(extract._Budget, "copy", full)
+    with pytest.raises(DownloadError, match=r"No space left on the disk holding .*; free some space or pick another"):
+        download_dataset(settings, dest, url=url)
+    assert_clean(dest, present=False)
+
+
+def test_non_empty_destination_refused(settings, dest, tmp_path):
+    dest.mkdir(parents=True)
+    (dest / "notes.txt").write_text("mine")
+    archive = tmp_path / "kaggle.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    with pytest.raises(DownloadError, match="not empty and holds no image/ and mask/"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "notes.txt").read_text() == "mine"
