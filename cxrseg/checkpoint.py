@@ -130,15 +130,18 @@ def load_checkpoint(path: Path) -> tuple[UNet, Checkpoint]:
     return model.eval(), info
 
 
-def save_state(path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
-    """Optimizer state as tensors plus JSON (scheduler, epoch, RNG, ...): resumable without pickle."""
+def save_state(
+    path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Optimizer state and other `tensors` as safetensors plus JSON `extra` (scheduler, epoch, RNG, ...):
+    resumable without pickle. The file it replaces is kept as `<name>.prev.safetensors`."""
     state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
+    flat: dict[str, torch.Tensor] = {f"extra.{k}": v for k, v in (tensors or {}).items()}
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in state["state"].items():
         for key, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value
+                flat[f"optimizer.{index}.{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
     metadata = {
@@ -148,25 +151,41 @@ def save_state(path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, An
         "optimizer_scalars": json.dumps(scalars),
         "extra": json.dumps(extra),
     }
-    atomic_save(tensors, metadata, path)
+    if path.is_file():
+        os.replace(path, previous_state(path))
+    atomic_save(flat, metadata, path)
 
 
-def load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore optimizer state saved by save_state and return its extra JSON."""
+def previous_state(path: Path) -> Path:
+    return path.with_name(path.name.replace(".safetensors", ".prev.safetensors"))
+
+
+def load_state(
+    path: Path, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a state file written by save_state: restores `optimizer` and returns (extra JSON, extra tensors)."""
     tensors, metadata = _read(path)
     if metadata.get("format") != FORMAT + "-state":
         raise CheckpointError(f"{path} is not a cxrseg training state file.")
     state: dict[int, dict[str, Any]] = {}
+    extra_tensors: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
+        kind, rest = key.split(".", 1)
+        if kind == "extra":
+            extra_tensors[rest] = value
+        else:
+            index, name = rest.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
     for index, values in json.loads(metadata["optimizer_scalars"]).items():
         state.setdefault(int(index), {}).update(values)
-    try:
-        optimizer.load_state_dict({"state": dict(sorted(state.items())), "param_groups": json.loads(metadata["param_groups"])})
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: optimizer state does not match this model ({exc}).") from exc
-    return json.loads(metadata["extra"])
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(
+                {"state": dict(sorted(state.items())), "param_groups": json.loads(metadata["param_groups"])}
+            )
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: optimizer state does not match this model ({exc}).") from exc
+    return json.loads(metadata["extra"]), extra_tensors
 
 
 BUNDLED_MODEL = Path(__file__).parent / "assets" / "lung-unet.safetensors"

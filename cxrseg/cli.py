@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -65,14 +66,15 @@ def _progress() -> Progress:
     )
 
 
+RESUMABLE = {"epochs", "max_time", "patience", "device"}
+
+
 @app.command()
 def train(
     ctx: typer.Context,
-    data: Annotated[
-        Path | None, typer.Option(help="Dataset folder with image/ mask/ [test_image/ test_mask/].")
-    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder: image/ mask/ [test_image/ test_mask/].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 3).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step (default 16).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step and process (default 16).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Model input size, a multiple of 16.")] = None,
     base_channels: Annotated[int | None, typer.Option(help="U-Net width of the first level.")] = None,
@@ -82,41 +84,65 @@ def train(
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation Dice gain.")] = None,
-    max_time: Annotated[float | None, typer.Option(help="Time budget in seconds.")] = None,
-    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Deterministic algorithms.")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 30m, 2h; ends after the epoch.")] = None,
+    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Bit-reproducible on CPU.")] = None,
     no_augment: Annotated[bool | None, typer.Option("--no-augment", help="Switch augmentation off.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run folder after its last saved step.")] = None,
 ) -> None:
-    """Train a lung U-Net; writes checkpoints, metrics.jsonl and previews to a new run folder."""
-    from cxrseg.train import train as run_training
+    """Train a lung U-Net; writes checkpoints, metrics.jsonl, progress.png and previews to a run folder.
 
-    settings = _settings(
-        ctx,
-        {
-            "data": {"root": data},
-            "preprocess": {"image_size": image_size},
-            "model": {"base_channels": base_channels, "depth": depth},
-            "augment": {"enabled": False if no_augment else None},
-            "train": {
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "runs_dir": runs_dir,
-                "seed": seed,
-                "device": device,
-                "precision": precision,
-                "patience": patience,
-                "max_time": max_time,
-                "deterministic": deterministic,
-            },
+    Under `torchrun --nproc-per-node N -m cxrseg train ...` it trains with DistributedDataParallel.
+    """
+    from cxrseg.distributed import from_torchrun, teardown
+    from cxrseg.train import train as run_training
+    from cxrseg.trainstate import resumed_settings
+
+    flags = {
+        "data": {"root": data},
+        "preprocess": {"image_size": image_size},
+        "model": {"base_channels": base_channels, "depth": depth},
+        "augment": {"enabled": False if no_augment else None},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "runs_dir": runs_dir,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+            "patience": patience,
+            "max_time": max_time,
+            "deterministic": deterministic,
         },
-    )
-    with _progress() as progress:
-        callbacks = _TrainView(progress)
-        result = run_training(settings, callbacks)
-    console.print(
-        f"[green]Done[/green] ({result.stop_reason}): best validation Dice {result.best_dice:.4f} at epoch "
-        f"{result.best_epoch}. Checkpoint: {result.run_dir / 'best.safetensors'}"
-    )
+    }
+    if resume is None:
+        settings = _settings(ctx, flags)
+    else:
+        fixed = sorted(
+            f"{section}.{k}"
+            for section, values in flags.items()
+            for k, v in values.items()
+            if v is not None and not (section == "train" and k in RESUMABLE)
+        )
+        if fixed:
+            raise typer.BadParameter(
+                f"{', '.join(fixed)} cannot change when resuming; only "
+                f"--epochs, --max-time, --patience and --device can.",
+                param_hint="--resume",
+            )
+        settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})
+    dist_ctx = from_torchrun()
+    view = _progress() if dist_ctx.is_main else contextlib.nullcontext()
+    try:
+        with view as progress:
+            result = run_training(settings, _TrainView(progress) if progress else None, resume_dir=resume, ctx=dist_ctx)
+    finally:
+        teardown(dist_ctx)
+    if dist_ctx.is_main:
+        console.print(
+            f"[green]Done[/green] ({result.stop_reason}): best validation Dice {result.best_dice:.4f} at "
+            f"epoch {result.best_epoch}. Checkpoint: {result.run_dir / 'best.safetensors'}"
+        )
 
 
 class _TrainView:
@@ -229,10 +255,11 @@ def main() -> None:
         if _debug["on"]:
             raise
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         console.print("[red]Interrupted.[/red]")
         sys.exit(130)
 
 
 from cxrseg import cli_download  # noqa: E402,F401  (registers `cxrseg download`)
+from cxrseg import cli_predict  # noqa: E402,F401  (registers `cxrseg predict`)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -76,8 +77,21 @@ class TrainSettings(Section):
     runs_dir: Path = Path("runs")
     previews: int = Field(4, ge=0, description="validation pictures saved per epoch")
     patience: int | None = Field(None, ge=1)
-    max_time: float | None = Field(None, gt=0, description="seconds")
+    max_time: float | None = Field(None, gt=0, description="seconds; accepts 90s, 30m, 2h, 1h30m")
     deterministic: bool = False
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return value
+        text = value.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return float(text)
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+            raise ValueError(f"cannot read duration {value!r}; use seconds or forms like 90s, 30m, 2h, 1h30m")
+        return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 class InferenceSettings(Section):

@@ -23,3 +23,11 @@ class DownloadError(CxrsegError):
 
 class TrainingError(CxrsegError):
     """Training cannot go on (for example, the loss became NaN)."""
+
+
+class TrainingInterrupted(CxrsegError):
+    """Training stopped on Ctrl-C or SIGTERM after saving a resumable state."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

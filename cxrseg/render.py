@@ -55,3 +55,36 @@ def preview_strip(gray: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Imag
 
 def preview_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Image.Image:
     return Image.fromarray(np.concatenate([np.asarray(preview_strip(*row)) for row in rows], axis=0))
+
+
+def plot_progress(rows: list[dict], width: int = 720, height: int = 300) -> Image.Image:
+    """Two panels drawn with Pillow: training loss (left) and validation Dice (right) per epoch."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    panel_w, margin = width // 2, 40
+    for index, (key, colour) in enumerate((("train_loss", (200, 60, 40)), ("val_dice", (30, 110, 200)))):
+        left = index * panel_w
+        box = (left + margin, 24, left + panel_w - 12, height - margin)
+        draw.rectangle(box, outline=(160, 160, 160))
+        values = [float(r[key]) for r in rows if key in r]
+        draw.text((left + margin, 6), key.replace("_", " "), fill=(0, 0, 0))
+        if not values:
+            continue
+        low, high = min(values), max(values)
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        draw.text((left + 2, box[1]), f"{high:.3f}", fill=(90, 90, 90))
+        draw.text((left + 2, box[3] - 10), f"{low:.3f}", fill=(90, 90, 90))
+        draw.text((box[2] - 40, box[3] + 6), f"epoch {len(values)}", fill=(90, 90, 90))
+        span = max(1, len(values) - 1)
+        points = [
+            (box[0] + (box[2] - box[0]) * i / span, box[3] - (box[3] - box[1]) * (v - low) / (high - low))
+            for i, v in enumerate(values)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+    return canvas

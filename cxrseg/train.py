@@ -1,30 +1,43 @@
-"""Training loop: cached data, batched augmentation, bf16 autocast, per-epoch validation and checkpoints."""
+"""Training loop: cached data, batched augmentation, bf16 autocast, validation, checkpoints, resume, DDP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import platform
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
-from cxrseg import __version__
 from cxrseg.augment import augment_batch
-from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint, save_state
+from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
 from cxrseg.config import Settings
 from cxrseg.data import CachedSet, dataset_splits, load_pairs, normalize
-from cxrseg.errors import TrainingError
+from cxrseg.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
+from cxrseg.errors import TrainingError, TrainingInterrupted
 from cxrseg.evaluate import score_batch
 from cxrseg.imaging import read_mask
-from cxrseg.inference import amp_dtype, autocast, resolve_device
+from cxrseg.inference import amp_dtype, autocast, forward_probabilities, resolve_device
 from cxrseg.losses import segmentation_loss
 from cxrseg.render import preview_sheet, save_png
+from cxrseg.trainstate import (
+    Position,
+    append_metrics,
+    environment,
+    load_resume_state,
+    save_resume_state,
+    trim_metrics,
+)
 
 
 @dataclass
@@ -67,7 +80,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
 
@@ -82,65 +95,78 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def new_run_dir(runs_dir: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-        candidate = runs_dir / f"{stamp}{suffix}"
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
+        with contextlib.suppress(FileExistsError):
+            (runs_dir / f"{stamp}{suffix}").mkdir(parents=True)
+            return runs_dir / f"{stamp}{suffix}"
     raise TrainingError(f"Could not create a new run folder in {runs_dir}; clean it up.")
 
 
-def environment(device: torch.device, dtype: torch.dtype | None, world_size: int = 1) -> dict[str, object]:
-    return {
-        "cxrseg": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "autocast": str(dtype).replace("torch.", "") if dtype else "fp32",
-        "threads": torch.get_num_threads(),
-        "world_size": world_size,
-    }
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
-    batches = list(order.split(batch_size))
+def epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
+    """This rank's batches for `epoch`: a seeded shuffle that depends only on (seed, epoch)."""
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm needs two samples
         batches.pop()
     return batches
 
 
-def validate(model, val: CachedSet, truths, settings: Settings, device, dtype) -> tuple[float, float, list]:
-    """Mean Dice and IoU at the masks' own resolution, plus a few preview rows."""
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, int]]:
+    """Ctrl-C / SIGTERM set a flag the loop checks after each step; a second Ctrl-C aborts at once."""
+    flag = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def validate(model, val: CachedSet, truths, settings: Settings, device, dtype, ctx: Distributed):
+    """Mean Dice and IoU over all ranks' shards, at the masks' own resolution; plus preview rows."""
     model.eval()
+    sync_buffers(model, ctx)
     cfg = settings.inference.model_copy(update={"tta": False})
-    scores = []
-    bs = settings.inference.batch_size
+    scores, bs = [], settings.inference.batch_size
     for start in range(0, len(val.pairs), bs):
         sl = slice(start, start + bs)
         scores += score_batch(
             model, val.images[sl], val.valid[sl], val.geometries[sl], truths[sl], cfg, device, dtype, with_hd95=False
         )
+    dice_sum, iou_sum, n = all_sum([sum(s.dice for s in scores), sum(s.iou for s in scores), len(scores)], ctx, device)
+    k = min(settings.train.previews, len(val.pairs)) if ctx.is_main else 0
     previews = []
-    if settings.train.previews:
-        from cxrseg.inference import forward_probabilities
-
-        k = min(settings.train.previews, len(val.pairs))
+    if k:
         probs = forward_probabilities(model, val.images[:k], val.valid[:k], device, dtype)
         previews = [
             (val.images[i, 0].numpy(), val.masks[i, 0].numpy() > 0.5, probs[i, 0].numpy() > 0.5) for i in range(k)
         ]
-    return float(np.mean([s.dice for s in scores])), float(np.mean([s.iou for s in scores])), previews
+    return dice_sum / max(n, 1), iou_sum / max(n, 1), previews
 
 
-def train(settings: Settings, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Train a U-Net on settings.data.root and write a run folder; returns where and how well."""
-    cb = callbacks or TrainCallbacks()
+def train(
+    settings: Settings,
+    callbacks: TrainCallbacks | None = None,
+    *,
+    resume_dir: Path | None = None,
+    ctx: Distributed | None = None,
+) -> TrainResult:
+    """Train a U-Net on settings.data.root into a new run folder (or continue `resume_dir`)."""
+    ctx = ctx or Distributed()
+    cb = callbacks if callbacks is not None and ctx.is_main else TrainCallbacks()
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = setup(ctx, resolve_device(cfg.device))
     dtype = amp_dtype(device, cfg.precision)
     splits = dataset_splits(settings.data.root, settings.data.val_fraction, settings.data.split_seed)
     size = settings.preprocess.image_size
@@ -148,92 +174,131 @@ def train(settings: Settings, callbacks: TrainCallbacks | None = None) -> TrainR
     cb.on_status(f"Decoding {len(splits['train'])} train and {len(splits['test'])} validation pairs at {size}px")
     started = time.perf_counter()
     train_set = load_pairs(splits["train"], size)
-    val_set = load_pairs(splits["test"], size)
-    truths = [read_mask(p.mask) for p in splits["test"]]
+    val_pairs = splits["test"][ctx.rank :: ctx.world_size]  # each rank validates a shard
+    val_set = load_pairs(val_pairs, size)
+    truths = [read_mask(p.mask) for p in val_pairs]
     load_seconds = time.perf_counter() - started
 
     model = build_model(settings).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ctx.enabled
+        else model
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = len(_batches(len(train_set.pairs), cfg.batch_size, torch.Generator()))
+    sampler = DistributedSampler(
+        range(len(train_set.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
+    )
+    steps_per_epoch = len(epoch_batches(sampler, 0, cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
+    generator = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation draws
 
-    run_dir = new_run_dir(cfg.runs_dir)
-    (run_dir / "settings.json").write_text(settings.model_dump_json(indent=2))
-    (run_dir / "environment.json").write_text(json.dumps(environment(device, dtype), indent=2))
-    note = f"{device}, {'fp32' if dtype is None else str(dtype).replace('torch.', '')}, data decoded in {load_seconds:.1f}s"
-    cb.on_start(run_dir, steps_per_epoch, len(train_set.pairs), len(val_set.pairs), note)
+    position, note = Position(), ""
+    if resume_dir is not None:
+        run_dir = resume_dir
+        position, generator_state, note = load_resume_state(run_dir, model, optimizer, scheduler, ctx.rank)
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        if ctx.is_main:
+            trim_metrics(run_dir, position.epochs_done)
+    else:
+        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
+    if ctx.is_main:
+        (run_dir / "settings.json").write_text(settings.model_dump_json(indent=2))
+        (run_dir / "environment.json").write_text(json.dumps(environment(device, dtype, ctx.world_size), indent=2))
+    precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
+    note = "; ".join(
+        filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
+    )
+    cb.on_start(run_dir, steps_per_epoch, len(train_set.pairs), len(splits["test"]), note)
 
-    best_dice, best_epoch, stop_reason, epoch = -1.0, 0, "completed", 0
-    time_started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        epoch_started = time.perf_counter()
-        losses, seen = [], 0
-        for step, index in enumerate(_batches(len(train_set.pairs), cfg.batch_size, generator)):
-            images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
-            if settings.augment.enabled:
-                images, masks, valid = augment_batch(images, masks, valid, settings.augment, generator)
-            x = normalize(images, valid).to(device)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                logits = model(x)
-            loss = segmentation_loss(logits, masks.to(device), cfg.dice_weight)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"Loss became {loss.item()} at epoch {epoch}, step {step + 1}; the last good checkpoint is in "
-                    f"{run_dir}. Lower --lr or use --precision fp32."
+    def save_state_now() -> None:
+        states = gather_objects(generator.get_state(), ctx)
+        if ctx.is_main:
+            save_resume_state(run_dir, model, optimizer, scheduler, position, states)
+
+    stop_reason, time_started, epoch = "completed", time.perf_counter(), position.epochs_done
+    with stop_on_signals() as stop:
+        for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
+            net.train()
+            epoch_started, seen = time.perf_counter(), 0
+            batches = epoch_batches(sampler, epoch, cfg.batch_size)
+            for step in range(position.step, len(batches)):
+                index = torch.tensor(batches[step])
+                images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
+                if settings.augment.enabled:
+                    images, masks, valid = augment_batch(images, masks, valid, settings.augment, generator)
+                x = normalize(images, valid).to(device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, dtype):
+                    logits = net(x)
+                loss = segmentation_loss(logits, masks.to(device), cfg.dice_weight)
+                loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(
+                        f"Loss became {loss_sum} at epoch {epoch}, step {step + 1}; stopped. The last good "
+                        f"checkpoint is {run_dir / 'last.safetensors'}. Lower --lr or use --precision fp32."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                position.step, seen = step + 1, seen + len(index)
+                position.loss_sum += loss_sum / ctx.world_size
+                position.loss_count += 1
+                cb.on_step(epoch, step + 1, loss_sum / ctx.world_size, seen / (time.perf_counter() - epoch_started))
+                if stop_votes:
+                    save_state_now()
+                    name = "Ctrl-C" if stop["signal"] == signal.SIGINT else "SIGTERM"
+                    raise TrainingInterrupted(
+                        f"Stopped by {name} at epoch {epoch}, step {step + 1}; state saved. "
+                        f"Resume with: cxrseg train --resume {run_dir}",
+                        130 if stop["signal"] == signal.SIGINT else 143,
+                    )
+            train_seconds = time.perf_counter() - epoch_started
+
+            val_dice, val_iou, previews = validate(model, val_set, truths, settings, device, dtype, ctx)
+            is_best = val_dice > position.best_dice
+            if is_best:
+                position.best_dice, position.best_epoch = val_dice, epoch
+            train_loss = position.loss_sum / max(1, position.loss_count)
+            position.epochs_done, position.step, position.loss_sum, position.loss_count = epoch, 0, 0.0, 0
+            report = EpochReport(
+                epoch,
+                cfg.epochs,
+                train_loss,
+                val_dice,
+                val_iou,
+                position.best_dice,
+                is_best,
+                optimizer.param_groups[0]["lr"],
+                seen / train_seconds,
+                time.perf_counter() - epoch_started,
+            )
+            if ctx.is_main:
+                info = Checkpoint(
+                    settings=settings,
+                    epoch=epoch,
+                    metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss},
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            seen += len(index)
-            cb.on_step(epoch, step + 1, losses[-1], seen / (time.perf_counter() - epoch_started))
-        train_seconds = time.perf_counter() - epoch_started
-
-        val_dice, val_iou, previews = validate(model, val_set, truths, settings, device, dtype)
-        is_best = val_dice > best_dice
-        if is_best:
-            best_dice, best_epoch = val_dice, epoch
-        metrics = {"val_dice": val_dice, "val_iou": val_iou, "train_loss": float(np.mean(losses))}
-        info = Checkpoint(settings=settings, epoch=epoch, metrics=metrics)
-        save_checkpoint(run_dir / "last.safetensors", model, info)
-        if is_best:
-            save_checkpoint(run_dir / "best.safetensors", model, info)
-        save_state(
-            run_dir / "state.safetensors",
-            optimizer,
-            {"epoch": epoch, "scheduler": scheduler.state_dict(), "best_dice": best_dice, "best_epoch": best_epoch},
-        )
-        if previews:
-            save_png(preview_sheet(previews), run_dir / "previews" / f"epoch_{epoch:03d}.png")
-        report = EpochReport(
-            epoch,
-            cfg.epochs,
-            metrics["train_loss"],
-            val_dice,
-            val_iou,
-            best_dice,
-            is_best,
-            optimizer.param_groups[0]["lr"],
-            seen / train_seconds,
-            time.perf_counter() - epoch_started,
-        )
-        with (run_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(asdict(report)) + "\n")
-        cb.on_epoch(report)
-        if cfg.patience and epoch - best_epoch >= cfg.patience:
-            stop_reason = f"no validation Dice gain for {cfg.patience} epochs"
-            break
-        elapsed = time.perf_counter() - time_started
-        if cfg.max_time and epoch < cfg.epochs and elapsed * (epoch + 1) / epoch > cfg.max_time:
-            stop_reason = f"time budget of {cfg.max_time:.0f}s would be crossed by another epoch"
-            break
-    return TrainResult(run_dir, best_dice, best_epoch, epoch, stop_reason)
+                save_checkpoint(run_dir / "last.safetensors", model, info)
+                if is_best:
+                    save_checkpoint(run_dir / "best.safetensors", model, info)
+                if previews:
+                    save_png(preview_sheet(previews), run_dir / "previews" / f"epoch_{epoch:03d}.png")
+                append_metrics(run_dir, asdict(report))
+            save_state_now()
+            cb.on_epoch(report)
+            elapsed = time.perf_counter() - time_started
+            if cfg.patience and epoch - position.best_epoch >= cfg.patience:
+                stop_reason = f"early stop: no validation Dice gain for {cfg.patience} epochs"
+            elif cfg.max_time and epoch < cfg.epochs and broadcast_object(elapsed >= cfg.max_time, ctx):
+                stop_reason = f"time budget: --max-time {cfg.max_time:.0f}s reached after epoch {epoch}"
+            if stop_reason != "completed":
+                break
+    return TrainResult(run_dir, position.best_dice, position.best_epoch, epoch, stop_reason)

@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmark scripts: the machine's matmul ceiling, streamed rows, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import cxrseg
+from cxrseg.inference import cpu_has_bf16
+
+
+def row(name: str, value: str, note: str = "") -> None:
+    """Print one table row at once, so a long benchmark shows figures as they come."""
+    print(f"{name:<20} {value:>14}  {note}", flush=True)
+
+
+def header(device: torch.device, extra: str = "") -> None:
+    """What ran where: versions, threads, native bf16 and the load average (other jobs add noise)."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"cxrseg {cxrseg.__version__}, torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+        f"native bf16: {cpu_has_bf16()}, load average {load}{extra}",
+        flush=True,
+    )
+    row("figure", "value", "details")
+    print("-" * 100, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matrix product (2 n^3 FLOPs) over a few timed repeats, after a warm-up."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def write_json(figures: dict, path: Path) -> None:
+    """Write to a temporary name and rename, so a killed run never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(figures, indent=2))
+    os.replace(tmp, path)
+    print(f"figures written to {path}", flush=True)

@@ -1,0 +1,122 @@
+"""Benchmark `cxrseg predict`: end-to-end images/s of predict_paths vs model-only images/s, and peak RSS per N.
+
+Usage:
+    python benchmarks/predict.py                      # N=200
+    python benchmarks/predict.py --n 200 --n 2000     # memory must stay flat: peak RSS within 10 %
+    python benchmarks/predict.py --n 40 --checkpoint runs/<run>/best.safetensors
+
+Each N runs in a fresh subprocess on N real 512x512 PNGs copied (cycling) from the Shenzhen set into a
+temporary folder. Pipeline efficiency = end-to-end images/s / model-only images/s (target >= 0.75).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_SOURCE = Path("/work/shared/data/cxr-lungs/image")
+
+
+def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: bool) -> dict[str, float]:
+    """One N, in this process: copy inputs, time the model alone, then time predict_paths."""
+    import numpy as np
+    import torch
+
+    from cxrseg.checkpoint import load_checkpoint
+    from cxrseg.config import InferenceSettings
+    from cxrseg.data import fit_to_square, valid_region
+    from cxrseg.imaging import read_image
+    from cxrseg.inference import amp_dtype, forward_probabilities, resolve_device
+    from cxrseg.predict import PredictOptions, predict_paths
+
+    files = sorted(source.glob("*.png"))
+    if not files:
+        raise SystemExit(f"No PNG files in {source}; pass --source.")
+    cfg = InferenceSettings(batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="cxrseg-bench-") as tmp:
+        inputs = Path(tmp) / "in"
+        inputs.mkdir()
+        for index in range(n):
+            shutil.copyfile(files[index % len(files)], inputs / f"{index:05d}_{files[index % len(files)].name}")
+
+        # model only: pre-decoded tensors, same batch size, device and precision as the pipeline
+        model, info = load_checkpoint(checkpoint)
+        device = resolve_device(cfg.device)
+        dtype = amp_dtype(device, info.settings.train.precision)
+        model = model.to(device).eval()
+        if device.type != "mps":
+            model = model.to(memory_format=torch.channels_last)
+        fitted = [fit_to_square(read_image(p), info.settings.preprocess.image_size) for p in files[:batch_size]]
+        images = torch.from_numpy(np.stack([f for f, _ in fitted]))[:, None]
+        valid = torch.from_numpy(np.stack([valid_region(g) for _, g in fitted]))[:, None]
+        forward_probabilities(model, images, valid, device, dtype, cfg.tta)  # warm-up
+        done, start = 0, time.perf_counter()
+        while done < n:
+            count = min(batch_size, n - done)
+            forward_probabilities(model, images[:count], valid[:count], device, dtype, cfg.tta)
+            done += count
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model_rate = n / (time.perf_counter() - start)
+        del model
+
+        options = PredictOptions(overlay=overlay)
+        start = time.perf_counter()
+        result = predict_paths([inputs], Path(tmp) / "out", checkpoint, cfg, options)
+        pipeline_rate = n / (time.perf_counter() - start)
+        if result.failed:
+            raise SystemExit(f"{result.failed} inputs failed; first: {result.rows[0]['message']}")
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"n": n, "pipeline": pipeline_rate, "model": model_rate, "rss_mb": peak_kb / 1024, "device": str(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="images per run; repeat for several (default 200)")
+    parser.add_argument("--checkpoint", type=Path, help="default: newest run's best in --runs-dir, else bundled")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of PNG X-rays to copy")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-overlay", action="store_true", help="skip overlay pictures, as --no-overlay does")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    counts = args.n or [200]
+    if args.checkpoint is None:
+        from cxrseg.checkpoint import default_checkpoint
+
+        args.checkpoint, why = default_checkpoint(args.runs_dir)
+        print(why)
+    if args.child:
+        print(json.dumps(_measure(counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay)))
+        return
+
+    print(f"checkpoint {args.checkpoint}, batch size {args.batch_size}, overlay {'off' if args.no_overlay else 'on'}")
+    print(f"{'N':>6} {'pipeline img/s':>15} {'model img/s':>12} {'efficiency':>11} {'peak RSS MB':>12}  device")
+    results = []
+    for n in counts:
+        command = [sys.executable, __file__, "--child", "--n", str(n), "--checkpoint", str(args.checkpoint)]
+        command += ["--source", str(args.source), "--batch-size", str(args.batch_size)]
+        command += ["--no-overlay"] if args.no_overlay else []
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"N={n} failed:\n{done.stderr[-4000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(
+            f"{n:>6} {r['pipeline']:>15.1f} {r['model']:>12.1f} {r['pipeline'] / r['model']:>11.2f} "
+            f"{r['rss_mb']:>12.0f}  {r['device']}"
+        )
+    if len(results) > 1:
+        low, high = min(r["rss_mb"] for r in results), max(r["rss_mb"] for r in results)
+        print(f"peak RSS spread: {100 * (high - low) / low:.1f} % (target <= 10 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The `cxrseg predict` command: flags to settings, a progress bar and a summary around predict_paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrseg.cli import _progress, _settings, app, console, stdout
+from cxrseg.config import Device
+
+MAX_SHOWN = 10
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")],
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="X-ray files, folders or glob patterns (PNG, JPEG, TIFF, BMP, DICOM).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
+    ] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Add the sample X-rays shipped with cxrseg.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also read subfolders of input folders.")
+    ] = False,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <name>.overlay.png.")] = True,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Write <name>.prob.png (probability x 255).")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Resume: keep inputs done by a previous run into --out.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Also write predictions.json and print the rows as JSON.")
+    ] = False,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average with a flipped prediction.")] = None,
+    postprocess: Annotated[
+        bool | None, typer.Option("--postprocess/--no-postprocess", help="Keep 2 largest parts, fill holes.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Lung probability threshold (default 0.5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
+    device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 2,
+) -> None:
+    """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed."""
+    from cxrseg.checkpoint import default_checkpoint
+    from cxrseg.predict import PredictOptions, predict_paths, sample_inputs
+
+    if not inputs and not sample:
+        raise typer.BadParameter("give X-ray files or folders, or --sample", param_hint="INPUT")
+    settings = _settings(
+        ctx,
+        {
+            "inference": {
+                "tta": tta,
+                "postprocess": postprocess,
+                "threshold": threshold,
+                "batch_size": batch_size,
+                "device": device,
+            }
+        },
+    )
+    if checkpoint is None:
+        checkpoint, why = default_checkpoint(settings.train.runs_dir)
+        console.print(why)
+    paths: list[str | Path] = [*(inputs or []), *(sample_inputs() if sample else [])]
+    options = PredictOptions(
+        recursive=recursive,
+        overlay=overlay,
+        probabilities=probabilities,
+        skip_existing=skip_existing,
+        write_json=as_json,
+        workers=workers,
+    )
+    with _progress() as progress:
+        task = progress.add_task("predict", total=None, info="")
+
+        def on_start(total: int, skipped: int) -> None:
+            progress.update(task, total=total, completed=skipped)
+
+        def on_advance(count: int, images_per_s: float) -> None:
+            progress.update(task, advance=count, info=f"{images_per_s:.1f} img/s")
+
+        result = predict_paths(paths, out, checkpoint, settings.inference, options, on_start, on_advance)
+    _summarize(result)
+    if as_json:
+        stdout.print_json(json.dumps(result.rows))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _summarize(result) -> None:
+    failed = [row for row in result.rows if row["status"] != "ok"]
+    flagged = sum(bool(row.get("flags")) for row in result.rows if row["status"] == "ok")
+    for row in failed[:MAX_SHOWN]:
+        console.print(f"[red]failed:[/red] {row['message']}", highlight=False, soft_wrap=True)
+    if len(failed) > MAX_SHOWN:
+        console.print(f"[red]... and {len(failed) - MAX_SHOWN} more failed inputs[/red] (status column of the CSV)")
+    if result.ignored:
+        shown = ", ".join(str(p) for p in result.ignored[:MAX_SHOWN])
+        more = f" and {len(result.ignored) - MAX_SHOWN} more" if len(result.ignored) > MAX_SHOWN else ""
+        console.print(f"Ignored {len(result.ignored)} files that are not X-rays: {shown}{more}", highlight=False)
+    kept = f", {result.skipped} kept from the previous run" if result.skipped else ""
+    colour = "red" if failed else "green"
+    console.print(
+        f"[{colour}]{len(result.rows) - len(failed)} ok, {len(failed)} failed[/{colour}]{kept}; "
+        f"{flagged} with quality flags; {result.images_per_s:.1f} img/s. Table: {result.csv_path}",
+        highlight=False,
+    )

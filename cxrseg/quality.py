@@ -1,0 +1,182 @@
+"""Per-image lung measurements (areas, sides, confidence) and the quality flags users filter predictions on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# Thresholds, set from the 566 expert masks of the Shenzhen set (docs/predict.md gives the figures).
+NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
+LOW_LUNG_FRACTION = 0.10  # expert masks: min 0.084, 1st percentile 0.135
+HIGH_LUNG_FRACTION = 0.50  # expert masks: max 0.43
+MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; expert masks: 1st percentile 0.44, 5th 0.67
+MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; pretrained model: 0.76-0.83 on held-out films
+BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
+MIN_MIDLINE_CONTRAST = 0.0  # Shenzhen films: min 0.021, median 0.31; inverting a film negates it
+
+EIGHT = np.ones((3, 3), dtype=bool)
+FLAGS = (
+    "no_lung",
+    "lung_fraction_low",
+    "lung_fraction_high",
+    "not_two_lungs",
+    "lr_imbalance",
+    "low_border_confidence",
+    "inverted",
+)
+
+
+@dataclass(frozen=True)
+class LungMeasures:
+    """What predict reports about one mask. Patient's right lung is on the image's left (radiological view)."""
+
+    height: int
+    width: int
+    lung_px: int
+    right_px: int  # components whose centroid lies in the image's left half
+    left_px: int  # components whose centroid lies in the image's right half
+    components: int  # 8-connected components of the final mask
+    raw_components: int  # 8-connected components of the thresholded map, before post-processing
+    mean_probability: float  # mean lung probability inside the final mask; nan when empty
+    border_confidence: float  # mean |2p - 1| near the outline at model resolution; nan without outline
+    midline_contrast: float  # mediastinum minus lung-field median grey over the 1-99 % range; < 0: inverted
+
+    @property
+    def lung_fraction(self) -> float:
+        return self.lung_px / max(1, self.height * self.width)
+
+
+def count_components(mask: np.ndarray) -> int:
+    """8-connected components, the connectivity clean_mask uses."""
+    return int(ndimage.label(mask, structure=EIGHT)[1])
+
+
+def split_sides(mask: np.ndarray) -> tuple[int, int, int]:
+    """(patient-right px, patient-left px, components): each component goes to the side of its centroid.
+
+    Patient's right is the image's left in a radiograph displayed the standard way (PA or AP).
+    """
+    labels, count = ndimage.label(mask, structure=EIGHT)
+    if count == 0:
+        return 0, 0, 0
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    column_sums = np.bincount(labels.ravel(), weights=np.broadcast_to(np.arange(mask.shape[1]), mask.shape).ravel())
+    centroids = column_sums[1:] / np.maximum(areas, 1)
+    on_image_left = centroids < (mask.shape[1] - 1) / 2
+    return int(areas[on_image_left].sum()), int(areas[~on_image_left].sum()), int(count)
+
+
+def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean |2p - 1| within BORDER_WIDTH pixels of the outline of prob > threshold; nan when there is none.
+
+    Measured on the (S, S) model output, so the band has the same meaning at any input resolution.
+    """
+    inside = valid > 0
+    mask = (prob > threshold) & inside
+    if not mask.any() or mask.all():
+        return math.nan
+    band = ndimage.binary_dilation(mask, EIGHT, BORDER_WIDTH) & ~ndimage.binary_erosion(mask, EIGHT, BORDER_WIDTH)
+    band &= inside
+    return float(np.abs(2 * prob[band] - 1).mean()) if band.any() else math.nan
+
+
+def midline_contrast(image: np.ndarray) -> float:
+    """How much brighter the mediastinum is than the lung fields, from where they lie on a frontal film.
+
+    (median grey of the central strip - median grey of the two lateral fields) / (99th - 1st percentile),
+    over rows 25-65 % of the height; strip: columns 45-55 %, fields: 15-35 % and 65-85 % of the width.
+    Positive on a normal frontal film (air is dark), negative on an inverted one; it needs no mask, so it
+    still works when the model, fooled by the inversion, segments the wrong structures.
+    """
+    height, width = image.shape
+    if height < 4 or width < 8:
+        return math.nan
+    rows = slice(int(0.25 * height), max(int(0.65 * height), int(0.25 * height) + 1))
+    strip = image[rows, int(0.45 * width) : max(int(0.55 * width), int(0.45 * width) + 1)]
+    fields = np.concatenate(
+        [
+            image[rows, int(0.15 * width) : int(0.35 * width)].ravel(),
+            image[rows, int(0.65 * width) : int(0.85 * width)].ravel(),
+        ]
+    )
+    low, high = np.percentile(image, [1, 99])
+    if high <= low:
+        return math.nan
+    return float((np.median(strip) - np.median(fields)) / (high - low))
+
+
+def measure(
+    mask: np.ndarray, prob: np.ndarray, threshold: float, border: float = math.nan, midline: float = math.nan
+) -> LungMeasures:
+    """Measures of a final boolean mask and its probability map (both at original size).
+
+    `border` (border_confidence of the model output) and `midline` (midline_contrast of the X-ray) are
+    computed by the caller, where the model-resolution map and the grey image are at hand.
+    """
+    right, left, components = split_sides(mask)
+    lung = right + left
+    return LungMeasures(
+        height=mask.shape[0],
+        width=mask.shape[1],
+        lung_px=lung,
+        right_px=right,
+        left_px=left,
+        components=components,
+        raw_components=count_components(prob > threshold),
+        mean_probability=float(prob[mask].mean()) if lung else math.nan,
+        border_confidence=border,
+        midline_contrast=midline,
+    )
+
+
+def _number(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
+def columns(m: LungMeasures, spacing: tuple[float, float] | None = None) -> dict[str, object]:
+    """The measurement columns of predictions.csv (None: unknown); areas in mm² only with a pixel spacing."""
+    mm2 = spacing[0] * spacing[1] if spacing else None
+    return {
+        "height": m.height,
+        "width": m.width,
+        "lung_px": m.lung_px,
+        "lung_fraction": _number(m.lung_fraction, 5),
+        "right_lung_px": m.right_px,
+        "left_lung_px": m.left_px,
+        "spacing_row_mm": spacing[0] if spacing else None,
+        "spacing_col_mm": spacing[1] if spacing else None,
+        "lung_mm2": _number(m.lung_px * mm2, 1) if mm2 else None,
+        "right_lung_mm2": _number(m.right_px * mm2, 1) if mm2 else None,
+        "left_lung_mm2": _number(m.left_px * mm2, 1) if mm2 else None,
+        "components": m.components,
+        "raw_components": m.raw_components,
+        "mean_probability": _number(m.mean_probability, 4),
+        "border_confidence": _number(m.border_confidence, 4),
+        "midline_contrast": _number(m.midline_contrast, 4),
+        "flags": ";".join(quality_flags(m)),
+    }
+
+
+def quality_flags(m: LungMeasures) -> list[str]:
+    """Names from FLAGS that apply, in FLAGS order. With `no_lung` only `inverted` (which needs no mask) may follow."""
+    flags = []
+    fraction = m.lung_fraction
+    if fraction < NO_LUNG_FRACTION:
+        flags.append("no_lung")
+        return flags + (["inverted"] if m.midline_contrast < MIN_MIDLINE_CONTRAST else [])
+    if fraction < LOW_LUNG_FRACTION:
+        flags.append("lung_fraction_low")
+    if fraction > HIGH_LUNG_FRACTION:
+        flags.append("lung_fraction_high")
+    if m.components != 2:
+        flags.append("not_two_lungs")
+    if min(m.left_px, m.right_px) < MIN_SIDE_RATIO * max(m.left_px, m.right_px):
+        flags.append("lr_imbalance")
+    if m.border_confidence < MIN_BORDER_CONFIDENCE:  # nan compares False: no outline, nothing to judge
+        flags.append("low_border_confidence")
+    if m.midline_contrast < MIN_MIDLINE_CONTRAST:
+        flags.append("inverted")
+    return flags
