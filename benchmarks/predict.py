@@ -56,7 +56,8 @@ def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: b
         fitted = [fit_to_square(read_image(p), info.settings.preprocess.image_size) for p in files[:batch_size]]
         images = torch.from_numpy(np.stack([f for f, _ in fitted]))[:, None]
         valid = torch.from_numpy(np.stack([valid_region(g) for _, g in fitted]))[:, None]
-        forward_probabilities(model, images, valid, device, dtype, cfg.tta)  # warm-up
+        for count in {batch_size, n % batch_size or batch_size}:  # warm-up, each batch shape once
+            forward_probabilities(model, images[:count], valid[:count], device, dtype, cfg.tta)
         done, start = 0, time.perf_counter()
         while done < n:
             count = min(batch_size, n - done)
@@ -85,21 +86,28 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of PNG X-rays to copy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay pictures, as --no-overlay does")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     counts = args.n or [200]
-    if args.checkpoint is None:
-        from cxrseg.checkpoint import default_checkpoint
-
-        args.checkpoint, why = default_checkpoint(args.runs_dir)
-        print(why)
     if args.child:
         print(json.dumps(_measure(counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay)))
         return
+    from common import header, row, verdict, write_json
 
-    print(f"checkpoint {args.checkpoint}, batch size {args.batch_size}, overlay {'off' if args.no_overlay else 'on'}")
-    print(f"{'N':>6} {'pipeline img/s':>15} {'model img/s':>12} {'efficiency':>11} {'peak RSS MB':>12}  device")
-    results = []
+    from cxrseg.checkpoint import default_checkpoint
+    from cxrseg.errors import CxrsegError
+    from cxrseg.inference import resolve_device
+
+    why = f"checkpoint {args.checkpoint}"
+    if args.checkpoint is None:
+        try:
+            args.checkpoint, why = default_checkpoint(args.runs_dir)
+        except CxrsegError as exc:
+            raise SystemExit(str(exc)) from exc
+    overlays = "off" if args.no_overlay else "on"
+    header(resolve_device("auto"), f"; {why}; batch {args.batch_size}; overlays {overlays}")
+    figures: dict[str, dict[str, float]] = {}
     for n in counts:
         command = [sys.executable, __file__, "--child", "--n", str(n), "--checkpoint", str(args.checkpoint)]
         command += ["--source", str(args.source), "--batch-size", str(args.batch_size)]
@@ -108,14 +116,22 @@ def main() -> None:
         if done.returncode:
             raise SystemExit(f"N={n} failed:\n{done.stderr[-4000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        results.append(r)
-        print(
-            f"{n:>6} {r['pipeline']:>15.1f} {r['model']:>12.1f} {r['pipeline'] / r['model']:>11.2f} "
-            f"{r['rss_mb']:>12.0f}  {r['device']}"
+        r["efficiency"] = r["pipeline"] / r["model"]
+        figures[str(n)] = r
+        row(f"pipeline N={n}", f"{r['pipeline']:.1f}", "images/s, predict_paths end to end, fresh process")
+        row(f"model N={n}", f"{r['model']:.1f}", "images/s, forward_probabilities alone on pre-decoded tensors")
+        row(
+            f"efficiency N={n}",
+            f"{r['efficiency']:.2f}",
+            f"pipeline / model, target >= 0.75: {verdict(r['efficiency'] >= 0.75)}",
         )
-    if len(results) > 1:
-        low, high = min(r["rss_mb"] for r in results), max(r["rss_mb"] for r in results)
-        print(f"peak RSS spread: {100 * (high - low) / low:.1f} % (target <= 10 %)")
+        row(f"peak RSS N={n}", f"{r['rss_mb']:.0f}", "MB, ru_maxrss of that process")
+    if len(figures) > 1:
+        rss = [r["rss_mb"] for r in figures.values()]
+        spread = 100 * (max(rss) - min(rss)) / min(rss)
+        row("RSS spread", f"{spread:.1f}", f"% between the N values, target <= 10 %: {verdict(spread <= 10)}")
+    if args.json:
+        write_json(figures, args.json)
 
 
 if __name__ == "__main__":

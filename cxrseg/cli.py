@@ -261,5 +261,4 @@ def main() -> None:
         sys.exit(130)
 
 
-from cxrseg import cli_download  # noqa: E402,F401  (registers `cxrseg download`)
-from cxrseg import cli_predict  # noqa: E402,F401  (registers `cxrseg predict`)
+from cxrseg import cli_download, cli_predict  # noqa: E402,F401  (register `cxrseg download` and `predict`)

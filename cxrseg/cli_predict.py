@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from cxrseg.cli import _progress, _settings, app, console, stdout
 from cxrseg.config import Device
+
+if TYPE_CHECKING:
+    from cxrseg.predict import PredictResult
 
 MAX_SHOWN = 10
 
@@ -19,7 +23,8 @@ def predict(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")],
     inputs: Annotated[
-        list[str] | None, typer.Argument(help="X-ray files, folders or glob patterns (PNG, JPEG, TIFF, BMP, DICOM).")
+        list[str] | None,
+        typer.Argument(metavar="INPUT", help="X-ray files, folders or glob patterns (PNG, JPEG, TIFF, BMP, DICOM)."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
@@ -45,7 +50,7 @@ def predict(
     threshold: Annotated[float | None, typer.Option(help="Lung probability threshold (default 0.5).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 2,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoding and writing threads (default: up to 4).")] = None,
 ) -> None:
     """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed."""
     from cxrseg.checkpoint import default_checkpoint
@@ -67,7 +72,7 @@ def predict(
     )
     if checkpoint is None:
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
-        console.print(why)
+        console.print(why, markup=False, highlight=False)
     paths: list[str | Path] = [*(inputs or []), *(sample_inputs() if sample else [])]
     options = PredictOptions(
         recursive=recursive,
@@ -75,18 +80,22 @@ def predict(
         probabilities=probabilities,
         skip_existing=skip_existing,
         write_json=as_json,
-        workers=workers,
+        **({"workers": workers} if workers else {}),
     )
-    with _progress() as progress:
-        task = progress.add_task("predict", total=None, info="")
+    progress = _progress()  # started once the inputs are found and the output folder is accepted
+    task = progress.add_task("predict", total=None, info="")
 
-        def on_start(total: int, skipped: int) -> None:
-            progress.update(task, total=total, completed=skipped)
+    def on_start(total: int, kept: int) -> None:
+        progress.update(task, total=total, completed=kept)
+        progress.start()
 
-        def on_advance(count: int, images_per_s: float) -> None:
-            progress.update(task, advance=count, info=f"{images_per_s:.1f} img/s")
+    def on_advance(count: int, images_per_s: float) -> None:
+        progress.update(task, advance=count, info=f"{images_per_s:.1f} img/s")
 
+    try:
         result = predict_paths(paths, out, checkpoint, settings.inference, options, on_start, on_advance)
+    finally:
+        progress.stop()
     _summarize(result)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
@@ -94,21 +103,22 @@ def predict(
         raise typer.Exit(1)
 
 
-def _summarize(result) -> None:
+def _summarize(result: PredictResult) -> None:
     failed = [row for row in result.rows if row["status"] != "ok"]
     flagged = sum(bool(row.get("flags")) for row in result.rows if row["status"] == "ok")
     for row in failed[:MAX_SHOWN]:
-        console.print(f"[red]failed:[/red] {row['message']}", highlight=False, soft_wrap=True)
+        console.print(f"[red]failed:[/red] {escape(row['message'])}", highlight=False, soft_wrap=True)
     if len(failed) > MAX_SHOWN:
         console.print(f"[red]... and {len(failed) - MAX_SHOWN} more failed inputs[/red] (status column of the CSV)")
     if result.ignored:
-        shown = ", ".join(str(p) for p in result.ignored[:MAX_SHOWN])
+        shown = escape(", ".join(str(p) for p in result.ignored[:MAX_SHOWN]))
         more = f" and {len(result.ignored) - MAX_SHOWN} more" if len(result.ignored) > MAX_SHOWN else ""
         console.print(f"Ignored {len(result.ignored)} files that are not X-rays: {shown}{more}", highlight=False)
     kept = f", {result.skipped} kept from the previous run" if result.skipped else ""
     colour = "red" if failed else "green"
     console.print(
         f"[{colour}]{len(result.rows) - len(failed)} ok, {len(failed)} failed[/{colour}]{kept}; "
-        f"{flagged} with quality flags; {result.images_per_s:.1f} img/s. Table: {result.csv_path}",
+        f"{flagged} with quality flags; {result.images_per_s:.1f} img/s. Table: {escape(str(result.csv_path))}",
         highlight=False,
+        soft_wrap=True,
     )

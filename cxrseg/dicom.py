@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_PIXELS = 100_000_000  # 100 megapixels: larger inputs get an error row instead of a decompression bomb
 INSTALL_HINT = "pip install 'cxrseg[dicom]'"
 FLOAT_MODES = ("I", "F")
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,6 @@ class Xray:
     gray: np.ndarray  # (H, W) float32 in [0, 1]
     spacing: tuple[float, float] | None = None  # (row, column) millimetres per pixel
     spacing_source: str = ""  # "PixelSpacing" or "ImagerPixelSpacing" when known
-    kind: str = "image"  # "image" or "dicom"
 
 
 def has_dicom_preamble(path: Path) -> bool:
@@ -71,7 +72,8 @@ class Plan:
         if resolved in self._seen:
             return  # the same file reached twice (a folder and a file in it): one row
         self._seen.add(resolved)
-        name, number = path.relative_to(base).as_posix(), 1
+        relative = path.relative_to(base)
+        name, number = (relative if ".." not in relative.parts else Path(path.name)).as_posix(), 1
         while (name if number == 1 else f"{name}-{number}").casefold() in self._taken:
             number += 1  # a.png from two input folders: the second becomes a.png-2.*
         name = name if number == 1 else f"{name}-{number}"
@@ -80,7 +82,12 @@ class Plan:
 
     def add_folder(self, folder: Path, base: Path, recursive: bool) -> None:
         self.folders.append(folder)
-        for root, dirs, files in os.walk(folder):
+
+        def unreadable(error: OSError) -> None:
+            message = f"{error.filename}: cannot list this folder ({error.strerror}); check its permissions."
+            self.jobs.append(Job(Path(error.filename or folder), "", message))
+
+        for root, dirs, files in os.walk(folder, onerror=unreadable):
             self.ignored.extend(Path(root) / d for d in sorted(dirs) if recursive and d.startswith("."))
             dirs[:] = sorted(d for d in dirs if recursive and not d.startswith("."))
             for file_name in sorted(files):
@@ -151,7 +158,7 @@ def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
     for folder in plan.folders:
         resolved = folder.resolve()
         if out == resolved or (recursive and resolved in out.parents):
-            raise DataError(f"--out {out_dir} is inside the input folder {folder}; {hint}.")
+            raise DataError(f"--out {out_dir} is the input folder {folder} or inside it; {hint}.")
     input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
     output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}
     clash = sorted(input_dirs & output_dirs)
@@ -184,8 +191,8 @@ def _too_large(path: Path, height: int, width: int, max_pixels: int) -> DataErro
 def read_picture(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """PNG/JPEG/TIFF/BMP -> float32 (H, W) in [0, 1]; checks the size from the header before decoding."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _OPEN_LOCK, warnings.catch_warnings():  # catch_warnings is not thread-safe; open only reads a header
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             image = Image.open(path)
         with image:
             width, height = image.size
@@ -283,4 +290,4 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     if photometric == "MONOCHROME1":  # MONOCHROME1: the lowest value is white; make air dark like MONOCHROME2
         gray = 1.0 - gray
     spacing, source = _spacing(ds)
-    return Xray(gray.astype(np.float32, copy=False), spacing, source, "dicom")
+    return Xray(gray.astype(np.float32, copy=False), spacing, source)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import contextlib
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections import deque
@@ -28,20 +25,12 @@ from cxrseg.data import Geometry, fit_to_square, valid_region
 from cxrseg.dicom import MAX_PIXELS, Job, Plan, check_output, plan_inputs, read_xray
 from cxrseg.errors import CxrsegError, DataError
 from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
-from cxrseg.quality import border_confidence, columns, measure, midline_contrast
+from cxrseg.quality import border_confidence, columns, empty_row, measure, midline_contrast, read_rows, write_rows
 from cxrseg.render import overlay, save_png, to_uint8
 
 MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.png", ".prob.png"
 OVERLAY_MAX_SIDE = 1024  # overlays of larger X-rays are downscaled: enough to check a mask, 10x cheaper
 CSV_NAME, JSON_NAME = "predictions.csv", "predictions.json"
-# predictions.csv columns and their types (docs/predict.md describes each); empty cells read back as None
-COLUMNS: dict[str, type] = {
-    "input": str, "status": str, "message": str, "mask": str, "overlay": str, "height": int, "width": int,
-    "lung_px": int, "lung_fraction": float, "right_lung_px": int, "left_lung_px": int,
-    "spacing_row_mm": float, "spacing_col_mm": float, "spacing_source": str,
-    "lung_mm2": float, "right_lung_mm2": float, "left_lung_mm2": float, "components": int, "raw_components": int,
-    "mean_probability": float, "border_confidence": float, "midline_contrast": float, "flags": str,
-}  # fmt: skip
 
 
 @dataclass
@@ -78,47 +67,6 @@ class PredictResult:
         return (len(self.rows) - self.skipped) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _atomic_write(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_rows(rows: Sequence[dict[str, Any]], path: Path, as_json: bool = False) -> Path:
-    """Rows as CSV (empty cell for a missing value) or as a JSON list (null), written atomically."""
-    full = [{name: row.get(name) for name in COLUMNS} for row in rows]
-    if as_json:
-        _atomic_write(json.dumps(full, indent=1) + "\n", path)
-        return path
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in full)
-    _atomic_write(buffer.getvalue(), path)
-    return path
-
-
-def read_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows of a previous predictions.csv keyed by their mask column (unusable rows are left out)."""
-    if not path.is_file():
-        return {}
-    rows = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        for raw in csv.DictReader(handle):
-            try:
-                row = {k: kind(raw[k]) if raw[k] else ("" if kind is str else None) for k, kind in COLUMNS.items()}
-            except (KeyError, ValueError):
-                continue  # written by another version or edited by hand: predict this input again
-            if row["mask"]:
-                rows[row["mask"]] = row
-    return rows
-
-
 def sample_inputs() -> list[Path]:
     """The X-rays shipped with cxrseg: assets/sample/image/ and assets/sample/test_image/."""
     root = Path(cxrseg.__file__).parent / "assets" / "sample"
@@ -144,7 +92,7 @@ def _display(gray: np.ndarray) -> np.ndarray:
     scale = OVERLAY_MAX_SIDE / max(gray.shape)
     if scale < 1:
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        gray = np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BILINEAR))
+        gray = np.asarray(Image.fromarray(gray.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
     return to_uint8(gray)
 
 
@@ -163,26 +111,28 @@ def _decode(job: Job, size: int, options: PredictOptions) -> _Decoded | str:
         return f"{job.source}: unexpected {type(exc).__name__} while reading ({exc}); check or remove this file."
 
 
-def error_row(job: Job, message: str) -> dict[str, Any]:
-    return {"input": str(job.source), "status": "error", "message": message}
+def _error_row(job: Job, message: str) -> dict[str, Any]:
+    return empty_row() | {"input": str(job.source), "status": "error", "message": message}
 
 
 def _write_one(job: Job, item: _Decoded | str, model_prob: torch.Tensor | None, out_dir: Path, cfg, options):
     """Mask, pictures and CSV row of one input (runs in a writing thread); errors become error rows."""
     if isinstance(item, str):
-        return error_row(job, item)
+        return _error_row(job, item)
     try:
         [(prob, mask)] = probabilities_to_masks(model_prob, [item.geometry], cfg)
         border = border_confidence(model_prob[0, 0].numpy(), valid_region(item.geometry), cfg.threshold)
         measures = measure(mask, prob, cfg.threshold, border, item.midline)
         save_png(Image.fromarray(mask.astype(np.uint8) * 255), out_dir / (job.name + MASK))
         if item.display is not None:
-            small = Image.fromarray(mask).resize(item.display.shape[::-1], Image.Resampling.NEAREST)
-            save_png(overlay(item.display, np.asarray(small)), out_dir / (job.name + OVERLAY))
+            small = mask
+            if item.display.shape != mask.shape:
+                small = np.asarray(Image.fromarray(mask).resize(item.display.shape[::-1], Image.Resampling.NEAREST))
+            save_png(overlay(item.display, small), out_dir / (job.name + OVERLAY))
         if options.probabilities:
             save_png(Image.fromarray(np.rint(prob * 255).astype(np.uint8)), out_dir / (job.name + PROBABILITY))
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
-        return error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")
+        return _error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")
     return {
         "input": str(job.source),
         "status": "ok",
@@ -202,6 +152,7 @@ class _Writer(threading.Thread):
         self.out_dir, self.cfg, self.options, self.rows, self.save = out_dir, cfg, options, rows, save
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, options.write_queue))
         self.failure: BaseException | None = None
+        self.completed = 0  # inputs whose outputs and row are written (read by the main thread)
 
     def put(self, item: Any) -> None:
         while self.failure is None and self.is_alive():
@@ -226,11 +177,13 @@ class _Writer(threading.Thread):
                     indices, jobs, decoded, probs = batch
                     maps = iter(probs.split(1) if probs is not None else ())
                     args = [
-                        (job, item, None if isinstance(item, str) else next(maps)) for job, item in zip(jobs, decoded)
+                        (job, item, None if isinstance(item, str) else next(maps))
+                        for job, item in zip(jobs, decoded, strict=True)
                     ]
                     futures = [pool.submit(_write_one, *a, self.out_dir, self.cfg, self.options) for a in args]
                     for index, future in zip(indices, futures, strict=True):
                         self.rows[index] = future.result()
+                    self.completed += len(indices)
                     if time.monotonic() - last_save > self.options.save_every:
                         self.save()  # a killed run leaves a predictions.csv that --skip-existing can resume from
                         last_save = time.monotonic()
@@ -271,7 +224,7 @@ def predict_paths(
     todo = []
     for index, job in enumerate(plan.jobs):
         if job.error:
-            rows[index] = error_row(job, job.error)
+            rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
             rows[index] = previous[job.name + MASK] | {"input": str(job.source)}
         else:
@@ -286,8 +239,17 @@ def predict_paths(
     start = time.perf_counter()
     writer = _Writer(out_dir, cfg, options, rows, save)
     writer.start()
-    _infer(model, info.settings, plan.jobs, todo, cfg, options, writer, on_advance)
-    writer.finish()
+    report = _Reporter(on_advance, start)
+    try:
+        _infer(model, info.settings, plan.jobs, todo, cfg, options, writer, report)
+        writer.finish()
+        report(writer.completed)
+    except BaseException:  # Ctrl-C or a failure: finish the queued batches and keep their rows for a resume
+        with contextlib.suppress(Exception):
+            writer.finish()
+        with contextlib.suppress(Exception):
+            save()
+        raise
     seconds = time.perf_counter() - start
     final = [row for row in rows if row is not None]
     assert len(final) == len(plan.jobs), "every input gets a row"
@@ -296,7 +258,19 @@ def predict_paths(
     return PredictResult(final, csv_path, json_path, plan.ignored, skipped, seconds)
 
 
-def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writer: _Writer, on_advance) -> None:
+class _Reporter:
+    """Calls on_advance(new inputs done, images/s) with the writer's count, from the calling thread."""
+
+    def __init__(self, on_advance: Callable[[int, float], None] | None, start: float) -> None:
+        self.on_advance, self.start, self.reported = on_advance, start, 0
+
+    def __call__(self, completed: int) -> None:
+        if self.on_advance and completed > self.reported:
+            self.on_advance(completed - self.reported, completed / max(time.perf_counter() - self.start, 1e-9))
+        self.reported = completed
+
+
+def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writer: _Writer, report) -> None:
     """Decode `prefetch` batches ahead in a thread pool, run the model here, queue the outputs to the writer."""
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, settings.train.precision)
@@ -305,7 +279,6 @@ def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writ
         model = model.to(memory_format=torch.channels_last)
     size, ahead = settings.preprocess.image_size, max(1, options.prefetch)
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
-    done, start = 0, time.perf_counter()
     with ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="cxrseg-decode") as pool:
         pending: deque[list[Future]] = deque()
         try:
@@ -320,9 +293,7 @@ def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writ
                     valid = torch.from_numpy(np.stack([valid_region(item.geometry) for item in good]))[:, None]
                     probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
                 writer.put((batch, [jobs[i] for i in batch], decoded, probs))
-                done += len(batch)
-                if on_advance:
-                    on_advance(len(batch), done / max(time.perf_counter() - start, 1e-9))
+                report(writer.completed)
         finally:
             for futures in pending:
                 for future in futures:

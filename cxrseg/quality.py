@@ -1,22 +1,40 @@
-"""Per-image lung measurements (areas, sides, confidence) and the quality flags users filter predictions on."""
+"""Per-image lung measurements, the quality flags users filter on, and the predictions table that holds them."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from cxrseg.errors import DataError
 
 # Thresholds, set from the 566 expert masks of the Shenzhen set (docs/predict.md gives the figures).
 NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
 LOW_LUNG_FRACTION = 0.10  # expert masks: min 0.084, 1st percentile 0.135
 HIGH_LUNG_FRACTION = 0.50  # expert masks: max 0.43
 MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; expert masks: 1st percentile 0.44, 5th 0.67
-MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; pretrained model: 0.76-0.83 on held-out films
+MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; a Dice-0.96 model: 0.76-0.83 on held-out films
 BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
 MIN_MIDLINE_CONTRAST = 0.0  # Shenzhen films: min 0.021, median 0.31; inverting a film negates it
 
+# predictions.csv columns and their types (docs/predict.md describes each); empty cells: '' for text, else None
+COLUMNS: dict[str, type] = {
+    "input": str, "status": str, "message": str, "mask": str, "overlay": str, "height": int, "width": int,
+    "lung_px": int, "lung_fraction": float, "right_lung_px": int, "left_lung_px": int,
+    "spacing_row_mm": float, "spacing_col_mm": float, "spacing_source": str,
+    "lung_mm2": float, "right_lung_mm2": float, "left_lung_mm2": float, "components": int, "raw_components": int,
+    "mean_probability": float, "border_confidence": float, "midline_contrast": float, "flags": str,
+}  # fmt: skip
 EIGHT = np.ones((3, 3), dtype=bool)
 FLAGS = (
     "no_lung",
@@ -62,9 +80,10 @@ def split_sides(mask: np.ndarray) -> tuple[int, int, int]:
     labels, count = ndimage.label(mask, structure=EIGHT)
     if count == 0:
         return 0, 0, 0
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    column_sums = np.bincount(labels.ravel(), weights=np.broadcast_to(np.arange(mask.shape[1]), mask.shape).ravel())
-    centroids = column_sums[1:] / np.maximum(areas, 1)
+    _, columns = np.nonzero(labels)
+    owner = labels[labels > 0]  # row-major order, like np.nonzero
+    areas = np.bincount(owner, minlength=count + 1)[1:]
+    centroids = np.bincount(owner, weights=columns, minlength=count + 1)[1:] / np.maximum(areas, 1)
     on_image_left = centroids < (mask.shape[1] - 1) / 2
     return int(areas[on_image_left].sum()), int(areas[~on_image_left].sum()), int(count)
 
@@ -180,3 +199,52 @@ def quality_flags(m: LungMeasures) -> list[str]:
     if m.midline_contrast < MIN_MIDLINE_CONTRAST:
         flags.append("inverted")
     return flags
+
+
+def _atomic_write(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def empty_row() -> dict[str, Any]:
+    """A row with every column: empty text, None for numbers."""
+    return {name: "" if kind is str else None for name, kind in COLUMNS.items()}
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: Path, as_json: bool = False) -> Path:
+    """Rows as CSV (empty cell for a missing value) or as a JSON list (null), written atomically."""
+    full = [{name: row.get(name) for name in COLUMNS} for row in rows]
+    if as_json:
+        _atomic_write(json.dumps(full, indent=1) + "\n", path)
+        return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in full)
+    _atomic_write(buffer.getvalue(), path)
+    return path
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of a previous predictions.csv keyed by their mask column (unusable rows are left out)."""
+    if not path.is_file():
+        return {}
+    rows = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for raw in csv.DictReader(handle):
+                try:
+                    row = {k: kind(raw[k]) if raw[k] else ("" if kind is str else None) for k, kind in COLUMNS.items()}
+                except (KeyError, ValueError):
+                    continue  # written by another version or edited by hand: predict this input again
+                if row["mask"]:
+                    rows[row["mask"]] = row
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable predictions table ({exc}); move it away to start afresh.") from exc
+    return rows

@@ -14,12 +14,13 @@ LEFT_COLOUR = (255, 80, 60)  # patient's left lung (image right in a PA view)
 RIGHT_COLOUR = (40, 200, 255)  # patient's right lung (image left)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
+def save_png(image: Image.Image, path: Path, compress_level: int = 1) -> None:
+    """Write to a temporary name, then rename. Level 1 zlib: ~3x faster than Pillow's 6, files ~10% larger."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
     os.close(fd)
     try:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=compress_level)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

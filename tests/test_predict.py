@@ -1,0 +1,369 @@
+"""`cxrseg predict`: formats, DICOM, bad inputs, names, resume, refusals, CSV and the command end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid
+from typer.testing import CliRunner
+
+import cxrseg
+from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
+from cxrseg.cli import app
+from cxrseg.config import InferenceSettings, Settings
+from cxrseg.dicom import read_dicom
+from cxrseg.errors import DataError
+from cxrseg.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
+from cxrseg.quality import COLUMNS
+
+H, W = 48, 64  # deliberately not square
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = Settings.model_validate(
+        {"preprocess": {"image_size": 32}, "model": {"base_channels": 4, "depth": 2}, "train": {"precision": "fp32"}}
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(path, build_model(settings), Checkpoint(settings=settings))
+    return path
+
+
+def chest(height: int = H, width: int = W, seed: int = 0) -> np.ndarray:
+    """uint8 frontal 'film': dark air, bright body and mediastinum, two dark lungs."""
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    body = ((yy - 0.5) / 0.48) ** 2 + ((xx - 0.5) / 0.46) ** 2 <= 1
+    lungs = sum(((yy - 0.5) / 0.3) ** 2 + ((xx - cx) / 0.13) ** 2 <= 1 for cx in (0.3, 0.7)) > 0
+    image = np.where(lungs, 60, np.where(body, 190, 15)) + np.random.default_rng(seed).normal(0, 8, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> Path:
+    """Uncompressed Explicit VR Little Endian DICOM (16-bit unless `pixels` is uint8)."""
+    syntax = elements.pop("syntax", ExplicitVRLittleEndian)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, generate_uid(), "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    with_pixels = elements.pop("with_pixels", True)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    if with_pixels:
+        raw = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        ds.PixelData = raw if syntax == ExplicitVRLittleEndian else encapsulate([b"\xff\xd8\xff\xf7" + b"\0" * 64])
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(inputs, out: Path, checkpoint: Path, **options) -> list[dict]:
+    cfg = InferenceSettings(batch_size=options.pop("batch_size", 4), **options.pop("cfg", {}))
+    result = predict_paths(inputs, out, checkpoint, cfg, PredictOptions(workers=2, **options))
+    return result.rows
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def mask_of(out: Path, row: dict) -> np.ndarray:
+    with Image.open(out / row["mask"]) as image:
+        return np.asarray(image)
+
+
+def picture(path: Path) -> tuple[tuple[int, int], str]:
+    with Image.open(path) as image:
+        return image.size, image.mode
+
+
+def test_every_image_format_gets_a_mask_at_its_own_size(tmp_path: Path, checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    gray = chest()
+    Image.fromarray(gray).save(src / "gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(src / "gray16.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(src / "gray16.tif")
+    Image.fromarray(gray).convert("RGB").save(src / "colour.jpg", quality=95)
+    Image.fromarray(gray).convert("RGBA").save(src / "alpha.png")
+    Image.fromarray(gray).save(src / "gray.bmp")
+    Image.fromarray(chest(80, 30)).save(src / "tall.png")
+    rows = run([src], tmp_path / "out", checkpoint, probabilities=True)
+    assert [r["status"] for r in rows] == ["ok"] * 7, rows
+    for row in rows:
+        expected = (80, 30) if "tall" in row["input"] else (H, W)
+        assert (row["height"], row["width"]) == expected
+        mask = mask_of(tmp_path / "out", row)
+        assert mask.shape == expected and set(np.unique(mask)) <= {0, 255}
+        assert row["lung_px"] == (mask > 0).sum() == row["right_lung_px"] + row["left_lung_px"]
+        assert picture(tmp_path / "out" / row["overlay"]) == (expected[::-1], "RGB")
+        assert picture(tmp_path / "out" / (row["mask"].removesuffix(".mask.png") + ".prob.png")) == (
+            expected[::-1],
+            "L",
+        )
+    by_name = {Path(r["input"]).name: mask_of(tmp_path / "out", r) for r in rows}
+    np.testing.assert_array_equal(by_name["gray8.png"], by_name["gray16.png"])  # same picture, other bit depth
+
+
+def test_jpeg_exif_orientation_is_honoured(tmp_path: Path, checkpoint: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(chest()).save(tmp_path / "rotated.jpg", exif=exif)
+    (row,) = run([tmp_path / "rotated.jpg"], tmp_path / "out", checkpoint)
+    assert (row["height"], row["width"]) == (W, H)
+    assert mask_of(tmp_path / "out", row).shape == (W, H)
+
+
+def test_overlays_of_large_images_are_downscaled(tmp_path: Path, checkpoint: Path) -> None:
+    Image.fromarray(chest(1300, 1100)).save(tmp_path / "big.png")
+    (row,) = run([tmp_path / "big.png"], tmp_path / "out", checkpoint)
+    assert mask_of(tmp_path / "out", row).shape == (1300, 1100)
+    assert max(picture(tmp_path / "out" / row["overlay"])[0]) == OVERLAY_MAX_SIDE
+
+
+def test_dicom_monochrome1_matches_monochrome2_and_spacing_gives_mm2(tmp_path: Path, checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    pixels = chest().astype(np.uint16) * 16  # 12-bit range
+    write_dicom(src / "mono2.dcm", pixels, PixelSpacing=[0.2, 0.25])
+    write_dicom(src / "mono1.dcm", 4095 - pixels, "MONOCHROME1", ImagerPixelSpacing=[0.3, 0.3])
+    write_dicom(src / "IM0001", pixels)  # no extension: found by its DICM preamble
+    write_dicom(src / "mono2_negative.dcm", 4095 - pixels)  # what mono1.dcm would look like if not inverted
+    Image.fromarray(chest()).save(src / "mono2.png")
+    np.testing.assert_allclose(read_dicom(src / "mono1.dcm").gray, read_dicom(src / "mono2.dcm").gray, atol=1e-6)
+    rows = {Path(r["input"]).name: r for r in run([src], tmp_path / "out", checkpoint, batch_size=1)}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    masks = {name: mask_of(tmp_path / "out", row) for name, row in rows.items()}
+    np.testing.assert_array_equal(masks["mono1.dcm"], masks["mono2.dcm"])
+    np.testing.assert_array_equal(masks["IM0001"], masks["mono2.dcm"])
+    assert (masks["mono2_negative.dcm"] != masks["mono1.dcm"]).any()  # so the equality above means something
+    mono2 = rows["mono2.dcm"]
+    assert (mono2["spacing_row_mm"], mono2["spacing_col_mm"], mono2["spacing_source"]) == (0.2, 0.25, "PixelSpacing")
+    assert mono2["lung_mm2"] == pytest.approx(mono2["lung_px"] * 0.05, abs=0.1)
+    assert rows["mono1.dcm"]["spacing_source"] == "ImagerPixelSpacing"
+    assert rows["mono2.png"]["lung_mm2"] is None and rows["mono2.png"]["spacing_row_mm"] is None
+
+
+def test_dicom_rescale_is_applied_before_the_window(tmp_path: Path) -> None:
+    stored = np.tile(np.linspace(0, 4000, W).astype(np.uint16), (H, 1))
+    path = write_dicom(
+        tmp_path / "ct.dcm", stored, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=2000
+    )
+    gray = read_dicom(path).gray  # window [0, 2000] in rescaled units = stored 1000..3000
+    assert np.all(gray[:, stored[0] <= 1000] == 0) and np.all(gray[:, stored[0] >= 3000] == 1)
+    assert np.all(np.diff(gray[0]) >= 0) and 0 < gray[0, W // 2] < 1
+    plain = read_dicom(write_dicom(tmp_path / "slope.dcm", stored, RescaleSlope=2, RescaleIntercept=-1024)).gray
+    np.testing.assert_allclose(plain, stored / 4000, atol=1e-5)
+
+
+def test_bad_inputs_get_error_rows_and_the_rest_is_processed(tmp_path: Path, checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    good = png_bytes(chest())
+    (src / "a_good.png").write_bytes(good)
+    (src / "empty.png").write_bytes(b"")
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    jpeg = io.BytesIO()
+    Image.fromarray(chest()).save(jpeg, format="JPEG")
+    (src / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (src / "text.png").write_text("not an image")
+    huge = bytearray(png_bytes(np.zeros((1, 1), dtype=np.uint8)))
+    huge[16:24] = struct.pack(">II", 12000, 12000)  # IHDR says 12000x12000: a decompression bomb
+    huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))
+    (src / "huge.png").write_bytes(bytes(huge))
+    write_dicom(src / "no_pixels.dcm", chest().astype(np.uint16), with_pixels=False)
+    write_dicom(src / "jpegls.dcm", chest().astype(np.uint16), syntax=JPEGLSLossless)
+    write_dicom(src / "huge.dcm", np.zeros((2, 2), dtype=np.uint16), Rows=12000, Columns=12000)
+    (src / "notes.txt").write_text("ignored: not an X-ray suffix")
+    result = predict_paths(
+        [src, tmp_path / "missing.png", src / "notes.txt"], tmp_path / "out", checkpoint, InferenceSettings()
+    )
+    rows = {Path(r["input"]).name: r for r in result.rows}
+    assert rows.pop("a_good.png")["status"] == "ok"
+    expected = {
+        "empty.png": "empty file",
+        "truncated.png": "truncated",
+        "truncated.jpg": "truncated",
+        "text.png": "cannot be read as an image",
+        "huge.png": "100 megapixels",
+        "huge.dcm": "100 megapixels",
+        "no_pixels.dcm": "without pixel data",
+        "jpegls.dcm": "transfer syntax",
+        "missing.png": "no such file",
+        "notes.txt": "cannot be read as an image",
+    }
+    assert set(rows) == set(expected)
+    for name, words in expected.items():
+        assert rows[name]["status"] == "error" and words in rows[name]["message"], (name, rows[name]["message"])
+    assert result.failed == len(expected) and result.ignored == [src / "notes.txt"]
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out" / "empty.png.mask.png").exists()
+
+
+def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    (row,) = run([tmp_path / "a.dcm"], tmp_path / "out", checkpoint)
+    assert row["status"] == "error" and "pip install 'cxrseg[dicom]'" in row["message"]
+
+
+def test_names_never_collide_and_mirror_the_input_tree(tmp_path: Path, checkpoint: Path) -> None:
+    for folder in ("one", "two", "one/sub"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(chest()).save(tmp_path / "one" / "a.png")
+    write_dicom(tmp_path / "one" / "a.dcm", chest().astype(np.uint16))
+    Image.fromarray(chest()).save(tmp_path / "one" / "sub" / "b.png")
+    Image.fromarray(chest()).save(tmp_path / "two" / "A.png")
+    rows = run([tmp_path / "one", tmp_path / "two"], tmp_path / "out", checkpoint, recursive=True)
+    names = [r["mask"] for r in rows]
+    assert names == ["a.dcm.mask.png", "a.png.mask.png", "sub/b.png.mask.png", "A.png-2.mask.png"]
+    assert all((tmp_path / "out" / name).is_file() for name in names)
+    rows = run([str(tmp_path / "one" / "*.png"), str(tmp_path / "*" / "nothing*")], tmp_path / "glob", checkpoint)
+    assert [r["mask"] for r in rows] == ["a.png.mask.png", ""] and "no file matches" in rows[1]["message"]
+
+
+def test_refuses_to_write_into_an_input_folder(tmp_path: Path, checkpoint: Path) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(chest()).save(src / "a.png")
+    with pytest.raises(DataError, match="input folder"):
+        run([src], src, checkpoint)
+    with pytest.raises(DataError, match="input folder"):
+        run([src], src / "sub" / "out", checkpoint, recursive=True)
+    with pytest.raises(DataError, match="next to input X-rays"):
+        run([src / "a.png"], src, checkpoint)
+    with pytest.raises(DataError, match="is a file"):
+        run([src], src / "a.png", checkpoint)
+    assert run([src], src / "predictions", checkpoint)[0]["status"] == "ok"  # not listed without --recursive
+
+
+def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(chest(seed=i)).save(src / f"x{i}.png")
+    (src / "x3.png").write_bytes(b"")
+    run([src], out, checkpoint)
+    table = read_csv(out / "predictions.csv")
+    table[0]["lung_px"] = "123456"  # a value a recomputation would not give back
+    with (out / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table[:2])  # the killed run had not yet saved x2's row
+    (out / "x1.png.overlay.png").unlink()  # nor written x1's overlay
+    kept_mtime = (out / "x0.png.mask.png").stat().st_mtime_ns
+    calls: list[tuple[str, int, float]] = []
+    result = predict_paths(
+        [src],
+        out,
+        checkpoint,
+        InferenceSettings(),
+        PredictOptions(skip_existing=True),
+        on_start=lambda total, kept: calls.append(("start", total, kept)),
+        on_advance=lambda n, rate: calls.append(("advance", n, rate)),
+    )
+    assert result.skipped == 1 and result.rows[0]["lung_px"] == 123456
+    assert (out / "x0.png.mask.png").stat().st_mtime_ns == kept_mtime
+    assert (out / "x1.png.overlay.png").is_file() and [r["status"] for r in result.rows] == ["ok"] * 3 + ["error"]
+    assert calls[0] == ("start", 4, 1) and sum(c[1] for c in calls[1:]) == 3
+    assert read_csv(out / "predictions.csv")[0]["lung_px"] == "123456"
+
+
+def test_an_interrupted_run_keeps_its_rows_for_the_resume(tmp_path: Path, checkpoint: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(chest(seed=i)).save(src / f"x{i}.png")
+
+    def interrupt(count: int, images_per_s: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths([src], out, checkpoint, InferenceSettings(batch_size=2), PredictOptions(), on_advance=interrupt)
+    saved = read_csv(out / "predictions.csv")
+    assert saved and all((out / row["mask"]).is_file() for row in saved)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    result = predict_paths([src], out, checkpoint, InferenceSettings(batch_size=2), PredictOptions(skip_existing=True))
+    assert result.skipped == len(saved) and [r["status"] for r in result.rows] == ["ok"] * 6
+
+
+def test_csv_and_json_columns(tmp_path: Path, checkpoint: Path) -> None:
+    Image.fromarray(chest()).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"")
+    result = predict_paths(
+        [tmp_path / "a.png", tmp_path / "b.png"],
+        tmp_path / "out",
+        checkpoint,
+        InferenceSettings(postprocess=False),
+        PredictOptions(write_json=True, overlay=False),
+    )
+    with result.csv_path.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == list(COLUMNS)
+    ok, bad = read_csv(result.csv_path)
+    assert ok["status"] == "ok" and ok["message"] == "" and ok["overlay"] == "" and bad["status"] == "error"
+    assert int(ok["height"]) == H and 0 <= float(ok["lung_fraction"]) <= 1 and ok["lung_mm2"] == ""
+    assert ok["components"] == ok["raw_components"]  # without post-processing they are the same mask
+    assert not (tmp_path / "out" / "a.png.overlay.png").exists()
+    rows = json.loads(result.json_path.read_text())
+    assert [r["status"] for r in rows] == ["ok", "error"] and set(rows[0]) == set(COLUMNS)
+
+
+@pytest.mark.skipif(not cxrseg.SAMPLE_DIR.is_dir(), reason="no sample X-rays in this checkout")
+def test_sample_inputs_are_the_shipped_xrays() -> None:
+    folders = sample_inputs()
+    assert [f.name for f in folders] == ["image", "test_image"][: len(folders)]
+    assert all(f.parent == Path(cxrseg.__file__).parent / "assets" / "sample" for f in folders)
+
+
+def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    runner = CliRunner()
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(chest()).save(src / "a.png")
+    ckpt = ["--checkpoint", str(checkpoint)]
+    result = runner.invoke(app, ["predict", str(src), "--out", str(tmp_path / "out"), *ckpt, "--tta"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "a.png.mask.png").is_file() and (tmp_path / "out" / "predictions.csv").is_file()
+
+    (src / "broken[red].png").write_bytes(b"\x89PNG\r\n")  # brackets: rich markup must be escaped
+    result = runner.invoke(app, ["predict", str(src), "-o", str(tmp_path / "out2"), *ckpt, "--json", "--no-overlay"])
+    assert result.exit_code == 1  # an input failed
+    rows = json.loads(result.stdout)
+    assert "broken[red].png" in result.stderr and "1 ok, 1 failed" in result.stderr
+    assert [r["status"] for r in rows] == ["ok", "error"]
+    assert not (tmp_path / "out2" / "a.png.overlay.png").exists()
+
+    result = runner.invoke(app, ["predict", str(src), "--out", str(src), *ckpt])
+    assert result.exit_code != 0 and isinstance(result.exception, DataError)
+
+    package = tmp_path / "package"
+    (package / "assets" / "sample" / "test_image").mkdir(parents=True)
+    Image.fromarray(chest()).save(package / "assets" / "sample" / "test_image" / "s.png")
+    monkeypatch.setattr(cxrseg, "__file__", str(package / "__init__.py"))
+    result = runner.invoke(app, ["predict", "--sample", "--out", str(tmp_path / "sample"), *ckpt])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sample" / "s.png.mask.png").is_file()
