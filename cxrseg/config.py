@@ -66,7 +66,7 @@ class TrainSettings(Section):
 
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     dice_weight: float = Field(1.0, ge=0)

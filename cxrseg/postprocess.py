@@ -25,3 +25,24 @@ def clean_mask(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> 
         box = objects[label - 1]
         kept[box] |= ndimage.binary_fill_holes(labels[box] == label)
     return kept
+
+
+RIGHT, LEFT = 1, 2  # patient sides; the patient's right lung is on the image's left (PA and AP alike)
+
+
+def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label each 8-connected component wholly by the side of the image midline its centroid lies on.
+
+    Returns ((H, W) uint8 with 0 background, RIGHT or LEFT; number of components).
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sides = np.zeros(mask.shape, dtype=np.uint8)
+    if count == 0:
+        return sides, 0
+    _, columns = np.nonzero(labels)
+    owner = labels[labels > 0]  # row-major order, like np.nonzero
+    areas = np.bincount(owner, minlength=count + 1)
+    centroids = np.bincount(owner, weights=columns, minlength=count + 1) / np.maximum(areas, 1)
+    side_of_label = np.where(centroids < (mask.shape[1] - 1) / 2, RIGHT, LEFT).astype(np.uint8)
+    side_of_label[0] = 0
+    return side_of_label[labels], int(count)

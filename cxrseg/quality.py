@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from cxrseg.errors import DataError
+from cxrseg.postprocess import LEFT, RIGHT, lung_sides
 
 # Thresholds, set from the 566 expert masks of the Shenzhen set (docs/predict.md gives the figures).
 NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
@@ -77,15 +78,8 @@ def split_sides(mask: np.ndarray) -> tuple[int, int, int]:
 
     Patient's right is the image's left in a radiograph displayed the standard way (PA or AP).
     """
-    labels, count = ndimage.label(mask, structure=EIGHT)
-    if count == 0:
-        return 0, 0, 0
-    _, columns = np.nonzero(labels)
-    owner = labels[labels > 0]  # row-major order, like np.nonzero
-    areas = np.bincount(owner, minlength=count + 1)[1:]
-    centroids = np.bincount(owner, weights=columns, minlength=count + 1)[1:] / np.maximum(areas, 1)
-    on_image_left = centroids < (mask.shape[1] - 1) / 2
-    return int(areas[on_image_left].sum()), int(areas[~on_image_left].sum()), int(count)
+    sides, count = lung_sides(mask)
+    return int(np.count_nonzero(sides == RIGHT)), int(np.count_nonzero(sides == LEFT)), count
 
 
 def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.5) -> float:

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cxrseg.postprocess import LEFT, RIGHT, lung_sides
+
 LEFT_COLOUR = (255, 80, 60)  # patient's left lung (image right in a PA view)
 RIGHT_COLOUR = (40, 200, 255)  # patient's right lung (image left)
 
@@ -35,13 +37,16 @@ def to_uint8(gray: np.ndarray) -> np.ndarray:
 
 
 def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Image:
-    """X-ray with each lung tinted and outlined: image-left half blue (patient right), image-right red."""
-    base = np.repeat(to_uint8(gray)[..., None], 3, axis=2).astype(np.float32)
-    width = mask.shape[1]
-    columns = np.arange(width)[None, :]
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, width // 256))
-    for colour, side in ((RIGHT_COLOUR, columns < width / 2), (LEFT_COLOUR, columns >= width / 2)):
-        region = mask & side
+    """X-ray with each lung tinted and outlined: patient right (image left) blue, patient left red.
+
+    Each connected part takes the colour of the side its centroid is on, as the CSV's lung areas do.
+    """
+    grey = gray if gray.dtype == np.uint8 else to_uint8(gray)
+    base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    sides, _ = lung_sides(mask)
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, mask.shape[1] // 256))
+    for colour, side in ((RIGHT_COLOUR, sides == RIGHT), (LEFT_COLOUR, sides == LEFT)):
+        region = side
         tint = np.array(colour, dtype=np.float32)
         base[region] = (1 - alpha) * base[region] + alpha * tint
         base[outline & side] = tint

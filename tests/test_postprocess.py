@@ -29,3 +29,15 @@ def test_specks_below_threshold_are_dropped_even_if_among_two_largest() -> None:
 
 def test_empty_stays_empty() -> None:
     assert not clean_mask(np.zeros((8, 8), dtype=bool)).any()
+
+
+def test_sides_follow_component_centroids() -> None:
+    from cxrseg.postprocess import LEFT, RIGHT, lung_sides
+
+    mask = np.zeros((50, 100), dtype=bool)
+    mask[5:45, 10:55] = True  # crosses the midline, but its centroid is on the image's left
+    mask[5:45, 70:90] = True
+    sides, count = lung_sides(mask)
+    assert count == 2
+    assert (sides[5:45, 10:55] == RIGHT).all()  # one colour for the whole part, past the midline too
+    assert (sides[5:45, 70:90] == LEFT).all() and (sides[~mask] == 0).all()
