@@ -131,7 +131,7 @@ def train(
                 param_hint="--resume",
             )
         settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})
-    dist_ctx = from_torchrun()
+    dist_ctx = from_torchrun(os.environ)
     view = _progress() if dist_ctx.is_main else contextlib.nullcontext()
     try:
         with view as progress:
@@ -220,7 +220,9 @@ def evaluate(
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
         console.print(why)
     model, info = load_checkpoint(checkpoint)
-    pairs = select_pairs(settings.data.root, split, settings.data.val_fraction, settings.data.split_seed)
+    # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
+    trained = info.settings.data
+    pairs = select_pairs(settings.data.root, split, trained.val_fraction, trained.split_seed)
     with _progress() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
         result = evaluate_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,7 @@ def download(
             sha256=sha256,
             force=force,
             on_progress=on_progress,
+            env=os.environ,
         )
     if result.already_present:
         console.print(f"Dataset already present in {result.dest}; use --force to replace it.")

@@ -30,6 +30,7 @@ def predict(
         Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
     ] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Add the sample X-rays shipped with cxrseg.")] = False,
+    runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run's checkpoint.")] = None,
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Also read subfolders of input folders.")
     ] = False,
@@ -61,13 +62,14 @@ def predict(
     settings = _settings(
         ctx,
         {
+            "train": {"runs_dir": runs_dir},
             "inference": {
                 "tta": tta,
                 "postprocess": postprocess,
                 "threshold": threshold,
                 "batch_size": batch_size,
                 "device": device,
-            }
+            },
         },
     )
     if checkpoint is None:

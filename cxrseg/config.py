@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cxrseg.errors import ConfigError
@@ -128,6 +128,18 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     download: DownloadSettings = DownloadSettings()
     debug: bool = False
+
+    @model_validator(mode="after")
+    def _size_fits_depth(self) -> Settings:
+        factor = 2**self.model.depth
+        size = self.preprocess.image_size
+        if size % factor or size // factor < 2:
+            fit = max(2 * factor, factor * round(size / factor))
+            raise ValueError(
+                f"preprocess.image_size {size} does not fit model.depth {self.model.depth}: it must be a multiple "
+                f"of 2**depth = {factor} and at least {2 * factor}; use --image-size {fit} or a smaller --depth"
+            )
+        return self
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict
         raise DataError(f"{root}: need at least 2 pairs to split off a validation set, found {len(train)}.")
     shuffled = list(train)
     random.Random(seed).shuffle(shuffled)
-    n_val = max(1, round(len(shuffled) * val_fraction))
+    n_val = min(len(shuffled) - 1, max(1, round(len(shuffled) * val_fraction)))
     return {
         "train": sorted(shuffled[n_val:], key=lambda p: p.name),
         "test": sorted(shuffled[:n_val], key=lambda p: p.name),
@@ -126,13 +126,20 @@ def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int 
 
 
 def check_sizes(pairs: Sequence[Pair]) -> None:
-    """Raise DataError listing every pair whose image and mask sizes differ (headers only)."""
+    """Raise DataError listing every unreadable file and every pair whose image and mask sizes differ."""
     bad = []
     for pair in pairs:
-        if image_size(pair.image) != image_size(pair.mask):
-            bad.append(f"{pair.image.name} {image_size(pair.image)} vs {pair.mask.name} {image_size(pair.mask)}")
+        try:
+            image, mask = image_size(pair.image), image_size(pair.mask)
+        except DataError as exc:
+            bad.append(str(exc).split(";")[0])
+            continue
+        if image != mask:
+            bad.append(f"{pair.image.name} {image} vs {pair.mask.name} {mask}")
     if bad:
-        raise DataError(_listing(bad, "image/mask pairs differ in size (height, width)") + "; fix or remove them.")
+        raise DataError(
+            _listing(bad, "pairs are unreadable or differ in size (height, width)") + "; fix or remove them."
+        )
 
 
 def fit_geometry(height: int, width: int, size: int) -> Geometry:
@@ -204,8 +211,20 @@ def load_pairs(
             on_item()
         return image, (mask > 0.5).astype(np.float32), geometry
 
+    if not pairs:
+        raise DataError("No image/mask pairs to load; check the dataset folder.")
+
+    def attempt(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry] | str:
+        try:
+            return load(pair)
+        except DataError as exc:
+            return str(exc)
+
     with ThreadPoolExecutor(workers) as pool:
-        loaded = list(pool.map(load, pairs))
+        loaded = list(pool.map(attempt, pairs))
+    failed = [item for item in loaded if isinstance(item, str)]
+    if failed:
+        raise DataError(_listing(failed, "files could not be read") + ".")
     geometries = [g for _, _, g in loaded]
     return CachedSet(
         images=torch.from_numpy(np.stack([i for i, _, _ in loaded]))[:, None],

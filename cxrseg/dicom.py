@@ -5,24 +5,19 @@ from __future__ import annotations
 import glob
 import math
 import os
-import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrseg.errors import DataError
-from cxrseg.imaging import IMAGE_SUFFIXES, pil_to_gray
+from cxrseg.imaging import IMAGE_SUFFIXES, MAX_PIXELS
+from cxrseg.imaging import read_image as read_picture
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-MAX_PIXELS = 100_000_000  # 100 megapixels: larger inputs get an error row instead of a decompression bomb
 INSTALL_HINT = "pip install 'cxrseg[dicom]'"
-FLOAT_MODES = ("I", "F")
-_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -181,40 +176,6 @@ def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     return Xray(read_picture(path, max_pixels))
 
 
-def _too_large(path: Path, height: int, width: int, max_pixels: int) -> DataError:
-    return DataError(
-        f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
-        "downscale the image first."
-    )
-
-
-def read_picture(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """PNG/JPEG/TIFF/BMP -> float32 (H, W) in [0, 1]; checks the size from the header before decoding."""
-    try:
-        with _OPEN_LOCK, warnings.catch_warnings():  # catch_warnings is not thread-safe; open only reads a header
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            image = Image.open(path)
-        with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise _too_large(path, height, width, max_pixels)
-            image.load()
-            if image.format == "JPEG":
-                image = ImageOps.exif_transpose(image)
-            gray = pil_to_gray(image)
-            mode = image.mode
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(
-            f"{path}: cannot be read as an image ({exc}); it is truncated or not a PNG/JPEG/TIFF/BMP/DICOM file. "
-            "Replace or remove it."
-        ) from exc
-    if mode in FLOAT_MODES and not np.isfinite(gray).all():
-        raise DataError(f"{path}: image holds NaN or infinite values; export it again.")
-    return gray
-
-
 def _pydicom(path: Path) -> Any:
     try:
         import pydicom
@@ -268,7 +229,10 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
         )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > max_pixels:
-        raise _too_large(path, rows, cols, max_pixels)
+        raise DataError(
+            f"{path}: {cols}x{rows} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
+            "downscale the image first."
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")

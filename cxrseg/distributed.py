@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,8 @@ class Distributed:
         return self.rank == 0
 
 
-def from_torchrun(env: dict[str, str] | None = None) -> Distributed:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (called at the CLI edge)."""
-    env = dict(os.environ) if env is None else env
+def from_torchrun(env: Mapping[str, str]) -> Distributed:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK from `env` (the CLI passes os.environ)."""
     if int(env.get("WORLD_SIZE", "1")) <= 1:
         return Distributed()
     return Distributed(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))

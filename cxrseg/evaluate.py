@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,9 +15,10 @@ import torch
 
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.data import Geometry, Pair, check_sizes, fit_to_square, valid_region
+from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
-from cxrseg.metrics import Scores, score, summarize
+from cxrseg.metrics import METRICS, Scores, score, summarize
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,14 @@ class Evaluation:
     summary: dict[str, dict[str, float]]
 
     def as_json(self) -> dict[str, object]:
-        out: dict[str, object] = {name: stats["mean"] for name, stats in self.summary.items()}
+        """Means per metric, n_images and the full summary; undefined values (NaN) become None (null)."""
+
+        def clean(value: float) -> float | None:
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        out: dict[str, object] = {name: clean(stats["mean"]) for name, stats in self.summary.items()}
         out["n_images"] = len(self.rows)
-        out["summary"] = self.summary
+        out["summary"] = {n: {k: clean(v) for k, v in stats.items()} for n, stats in self.summary.items()}
         return out
 
 
@@ -83,7 +92,9 @@ def evaluate_model(
     check_sizes(pairs)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, settings.train.precision)
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    model = model.to(device).eval()
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
     size = settings.preprocess.image_size
     rows: list[ImageScore] = []
     done = 0
@@ -100,25 +111,11 @@ def evaluate_model(
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> None:
-    """Per-image rows (name, image, metrics), written to a temporary name then renamed."""
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", "image", "dice", "iou", "precision", "recall", "hd95"])
-        for row in evaluation.rows:
-            s = row.scores
-            writer.writerow(
-                [
-                    row.name,
-                    row.image,
-                    f"{s.dice:.6f}",
-                    f"{s.iou:.6f}",
-                    f"{s.precision:.6f}",
-                    f"{s.recall:.6f}",
-                    f"{s.hd95:.3f}",
-                ]
-            )
-    tmp.replace(path)
+    """Per-image rows (name, image, metrics), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "image", *METRICS])
+    for row in evaluation.rows:
+        s = row.scores
+        writer.writerow([row.name, row.image, *(f"{getattr(s, m):.6f}" for m in METRICS)])
+    write_text(path, buffer.getvalue())

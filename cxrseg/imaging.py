@@ -1,7 +1,9 @@
-"""Reading X-rays and masks from disk into plain numpy arrays."""
+"""Reading X-rays and masks (PNG, JPEG, TIFF, BMP) from disk into plain numpy arrays."""
 
 from __future__ import annotations
 
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,53 +12,85 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cxrseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MAX_PIXELS = 100_000_000  # 100 megapixels: larger inputs are refused before decoding (no decompression bomb)
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+FLOAT_MODES = ("I", "F")
+_OPEN_LOCK = threading.Lock()
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file.") from exc
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    return ImageOps.exif_transpose(image) if image.format == "JPEG" else image
+def _stretch(array: np.ndarray) -> np.ndarray:
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
 def pil_to_gray(image: Image.Image) -> np.ndarray:
-    """Any PIL image -> float32 (H, W) in [0, 1]; 16-bit and float data keep their full precision."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
-    if image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        low, high = float(array.min()), float(array.max())
-        return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    """Any PIL image -> float32 (H, W) in [0, 1]. 16-bit, integer and float data are stretched from their
+    own minimum to maximum (12-bit data in 16-bit files would otherwise use 6 % of the range)."""
+    if image.mode in SIXTEEN_BIT or image.mode in FLOAT_MODES:
+        return _stretch(np.asarray(image, dtype=np.float32))
     if image.mode != "L":
         image = image.convert("L")  # RGB, RGBA, P, LA, 1: luminance
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an X-ray as float32 (H, W) in [0, 1]: 8/16-bit grayscale, RGB(A), palette."""
-    return pil_to_gray(_open(path))
+def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a PNG/JPEG/TIFF/BMP (JPEG EXIF orientation applied); the size is checked from the header first.
+
+    Raises DataError with a one-line reason for missing, empty, truncated, oversized or undecodable files.
+    """
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():  # catch_warnings is not thread-safe; open only reads a header
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
+                    "downscale the image first."
+                )
+            image.load()
+            return ImageOps.exif_transpose(image) if image.format == "JPEG" else image.copy()
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found.") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); it is truncated or not a PNG/JPEG/TIFF/BMP/DICOM file. "
+            "Replace or remove it."
+        ) from exc
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an X-ray as float32 (H, W) in [0, 1]: 8/16-bit grayscale, RGB(A), palette, float TIFF."""
+    image = load_picture(path, max_pixels)
+    gray = pil_to_gray(image)
+    if image.mode in FLOAT_MODES and not np.isfinite(gray).all():
+        raise DataError(f"{path}: image holds NaN or infinite values; export it again.")
+    return gray
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a mask as bool (H, W): lung where the grey value is above half range (>127 for 8-bit)."""
-    return read_image(path) > 127.5 / 255.0
+    """Read a mask as bool (H, W). Lung is > 127 for 8-bit masks (JPEG grey edges drop out), > 32767 for
+    16-bit masks using that range, and > 0 for masks stored as 0/1."""
+    image = load_picture(path)
+    if image.mode not in SIXTEEN_BIT and image.mode not in FLOAT_MODES and image.mode != "L":
+        image = image.convert("L")
+    values = np.asarray(image)
+    top = float(values.max()) if values.size else 0.0
+    if top <= 1:
+        return values > 0
+    return values > (32767 if top > 255 else 127)
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding pixels."""
+    """(height, width) from the file header, without decoding pixels (EXIF rotation taken into account)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if image.format == "JPEG":
-                orientation = image.getexif().get(0x0112, 1)
-                if orientation in (5, 6, 7, 8):
-                    width, height = height, width
+            if image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file.") from exc
     return height, width

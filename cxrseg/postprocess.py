@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to the same part
+
 
 def count_components(mask: np.ndarray) -> int:
-    return int(ndimage.label(mask)[1])
+    """8-connected components, the connectivity used everywhere in cxrseg."""
+    return int(ndimage.label(mask, structure=EIGHT)[1])
 
 
 def clean_mask(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> np.ndarray:
     """Keep at most `keep` largest connected components (8-connected) whose area is at least
     `min_fraction` of the image, and fill holes inside each. Returns a new boolean mask."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    labels, count = ndimage.label(mask, structure=EIGHT)
     if count == 0:
         return np.zeros_like(mask, dtype=bool)
     areas = np.bincount(labels.ravel())[1:]
@@ -35,7 +38,7 @@ def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
     Returns ((H, W) uint8 with 0 background, RIGHT or LEFT; number of components).
     """
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    labels, count = ndimage.label(mask, structure=EIGHT)
     sides = np.zeros(mask.shape, dtype=np.uint8)
     if count == 0:
         return sides, 0

@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from cxrseg.errors import DataError
-from cxrseg.postprocess import LEFT, RIGHT, lung_sides
+from cxrseg.files import write_text
+from cxrseg.postprocess import EIGHT, LEFT, RIGHT, count_components, lung_sides
 
 # Thresholds, set from the 566 expert masks of the Shenzhen set (docs/predict.md gives the figures).
 NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
@@ -36,7 +35,6 @@ COLUMNS: dict[str, type] = {
     "lung_mm2": float, "right_lung_mm2": float, "left_lung_mm2": float, "components": int, "raw_components": int,
     "mean_probability": float, "border_confidence": float, "midline_contrast": float, "flags": str,
 }  # fmt: skip
-EIGHT = np.ones((3, 3), dtype=bool)
 FLAGS = (
     "no_lung",
     "lung_fraction_low",
@@ -66,11 +64,6 @@ class LungMeasures:
     @property
     def lung_fraction(self) -> float:
         return self.lung_px / max(1, self.height * self.width)
-
-
-def count_components(mask: np.ndarray) -> int:
-    """8-connected components, the connectivity clean_mask uses."""
-    return int(ndimage.label(mask, structure=EIGHT)[1])
 
 
 def split_sides(mask: np.ndarray) -> tuple[int, int, int]:
@@ -195,17 +188,6 @@ def quality_flags(m: LungMeasures) -> list[str]:
     return flags
 
 
-def _atomic_write(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def empty_row() -> dict[str, Any]:
     """A row with every column: empty text, None for numbers."""
     return {name: "" if kind is str else None for name, kind in COLUMNS.items()}
@@ -215,13 +197,13 @@ def write_rows(rows: Sequence[dict[str, Any]], path: Path, as_json: bool = False
     """Rows as CSV (empty cell for a missing value) or as a JSON list (null), written atomically."""
     full = [{name: row.get(name) for name in COLUMNS} for row in rows]
     if as_json:
-        _atomic_write(json.dumps(full, indent=1) + "\n", path)
+        write_text(path, json.dumps(full, indent=1) + "\n")
         return path
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in full)
-    _atomic_write(buffer.getvalue(), path)
+    write_text(path, buffer.getvalue())
     return path
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cxrseg.files import atomic_path
 from cxrseg.postprocess import LEFT, RIGHT, lung_sides
 
 LEFT_COLOUR = (255, 80, 60)  # patient's left lung (image right in a PA view)
@@ -17,16 +16,9 @@ RIGHT_COLOUR = (40, 200, 255)  # patient's right lung (image left)
 
 
 def save_png(image: Image.Image, path: Path, compress_level: int = 1) -> None:
-    """Write to a temporary name, then rename. Level 1 zlib: ~3x faster than Pillow's 6, files ~10% larger."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write atomically. Level 1 zlib: ~3x faster than Pillow's default 6, files ~10 % larger."""
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_uint8(gray: np.ndarray) -> np.ndarray:

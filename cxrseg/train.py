@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
@@ -22,10 +16,12 @@ from torch.utils.data import DistributedSampler
 from cxrseg.augment import augment_batch
 from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
 from cxrseg.config import Settings
+from cxrseg.control import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
 from cxrseg.data import CachedSet, dataset_splits, load_pairs, normalize
 from cxrseg.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
-from cxrseg.errors import TrainingError, TrainingInterrupted
+from cxrseg.errors import DataError, TrainingError, TrainingInterrupted
 from cxrseg.evaluate import score_batch
+from cxrseg.files import write_text
 from cxrseg.imaging import read_mask
 from cxrseg.inference import amp_dtype, autocast, forward_probabilities, resolve_device
 from cxrseg.losses import segmentation_loss
@@ -75,63 +71,6 @@ class TrainCallbacks:
     def on_epoch(self, report: EpochReport) -> None: ...
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 1% of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def new_run_dir(runs_dir: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-        with contextlib.suppress(FileExistsError):
-            (runs_dir / f"{stamp}{suffix}").mkdir(parents=True)
-            return runs_dir / f"{stamp}{suffix}"
-    raise TrainingError(f"Could not create a new run folder in {runs_dir}; clean it up.")
-
-
-def epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
-    """This rank's batches for `epoch`: a seeded shuffle that depends only on (seed, epoch)."""
-    sampler.set_epoch(epoch)
-    order = list(sampler)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm needs two samples
-        batches.pop()
-    return batches
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[dict[str, int]]:
-    """Ctrl-C / SIGTERM set a flag the loop checks after each step; a second Ctrl-C aborts at once."""
-    flag = {"signal": 0}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if flag["signal"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def validate(model, val: CachedSet, truths, settings: Settings, device, dtype, ctx: Distributed):
     """Mean Dice and IoU over all ranks' shards, at the masks' own resolution; plus preview rows."""
     model.eval()
@@ -174,6 +113,11 @@ def train(
     cb.on_status(f"Decoding {len(splits['train'])} train and {len(splits['test'])} validation pairs at {size}px")
     started = time.perf_counter()
     train_set = load_pairs(splits["train"], size)
+    if len(splits["test"]) < ctx.world_size or len(splits["train"]) < 2 * ctx.world_size:
+        raise DataError(
+            f"{settings.data.root}: {len(splits['train'])} train and {len(splits['test'])} validation pairs are too "
+            f"few for {ctx.world_size} processes; each needs 2 train pairs and 1 validation pair."
+        )
     val_pairs = splits["test"][ctx.rank :: ctx.world_size]  # each rank validates a shard
     val_set = load_pairs(val_pairs, size)
     truths = [read_mask(p.mask) for p in val_pairs]
@@ -192,15 +136,20 @@ def train(
         range(len(train_set.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
     )
     steps_per_epoch = len(epoch_batches(sampler, 0, cfg.batch_size))
+    if steps_per_epoch == 0:
+        raise DataError(f"{settings.data.root}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation draws
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     position, note = Position(), ""
     if resume_dir is not None:
         run_dir = resume_dir
-        position, generator_state, note = load_resume_state(run_dir, model, optimizer, scheduler, ctx.rank)
+        position, generator_state, note = load_resume_state(
+            run_dir, model, optimizer, scheduler, ctx.rank, ctx.world_size, scaler
+        )
         if generator_state is not None:
             generator.set_state(generator_state)
         if ctx.is_main:
@@ -208,8 +157,8 @@ def train(
     else:
         run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
     if ctx.is_main:
-        (run_dir / "settings.json").write_text(settings.model_dump_json(indent=2))
-        (run_dir / "environment.json").write_text(json.dumps(environment(device, dtype, ctx.world_size), indent=2))
+        write_text(run_dir / "settings.json", settings.model_dump_json(indent=2))
+        write_text(run_dir / "environment.json", json.dumps(environment(device, dtype, ctx.world_size), indent=2))
     precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
     note = "; ".join(
         filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
@@ -219,7 +168,7 @@ def train(
     def save_state_now() -> None:
         states = gather_objects(generator.get_state(), ctx)
         if ctx.is_main:
-            save_resume_state(run_dir, model, optimizer, scheduler, position, states)
+            save_resume_state(run_dir, model, optimizer, scheduler, position, states, scaler)
 
     stop_reason, time_started, epoch = "completed", time.perf_counter(), position.epochs_done
     with stop_on_signals() as stop:
@@ -240,13 +189,16 @@ def train(
                 loss = segmentation_loss(logits, masks.to(device), cfg.dice_weight)
                 loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
                 if not math.isfinite(loss_sum):
+                    last = run_dir / "last.safetensors"
+                    kept = f"The last good checkpoint is {last}. " if last.is_file() else "No epoch had finished. "
                     raise TrainingError(
-                        f"Loss became {loss_sum} at epoch {epoch}, step {step + 1}; stopped. The last good "
-                        f"checkpoint is {run_dir / 'last.safetensors'}. Lower --lr or use --precision fp32."
+                        f"Loss became {loss_sum} at epoch {epoch}, step {step + 1}; stopped. {kept}"
+                        "Lower --lr or use --precision fp32."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()  # loss scaling only for fp16; a no-op otherwise
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 position.step, seen = step + 1, seen + len(index)
                 position.loss_sum += loss_sum / ctx.world_size

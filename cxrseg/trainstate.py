@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import random
@@ -16,6 +17,7 @@ from cxrseg import __version__
 from cxrseg.checkpoint import load_state, previous_state, save_state, strip_prefixes, unwrap
 from cxrseg.config import Settings, settings_from_json
 from cxrseg.errors import CheckpointError
+from cxrseg.files import write_text
 from cxrseg.render import plot_progress, save_png
 
 STATE_FILE = "state.safetensors"
@@ -40,6 +42,7 @@ def save_resume_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: Position,
     generator_states: list[torch.Tensor],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """One atomic file holds everything a resume needs, so its parts can never disagree."""
     tensors = {f"model.{k}": v for k, v in strip_prefixes(unwrap(model).state_dict()).items()}
@@ -50,6 +53,8 @@ def save_resume_state(
     extra = {
         "position": asdict(position),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "world_size": len(generator_states),
         "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "rng_numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
@@ -62,6 +67,8 @@ def load_resume_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int = 0,
+    world_size: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[Position, torch.Tensor | None, str]:
     """Restore from run_dir/state.safetensors, falling back to the previous state file if it is corrupt.
 
@@ -82,6 +89,14 @@ def load_resume_state(
         except CheckpointError:
             raise CheckpointError(f"{exc} The previous state {fallback} is unreadable too; start a new run.") from exc
         note = f"{exc} Resuming from the previous good state {fallback} instead."
+    saved_world = extra.get("world_size", 1)
+    if saved_world != world_size:
+        raise CheckpointError(
+            f"{run_dir} was trained with {saved_world} process(es); resume it with the same number (now {world_size}), "
+            "so that the data order and batch positions carry on exactly."
+        )
+    if scaler is not None and extra.get("scaler"):
+        scaler.load_state_dict(extra["scaler"])
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     unwrap(model).load_state_dict(weights)
     scheduler.load_state_dict(extra["scheduler"])
@@ -110,7 +125,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill is dropped
+            rows.append(json.loads(line))
+    return rows
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
@@ -122,9 +141,7 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
 def trim_metrics(run_dir: Path, epochs_done: int) -> None:
     """Drop lines of epochs a resumed run will redo (written after the last saved state)."""
     rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epochs_done]
-    tmp = run_dir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(run_dir / "metrics.jsonl")
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def resumed_settings(run_dir: Path) -> Settings:

@@ -34,3 +34,8 @@ def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "many")
     with pytest.raises(ConfigError, match="train.epochs"):
         load_settings()
+
+
+def test_image_size_must_fit_the_depth() -> None:
+    with pytest.raises(ConfigError, match="--image-size 64"):
+        with_overrides(Settings(), {"model": {"depth": 5}, "preprocess": {"image_size": 48}})

@@ -103,3 +103,19 @@ def test_normalize_ignores_padding() -> None:
     assert torch.allclose(inside.mean(1), torch.zeros(2), atol=1e-5)
     assert torch.allclose(inside.std(1, unbiased=False), torch.ones(2), atol=1e-3)
     assert out[~valid.bool()].abs().max() == 0
+
+
+def test_masks_stored_as_0_1_or_16_bit_are_read(tmp_path: Path) -> None:
+    _, truth = ellipse_pair(3)
+    Image.fromarray(truth.astype(np.uint8)).save(tmp_path / "ones.png")  # 0/1 masks
+    Image.fromarray(truth.astype(np.uint16) * 65535).save(tmp_path / "deep.png")  # 16-bit 0/65535
+    assert (read_mask(tmp_path / "ones.png") == truth).all()
+    assert (read_mask(tmp_path / "deep.png") == truth).all()
+
+
+def test_every_unreadable_file_is_listed_at_once(dataset: Path) -> None:
+    for name in ("case_001.png", "case_004.png"):
+        (dataset / "image" / name).write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError) as info:
+        load_pairs(find_pairs(dataset / "image", dataset / "mask"), 32)
+    assert "case_001.png" in str(info.value) and "case_004.png" in str(info.value)
