@@ -234,7 +234,8 @@ def evaluate(
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
         return
-    table = Table(title=f"{len(result.rows)} images, split '{split}', {checkpoint}")
+    stdout.print(f"Checkpoint {checkpoint}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{len(result.rows)} images, split '{split}'")
     for column in ("metric", "mean", "sd", "median", "n"):
         table.add_column(column, justify="right")
     for name, stats in result.summary.items():

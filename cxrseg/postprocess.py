@@ -39,13 +39,10 @@ def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
     Returns ((H, W) uint8 with 0 background, RIGHT or LEFT; number of components).
     """
     labels, count = ndimage.label(mask, structure=EIGHT)
-    sides = np.zeros(mask.shape, dtype=np.uint8)
-    if count == 0:
-        return sides, 0
-    _, columns = np.nonzero(labels)
-    owner = labels[labels > 0]  # row-major order, like np.nonzero
-    areas = np.bincount(owner, minlength=count + 1)
-    centroids = np.bincount(owner, weights=columns, minlength=count + 1) / np.maximum(areas, 1)
-    side_of_label = np.where(centroids < (mask.shape[1] - 1) / 2, RIGHT, LEFT).astype(np.uint8)
-    side_of_label[0] = 0
+    side_of_label = np.zeros(count + 1, dtype=np.uint8)
+    midline = (mask.shape[1] - 1) / 2
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):  # work inside each bounding box
+        column_counts = (labels[box] == label).sum(axis=0)
+        centroid = column_counts @ np.arange(box[1].start, box[1].stop) / column_counts.sum()
+        side_of_label[label] = RIGHT if centroid < midline else LEFT
     return side_of_label[labels], int(count)

@@ -32,17 +32,20 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Im
     """X-ray with each lung tinted and outlined: patient right (image left) blue, patient left red.
 
     Each connected part takes the colour of the side its centroid is on, as the CSV's lung areas do.
+    Only lung pixels are blended (integer maths), so this costs little beside the PNG encoding.
     """
     grey = gray if gray.dtype == np.uint8 else to_uint8(gray)
-    base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    rgb = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3) uint8
     sides, _ = lung_sides(mask)
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, mask.shape[1] // 256))
-    for colour, side in ((RIGHT_COLOUR, sides == RIGHT), (LEFT_COLOUR, sides == LEFT)):
-        region = side
-        tint = np.array(colour, dtype=np.float32)
-        base[region] = (1 - alpha) * base[region] + alpha * tint
-        base[outline & side] = tint
-    return Image.fromarray(base.astype(np.uint8))
+    eroded = ndimage.binary_erosion(mask, iterations=max(1, mask.shape[1] // 256))
+    for colour, side in ((RIGHT_COLOUR, RIGHT), (LEFT_COLOUR, LEFT)):
+        rows, cols = np.nonzero(sides == side)
+        tint = np.array(colour, dtype=np.uint16)
+        keep = round((1 - alpha) * 256)
+        rgb[rows, cols] = ((rgb[rows, cols].astype(np.uint16) * keep + tint * (256 - keep)) >> 8).astype(np.uint8)
+        edge = ~eroded[rows, cols]
+        rgb[rows[edge], cols[edge]] = colour
+    return Image.fromarray(rgb)
 
 
 def preview_strip(gray: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Image.Image:

@@ -68,7 +68,9 @@ def test_evaluate_scores_at_the_masks_own_resolution(runner: CliRunner, tmp_path
 def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cxrseg", "train", "--data", str(tmp_path / "missing")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -76,7 +78,9 @@ def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
 
     debug = subprocess.run(
         [sys.executable, "-m", "cxrseg", "--debug", "train", "--data", str(tmp_path / "missing")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
@@ -99,8 +103,10 @@ def test_download_then_train_finds_the_data(runner: CliRunner, tmp_path: Path, m
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
-    result = runner.invoke(app, ["train", "--epochs", "1", "--image-size", "32", "--base-channels", "4",
-                                 "--depth", "2", "--batch-size", "2"])
+    result = runner.invoke(
+        app,
+        ["train", "--epochs", "1", "--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "2"],
+    )
     assert result.exit_code == 0, result.output
     assert next((tmp_path / "runs").glob("*/best.safetensors")).is_file()
 

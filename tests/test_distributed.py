@@ -20,16 +20,51 @@ from tests.conftest import write_dataset
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=16, n_test=5)  # odd count: shards of 3 and 2
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "cxrseg", "train", "--data", str(data), "--runs-dir", str(runs), "--epochs", "2",
-               "--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4",
-               "--device", "cpu", "--precision", "fp32"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cxrseg",
+        "train",
+        "--data",
+        str(data),
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs.iterdir()  # exactly one run folder
     assert sorted(p.name for p in run.glob("*.safetensors")) == [
-        "best.safetensors", "last.safetensors", "state.prev.safetensors", "state.safetensors"]
+        "best.safetensors",
+        "last.safetensors",
+        "state.prev.safetensors",
+        "state.safetensors",
+    ]
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]  # only rank 0 logs

@@ -36,15 +36,38 @@ main()
 
 
 def tiny_args(data: Path, runs: Path, epochs: int = 3) -> list[str]:
-    return ["train", "--data", str(data), "--runs-dir", str(runs), "--epochs", str(epochs), "--image-size", "32",
-            "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--deterministic", "--seed", "3"]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "4",
+        "--deterministic",
+        "--seed",
+        "3",
+    ]
 
 
 def run_cli(tmp_path: Path, args: list[str], delay: float = 0.0, wait: bool = True) -> subprocess.Popen:
     script = tmp_path / "slow_runner.py"
     script.write_text(SLOW_RUNNER)
-    process = subprocess.Popen([sys.executable, str(script), str(delay), *args], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(delay), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if wait:
         process.wait(timeout=120)
     return process
@@ -117,10 +140,14 @@ def test_sigterm_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path, data:
 
 
 def tiny_settings(tmp_path: Path, data: Path, **train: object) -> Settings:
-    return Settings.model_validate({
-        "data": {"root": data}, "preprocess": {"image_size": 32}, "model": {"base_channels": 4, "depth": 2},
-        "train": {"epochs": 5, "batch_size": 4, "runs_dir": tmp_path / "runs", "previews": 0, **train},
-    })
+    return Settings.model_validate(
+        {
+            "data": {"root": data},
+            "preprocess": {"image_size": 32},
+            "model": {"base_channels": 4, "depth": 2},
+            "train": {"epochs": 5, "batch_size": 4, "runs_dir": tmp_path / "runs", "previews": 0, **train},
+        }
+    )
 
 
 def test_patience_stops_early(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
