@@ -6,8 +6,6 @@ import base64
 import errno
 import hashlib
 import http.client
-import json
-import os
 import re
 import shutil
 import ssl
@@ -26,6 +24,7 @@ from cxrseg.config import DownloadSettings
 from cxrseg.data import dataset_splits
 from cxrseg.errors import DataError, DownloadError
 from cxrseg.extract import PARTIAL_DIR, check_destination, count_images, extract_dataset, install, is_present
+from cxrseg.kaggle import http_message, kaggle_credentials
 
 Progress = Callable[[int, int | None], None]
 backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it
@@ -52,43 +51,6 @@ class DownloadResult:
 
 class _Retryable(Exception):
     """A failure worth another attempt: connection error, timeout, HTTP 5xx/429 or a body cut short."""
-
-
-def kaggle_credentials(env: Mapping[str, str], kaggle_json: Path | None = None) -> tuple[str, str]:
-    """(username, key) from KAGGLE_USERNAME/KAGGLE_KEY, else from kaggle.json."""
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
-    if kaggle_json is None:
-        config_dir = env.get("KAGGLE_CONFIG_DIR")
-        kaggle_json = Path(config_dir) / "kaggle.json" if config_dir else Path.home() / ".kaggle" / "kaggle.json"
-    token_hint = "create one at https://www.kaggle.com/settings (API > Create New Token)"
-    if not kaggle_json.is_file():
-        raise DownloadError(
-            f"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY or save kaggle.json to {kaggle_json} "
-            f"({token_hint}), or pass --url or --archive."
-        )
-    try:
-        values = json.loads(kaggle_json.read_text())
-        return str(values["username"]), str(values["key"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DownloadError(f"{kaggle_json} is not a valid kaggle.json ({exc!r}); {token_hint}.") from exc
-
-
-def _http_message(code: int, url: str, kaggle_dataset: str | None) -> str:
-    if kaggle_dataset:
-        page = f"https://www.kaggle.com/datasets/{kaggle_dataset}"
-        if code in (401, 403):
-            return (
-                f"Kaggle refused the download (HTTP {code}): check KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json, "
-                f"and accept the dataset's terms on {page}."
-            )
-        if code == 404:
-            return f"Kaggle dataset {kaggle_dataset} not found (HTTP 404); check download.kaggle_dataset ({page})."
-    elif code in (401, 403):
-        return f"{url} refused access (HTTP {code}); use a public link, or fetch the file yourself and pass --archive."
-    elif code == 404:
-        return f"{url} not found (HTTP 404); check the --url."
-    return f"{url} answered HTTP {code}; check the address or try again later."
 
 
 class _Transfer:
@@ -127,7 +89,7 @@ class _Transfer:
             if exc.code == 416 and self.done:  # our range is past the end: start over
                 self._restart()
                 raise _Retryable("HTTP 416 on resume") from exc
-            raise DownloadError(_http_message(exc.code, self.url, self.kaggle_dataset)) from exc
+            raise DownloadError(http_message(exc.code, self.url, self.kaggle_dataset)) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             raise _Retryable(str(getattr(exc, "reason", exc)) or type(exc).__name__) from exc
 
@@ -226,7 +188,7 @@ def download_dataset(
         sha256: expected checksum of the archive, hex.
         force: replace a dataset already in `dest` (kept until the new one is complete).
         on_progress: called with (bytes_done, total_or_None) while downloading.
-        env: where KAGGLE_USERNAME / KAGGLE_KEY / KAGGLE_CONFIG_DIR are read (os.environ by default).
+        env: where KAGGLE_USERNAME, KAGGLE_KEY, KAGGLE_CONFIG_DIR are read (the CLI passes os.environ).
         kaggle_json: credentials file (default ~/.kaggle/kaggle.json).
         kaggle_base_url: Kaggle API root.
 
@@ -261,7 +223,7 @@ def download_dataset(
     check_destination(dest)
     headers = {}
     if kaggle_dataset is not None:
-        user, key = kaggle_credentials(os.environ if env is None else env, kaggle_json)
+        user, key = kaggle_credentials(env or {}, kaggle_json)
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
     if archive is not None and not archive.is_file():
         raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
