@@ -76,7 +76,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 3).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step and process (default 16).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Model input size, a multiple of 16.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Model input size: a multiple of 16 and of 2**depth.")] = None,
     base_channels: Annotated[int | None, typer.Option(help="U-Net width of the first level.")] = None,
     depth: Annotated[int | None, typer.Option(help="U-Net pooling steps.")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Where run folders are created.")] = None,
@@ -218,7 +218,7 @@ def evaluate(
     )
     if checkpoint is None:
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
-        console.print(why)
+        console.print(why, markup=False, highlight=False)
     model, info = load_checkpoint(checkpoint)
     # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
     trained = info.settings.data
@@ -234,7 +234,7 @@ def evaluate(
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
         return
-    stdout.print(f"Checkpoint {checkpoint}", highlight=False, soft_wrap=True)
+    stdout.print(f"Checkpoint {checkpoint}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"{len(result.rows)} images, split '{split}'")
     for column in ("metric", "mean", "sd", "median", "n"):
         table.add_column(column, justify="right")

@@ -6,7 +6,9 @@ class CxrsegError(Exception):
 
 
 class ConfigError(CxrsegError):
-    """A setting or config file is invalid."""
+    """A setting, flag value or config file is invalid (exit code 2, like other usage errors)."""
+
+    exit_code = 2
 
 
 class DataError(CxrsegError):
