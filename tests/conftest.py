@@ -10,6 +10,26 @@ from PIL import Image
 
 from cxrseg.config import Settings
 
+TINY_MODEL = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--batch-size", "4"]
+"""`cxrseg train` flags for a U-Net small enough to train in a second."""
+
+
+def tiny_args(data: Path, runs: Path, epochs: int = 3) -> list[str]:
+    """A deterministic `cxrseg train` of a tiny U-Net on `data`."""
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        *TINY_MODEL,
+        "--deterministic",
+        "--seed",
+        "3",
+    ]
+
 
 def ellipse_pair(seed: int, height: int = 64, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A dark two-lung 'X-ray' (uint8) and its boolean mask."""

@@ -13,42 +13,15 @@ from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings
 from cxrseg.data import select_pairs
 from cxrseg.evaluate import evaluate_model
-from tests.conftest import write_dataset
+from tests.conftest import tiny_args, write_dataset
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=16, n_test=5)  # odd count: shards of 3 and 2
     runs = tmp_path / "runs"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "cxrseg",
-        "train",
-        "--data",
-        str(data),
-        "--runs-dir",
-        str(runs),
-        "--epochs",
-        "2",
-        "--image-size",
-        "32",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    command = [*torchrun, "cxrseg", *tiny_args(data, runs, epochs=2), "--device", "cpu", "--precision", "fp32"]
     result = subprocess.run(
         command,
         capture_output=True,

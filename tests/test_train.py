@@ -18,7 +18,7 @@ from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError, TrainingError
 from cxrseg.train import train
-from tests.conftest import write_dataset
+from tests.conftest import tiny_args, write_dataset
 
 SLOW_RUNNER = """
 import sys, time
@@ -33,29 +33,6 @@ from cxrseg.cli import main
 sys.argv = ["cxrseg", *sys.argv[2:]]
 main()
 """
-
-
-def tiny_args(data: Path, runs: Path, epochs: int = 3) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--runs-dir",
-        str(runs),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        "32",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--batch-size",
-        "4",
-        "--deterministic",
-        "--seed",
-        "3",
-    ]
 
 
 def run_cli(tmp_path: Path, args: list[str], delay: float = 0.0, wait: bool = True) -> subprocess.Popen:
