@@ -68,6 +68,18 @@ def _refuse_special(name: str, source: str) -> None:
     raise DownloadError(f"{source} holds a link or device file ({name!r}); refusing to unpack it.")
 
 
+def _prepare(into: Path, parts: tuple[str, ...] | None, is_dir: bool) -> Path | None:
+    """Create the folder for an archive entry; return where a file's bytes go (None: nothing to copy)."""
+    if parts is None:
+        return None
+    target = into.joinpath(*parts)
+    if is_dir:
+        target.mkdir(parents=True, exist_ok=True)
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
@@ -79,16 +91,10 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
         files = [i for i in infos if not i.is_dir()]
         budget.check(sum(i.file_size for i in files), len(files))
         for info in infos:
-            parts = _safe_parts(info.filename, source)
-            if parts is None:
-                continue
-            target = into.joinpath(*parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src:
-                budget.copy(src, target)
+            target = _prepare(into, _safe_parts(info.filename, source), info.is_dir())
+            if target is not None:
+                with zf.open(info) as src:
+                    budget.copy(src, target)
 
 
 def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> None:
@@ -97,14 +103,11 @@ def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> Non
             parts = _safe_parts(member.name, source)
             if not (member.isfile() or member.isdir()):
                 _refuse_special(member.name, source)
-            if parts is None:
+            if member.isfile() and parts is not None:
+                budget.check(member.size, 1)
+            target = _prepare(into, parts, member.isdir())
+            if target is None:
                 continue
-            target = into.joinpath(*parts)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            budget.check(member.size, 1)
-            target.parent.mkdir(parents=True, exist_ok=True)
             src = tf.extractfile(member)
             assert src is not None  # regular files always have a data stream
             with src:

@@ -9,7 +9,7 @@ prediction is 1 (nothing claimed wrongly); recall with an empty truth is 1 (noth
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -24,9 +24,6 @@ class Scores:
     precision: float
     recall: float
     hd95: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _ratio(num: int, den: int) -> float:
