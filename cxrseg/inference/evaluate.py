@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.data import Geometry, Pair, check_sizes, fit_to_square, valid_region
+from cxrseg.dataset import Pair, check_sizes
 from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
-from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
 from cxrseg.metrics import METRICS, Scores, score, summarize
+from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 
 @dataclass(frozen=True)
