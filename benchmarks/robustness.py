@@ -30,10 +30,10 @@ from scipy import ndimage
 # every cxrseg import in one place
 import cxrseg
 from cxrseg.checkpoint import load_checkpoint
-from cxrseg.data import Pair, dataset_splits, find_pairs
+from cxrseg.dataset import Pair, dataset_splits, find_pairs
 from cxrseg.errors import CxrsegError
-from cxrseg.evaluate import Evaluation, evaluate_model
 from cxrseg.imaging import read_image, read_mask
+from cxrseg.inference.evaluate import Evaluation, evaluate_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs"
 TILE = 160

@@ -28,10 +28,11 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
 ) -> None:
-    """Score a checkpoint: Dice, IoU, precision, recall, HD95 per image at the mask's own resolution."""
+    """Score a checkpoint: Dice, IoU, precision, recall, HD95, ASSD per image at the mask's own resolution."""
     from cxrseg.checkpoint import default_checkpoint, load_checkpoint
     from cxrseg.dataset import select_pairs
     from cxrseg.inference.evaluate import evaluate_model, write_csv
+    from cxrseg.metrics import DISTANCE_METRICS
 
     if split not in ("test", "train", "all"):
         raise typer.BadParameter("use test, train or all", param_hint="--split")
@@ -66,9 +67,10 @@ def evaluate(
     for column in ("metric", "mean", "sd", "median", "n"):
         table.add_column(column, justify="right")
     for name, stats in result.summary.items():
-        digits = 2 if name == "hd95" else 4
+        distance = name in DISTANCE_METRICS
+        digits = 2 if distance else 4
         table.add_row(
-            name + (" (px)" if name == "hd95" else ""),
+            name + (" (px)" if distance else ""),
             f"{stats['mean']:.{digits}f}",
             f"{stats['sd']:.{digits}f}",
             f"{stats['median']:.{digits}f}",
