@@ -1,0 +1,105 @@
+"""Running a cxrseg ONNX model with ONNX Runtime: its metadata read back, a forward pass like the U-Net's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrseg.checkpoint import Checkpoint, checkpoint_from_metadata
+from cxrseg.errors import CheckpointError, ConfigError
+
+ONNX_SUFFIX = ".onnx"
+INSTALL_HINT = 'pip install "cxrseg[onnx]"'
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def require(module: str = "onnxruntime", what: str = "ONNX Runtime") -> ModuleType:
+    """Import an optional ONNX package, or raise ConfigError saying how to install it."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise ConfigError(f"{what} support is not installed ({exc.name} missing); run {INSTALL_HINT}.") from exc
+
+
+def is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ONNX_SUFFIX
+
+
+class OnnxModel:
+    """A cxrseg U-Net in ONNX, run by ONNX Runtime on the CPU.
+
+    Called with a torch tensor it behaves like the torch U-Net, so the inference engine needs no second code path.
+
+    Shape:
+        normalised image (N, 1, S, S) float32 -> logits (N, 1, S, S) float32.
+    """
+
+    def __init__(self, session: Any, info: Checkpoint, metadata: dict[str, str]) -> None:
+        self.session, self.info, self.metadata = session, info, metadata
+        self.precision = metadata.get("precision", "fp32")
+
+    @property
+    def image_size(self) -> int:
+        return self.info.settings.preprocess.image_size
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(N, 1, S, S) z-scored images (padding 0) -> (N, 1, S, S) logits."""
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Lung probability per pixel: sigmoid of the logits."""
+        return 1.0 / (1.0 + np.exp(-self.logits(images)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.logits(x.detach().cpu().numpy()))
+
+
+def session_options(threads: int | None = None) -> Any:
+    ort = require()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
+    """Open a model written by `cxrseg export` on ONNX Runtime's CPU provider; its settings come from its metadata.
+
+    `threads` defaults to torch's intra-op thread count. Raises CheckpointError for a missing or unreadable file
+    and for an ONNX model that cxrseg did not write.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"Model {path} not found; pass --checkpoint PATH to a .onnx or .safetensors file.")
+    ort = require()
+    try:
+        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind error types (InvalidProtobuf, Fail, ...)
+        raise CheckpointError(f"{path} cannot be opened as an ONNX model ({exc}); export it again.") from exc
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    info = checkpoint_from_metadata(metadata, path, "an ONNX model")
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise CheckpointError(f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', found {names}.")
+    return OnnxModel(session, info, metadata)
+
+
+def describe_preprocessing(settings_json: str) -> str:
+    """The input contract in words and numbers, stored in the ONNX metadata for readers other than cxrseg."""
+    preprocess = json.loads(settings_json)["preprocess"]
+    return json.dumps(
+        {
+            **preprocess,
+            "fit": "grey values in [0, 1]; aspect-preserving bilinear resize of the long side to image_size, "
+            "centred, zero padding to image_size x image_size",
+            "normalize": "z-score over the non-padding pixels (std floored at 1e-3); padding set to 0",
+            "input": f"'{INPUT_NAME}' float32 (batch, 1, image_size, image_size)",
+            "output": f"'{OUTPUT_NAME}' float32 (batch, 1, image_size, image_size); lung = sigmoid(logits) > threshold",
+        }
+    )
