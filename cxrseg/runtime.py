@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrseg.checkpoint import Checkpoint, checkpoint_from_metadata
+from cxrseg.checkpoint import Checkpoint, checkpoint_from_metadata, checkpoint_metadata
 from cxrseg.errors import CheckpointError, ConfigError
+from cxrseg.model import UNet
 
 ONNX_SUFFIX = ".onnx"
 INSTALL_HINT = 'pip install "cxrseg[onnx]"'
@@ -77,9 +82,23 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     """
     if not path.is_file():
         raise CheckpointError(f"Model {path} not found; pass --checkpoint PATH to a .onnx or .safetensors file.")
+    return _open(str(path), path, threads)
+
+
+def from_checkpoint(model: UNet, info: Checkpoint, threads: int | None = None) -> OnnxModel:
+    """A torch U-Net exported in memory and opened on ONNX Runtime (nothing written to disk)."""
+    proto = to_onnx_proto(model, info.settings.preprocess.image_size)
+    for key, value in (checkpoint_metadata(info) | {"precision": "fp32"}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    assert info.path is not None, "a loaded checkpoint knows its path"
+    return _open(proto.SerializeToString(), info.path, threads)
+
+
+def _open(source: str | bytes, path: Path, threads: int | None) -> OnnxModel:
     ort = require()
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind error types (InvalidProtobuf, Fail, ...)
         raise CheckpointError(f"{path} cannot be opened as an ONNX model ({exc}); export it again.") from exc
     metadata = dict(session.get_modelmeta().custom_metadata_map)
@@ -103,3 +122,35 @@ def describe_preprocessing(settings_json: str) -> str:
             "output": f"'{OUTPUT_NAME}' float32 (batch, 1, image_size, image_size); lung = sigmoid(logits) > threshold",
         }
     )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter logs and warns about things that do not concern a U-Net (torchvision ops, deprecations)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def to_onnx_proto(model: UNet, image_size: int):
+    """The torch.export-based exporter's ModelProto: input 'image' and output 'logits', batch dimension dynamic."""
+    require("onnxscript", "ONNX export")
+    example = torch.zeros(2, 1, image_size, image_size)
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxrseg.errors import ConfigError, DataError
-from cxrseg.shard import Shard, merge_shards, parse_shard, select, shard_of, write_manifest
+from cxrseg.inference.shard import Shard, merge_shards, parse_shard, select, shard_of, write_manifest
 
 KEYS = [f"sub{i % 7}/case_{i:04d}.png" for i in range(500)]
 

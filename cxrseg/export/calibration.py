@@ -8,25 +8,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrseg.data import fit_to_square, list_images, normalize, valid_region
+from cxrseg.assets import SAMPLE_DIR
+from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR, list_images
 from cxrseg.errors import DataError
 from cxrseg.imaging import read_image
+from cxrseg.preprocess import fit_to_square, normalize, valid_region
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "sample"
 MAX_CALIBRATION = 64  # ORT keeps every calibration batch's activations in memory; 64 X-rays settle the ranges
 
 
 def sample_images() -> list[Path]:
     """The packaged sample X-rays (image/ and test_image/): real pixels every installation has."""
-    return [path for name in ("image", "test_image") for path in list_images(SAMPLE_DIR / name)]
+    return [path for name in (IMAGE_DIR, TEST_IMAGE_DIR) for path in list_images(SAMPLE_DIR / name)]
 
 
 def calibration_images(folder: Path | None, limit: int = MAX_CALIBRATION) -> list[Path]:
     """Images of `folder` (an image folder, or a dataset folder whose image/ is the training split; default the
     packaged sample's image/), thinned evenly to at most `limit` in name order."""
     folder = folder if folder is not None else SAMPLE_DIR
-    if (folder / "image").is_dir():
-        folder = folder / "image"
+    if (folder / IMAGE_DIR).is_dir():
+        folder = folder / IMAGE_DIR
     if not folder.is_dir():
         raise DataError(f"Calibration folder {folder} not found; pass --calibration DIR (images, or a dataset).")
     images = list_images(folder)

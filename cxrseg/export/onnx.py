@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +11,12 @@ import numpy as np
 import torch
 
 from cxrseg.checkpoint import Checkpoint, checkpoint_metadata, load_checkpoint
-from cxrseg.data import normalize
 from cxrseg.errors import CheckpointError
 from cxrseg.export.calibration import CalibrationReader, calibration_images, model_inputs, sample_images
 from cxrseg.files import atomic_path
 from cxrseg.model import UNet
-from cxrseg.runtime import INPUT_NAME, OUTPUT_NAME, describe_preprocessing, load_onnx, require
+from cxrseg.preprocess import normalize
+from cxrseg.runtime import INPUT_NAME, describe_preprocessing, load_onnx, require, to_onnx_proto
 
 FP32_TOLERANCE = 1e-3  # largest probability difference an fp32 export may show against torch
 
@@ -37,38 +33,6 @@ class ExportResult:
     calibration_images: int
     size_bytes: int
     seconds: float
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter logs and warns about things that do not concern a U-Net (torchvision ops, deprecations)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def to_onnx_proto(model: UNet, image_size: int):
-    """The torch.export-based exporter's ModelProto: input 'image' and output 'logits', batch dimension dynamic."""
-    require("onnxscript", "ONNX export")
-    example = torch.zeros(2, 1, image_size, image_size)
-    with _quiet(), torch.no_grad():
-        program = torch.onnx.export(
-            model.eval(),
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            optimize=True,
-            verbose=False,
-        )
-    return program.model_proto
 
 
 def _attach(proto, metadata: dict[str, str]) -> None:

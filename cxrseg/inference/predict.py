@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from cxrseg import assets
-from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings
 from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR
 from cxrseg.dicom import read_xray
 from cxrseg.errors import CxrsegError, DataError
 from cxrseg.imaging import MAX_PIXELS
-from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.backend import load_model, place
+from cxrseg.inference.engine import forward_probabilities, probabilities_to_masks
 from cxrseg.inference.quality import (
     border_confidence,
     columns,
@@ -227,7 +227,7 @@ def predict_paths(
     cfg, options = cfg or InferenceSettings(), options or PredictOptions()
     plan: Plan = plan_inputs(inputs, options.recursive)
     check_output(out_dir, plan, options.recursive)
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_model(checkpoint, cfg, len(plan.jobs))
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / CSV_NAME
     previous = read_rows(csv_path) if options.skip_existing else {}
@@ -283,11 +283,7 @@ class _Reporter:
 
 def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writer: _Writer, report) -> None:
     """Decode `prefetch` batches ahead in a thread pool, run the model here, queue the outputs to the writer."""
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, settings.train.precision)
-    model = model.to(device).eval()
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    placed = place(model, settings, cfg)
     size, ahead = settings.preprocess.image_size, max(1, options.prefetch)
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     with ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="cxrseg-decode") as pool:
@@ -302,7 +298,7 @@ def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writ
                 if good:  # (N, 1, S, S) fitted images and their non-padding regions
                     images = torch.from_numpy(np.stack([item.fitted for item in good]))[:, None]
                     valid = torch.from_numpy(np.stack([valid_region(item.geometry) for item in good]))[:, None]
-                    probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
+                    probs = forward_probabilities(placed.model, images, valid, placed.device, placed.dtype, tta=cfg.tta)
                 writer.put((batch, [jobs[i] for i in batch], decoded, probs))
                 report(writer.completed)
         finally:
