@@ -54,10 +54,10 @@ def write_shard(out: Path, shard: Shard, total: int, rows: int | None = None, ma
 def test_merge_puts_the_rows_back_in_input_order(tmp_path: Path) -> None:
     for k in (1, 2, 3):
         write_shard(tmp_path, Shard(k, 3), total=20)
-    path, count = merge_shards(tmp_path)
+    path, count, failed = merge_shards(tmp_path)
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert count == 20
+    assert (count, failed) == (20, 0)
     assert [row["input"] for row in rows] == [f"in{i}.png" for i in range(20)]
 
 

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from cxrseg.errors import ConfigError, DataError
@@ -108,9 +109,9 @@ def find_shard_count(out_dir: Path) -> int:
     return counts.pop()
 
 
-def merge_shards(out_dir: Path, count: int | None = None) -> tuple[Path, int]:
+def merge_shards(out_dir: Path, count: int | None = None) -> tuple[Path, int, int]:
     """Check that shards 1..N in `out_dir` are all complete and together cover each planned input once, then
-    write predictions.csv in the single-process order. Returns (its path, number of rows)."""
+    write predictions.csv in the single-process order. Returns (its path, rows, rows whose status is not ok)."""
     count = count or find_shard_count(out_dir)
     headers, pairs, totals = set(), [], set()
     for index in range(1, count + 1):
@@ -123,10 +124,27 @@ def merge_shards(out_dir: Path, count: int | None = None) -> tuple[Path, int]:
     total = totals.pop()
     if sorted(i for i, _ in pairs) != list(range(total)):
         raise DataError(f"The shards in {out_dir} do not cover the {total} inputs exactly once; rerun them.")
+    header = headers.pop()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(headers.pop())
+    writer.writerow(header)
     writer.writerows(row for _, row in sorted(pairs, key=lambda pair: pair[0]))
     path = out_dir / CSV_NAME
     write_text(path, buffer.getvalue())
-    return path, total
+    status = header.index("status") if "status" in header else None
+    failed = sum(row[status] != "ok" for _, row in pairs) if status is not None else 0
+    return path, total, failed
+
+
+def barrier_then_merge(out_dir: Path, shard: Shard) -> tuple[Path, int, int] | None:
+    """Under torchrun: wait until every rank has written its shard, then rank 0 (shard 1) merges them.
+    Uses gloo, which needs no GPU, and a long timeout, as ranks may finish hours apart."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", timeout=timedelta(hours=24))
+    try:
+        dist.barrier()
+        return merge_shards(out_dir, shard.count) if shard.index == 1 else None
+    finally:
+        dist.destroy_process_group()
