@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
+from cxrseg.cli.app import app
+from cxrseg.config import InferenceSettings
 from cxrseg.errors import ConfigError, DataError
+from cxrseg.inference.predict import PredictOptions, predict_paths
 from cxrseg.inference.shard import Shard, merge_shards, parse_shard, select, shard_of, write_manifest
 
 KEYS = [f"sub{i % 7}/case_{i:04d}.png" for i in range(500)]
@@ -92,3 +100,46 @@ def test_merge_refuses_shards_of_different_runs(tmp_path: Path) -> None:
 def test_merge_without_shards_says_how_to_make_them(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="--shard K/N"):
         merge_shards(tmp_path)
+
+
+SAMPLE_INPUTS = [SAMPLE_DIR / "image", SAMPLE_DIR / "test_image"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def single_run_table(out: Path) -> str:
+    options = PredictOptions(overlay=False)
+    predict_paths(SAMPLE_INPUTS, out, BUNDLED_MODEL, InferenceSettings(device="cpu", backend="torch"), options)
+    return (out / "predictions.csv").read_text()
+
+
+def test_shards_of_a_predict_run_merge_into_the_single_process_table(tmp_path: Path) -> None:
+    cfg = InferenceSettings(device="cpu", backend="torch")
+    counts = []
+    for k in (1, 2):
+        options = PredictOptions(overlay=False, shard=Shard(k, 2))
+        counts.append(len(predict_paths(SAMPLE_INPUTS, tmp_path / "sharded", BUNDLED_MODEL, cfg, options).rows))
+    assert sum(counts) == 24 and min(counts) > 0
+    assert not (tmp_path / "sharded" / "predictions.csv").exists()
+    result = CliRunner().invoke(app, ["predict", "--merge", str(tmp_path / "sharded")])
+    assert result.exit_code == 0, result.output
+    merged = (tmp_path / "sharded" / "predictions.csv").read_text()
+    assert merged == single_run_table(tmp_path / "single")
+
+
+@pytest.mark.slow
+def test_torchrun_predict_writes_one_table_equal_to_a_single_process_run(tmp_path: Path) -> None:
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cxrseg", "predict"]
+    command += [*map(str, SAMPLE_INPUTS), "--out", str(tmp_path / "ranks"), "--device", "cpu", "--no-overlay"]
+    command += ["--checkpoint", str(BUNDLED_MODEL), "--backend", "torch"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Merged 24 rows" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "ranks").glob("predictions.*")) == [
+        "predictions.1-of-2.csv",
+        "predictions.1-of-2.manifest.json",
+        "predictions.2-of-2.csv",
+        "predictions.2-of-2.manifest.json",
+        "predictions.csv",
+    ]
+    assert (tmp_path / "ranks" / "predictions.csv").read_text() == single_run_table(tmp_path / "single")
