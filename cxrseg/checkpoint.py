@@ -60,7 +60,12 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> None:
     """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
-    metadata = {
+    atomic_save(strip_prefixes(unwrap(model).state_dict()), checkpoint_metadata(info), path)
+
+
+def checkpoint_metadata(info: Checkpoint) -> dict[str, str]:
+    """The string metadata every cxrseg model file carries (safetensors header, ONNX metadata_props)."""
+    return {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "cxrseg_version": __version__,
@@ -68,7 +73,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> Non
         "epoch": str(info.epoch),
         "metrics": json.dumps(info.metrics),
     }
-    atomic_save(strip_prefixes(unwrap(model).state_dict()), metadata, path)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -86,17 +90,21 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
     """Weights and metadata of a cxrseg checkpoint, validated."""
     tensors, metadata = _read(path)
+    return strip_prefixes(tensors), checkpoint_from_metadata(metadata, path, "a safetensors file")
+
+
+def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> Checkpoint:
+    """Validate and parse what checkpoint_metadata wrote; `kind` names the file type in messages."""
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
+        raise CheckpointError(f"{path} is {kind} but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
     if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} uses checkpoint format {metadata['format_version']}, newer than this cxrseg "
             f"({__version__}) reads; upgrade cxrseg."
         )
     try:
-        settings = settings_from_json(json.loads(metadata["settings"]))
-        info = Checkpoint(
-            settings=settings,
+        return Checkpoint(
+            settings=settings_from_json(json.loads(metadata["settings"])),
             epoch=int(metadata.get("epoch", 0)),
             metrics=json.loads(metadata.get("metrics", "{}")),
             version=metadata.get("cxrseg_version", "unknown"),
@@ -104,7 +112,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
-    return strip_prefixes(tensors), info
 
 
 def build_model(settings: Settings) -> UNet:

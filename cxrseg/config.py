@@ -14,6 +14,7 @@ from cxrseg.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Backend = Literal["auto", "torch", "onnxruntime"]
 
 
 class Section(BaseModel):
@@ -117,6 +118,7 @@ class InferenceSettings(Section):
     min_component_fraction: float = Field(0.002, ge=0, lt=1)
     tta: bool = False
     device: Device = "auto"
+    backend: Backend = Field("auto", description="torch, onnxruntime (CPU), or auto: see cxrseg.backend")
 
 
 class DownloadSettings(Section):

@@ -10,14 +10,14 @@ import typer
 from rich.table import Table
 
 from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
-from cxrseg.config import Device
+from cxrseg.config import Backend, Device
 from cxrseg.dataset import Split
 
 
 def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
+        Path | None, typer.Option(help="Checkpoint (.safetensors or .onnx); default: newest run's best, else bundled.")
     ] = None,
     data: Annotated[
         Path | None,
@@ -34,11 +34,13 @@ def evaluate(
     postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Clean masks.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="torch, onnxruntime (CPU) or auto.")] = None,
 ) -> None:
     """Score a checkpoint: Dice, IoU, precision, recall, HD95, ASSD per image at the mask's own resolution."""
     from cxrseg.assets import BUNDLED_MODEL
-    from cxrseg.checkpoint import default_checkpoint, load_checkpoint
+    from cxrseg.checkpoint import default_checkpoint
     from cxrseg.dataset import default_split, select_pairs
+    from cxrseg.inference.backend import load_model
     from cxrseg.inference.evaluate import evaluate_model, write_csv
     from cxrseg.metrics import DISTANCE_METRICS
 
@@ -47,13 +49,19 @@ def evaluate(
         {
             "data": {"root": [data] if data else None},
             "train": {"runs_dir": runs_dir},
-            "inference": {"tta": tta, "postprocess": postprocess, "batch_size": batch_size, "device": device},
+            "inference": {
+                "tta": tta,
+                "postprocess": postprocess,
+                "batch_size": batch_size,
+                "device": device,
+                "backend": backend,
+            },
         },
     )
     if checkpoint is None:
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
         console.print(why, markup=False, highlight=False)
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_model(checkpoint, settings.inference)
     # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
     trained = info.settings.data
     roots = settings.data.root
