@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrseg.inference.render import overlay, save_png
 from cxrseg.metrics import score, summarize
-from cxrseg.render import overlay, save_png
 from cxrseg.report import ErrorMaps, error_map, write_evaluate_report, write_predict_report
 from cxrseg.report.images import FN_COLOUR, FP_COLOUR, THUMB_SIDE
 from cxrseg.report.predict import COLUMNS as PREDICT_COLUMNS

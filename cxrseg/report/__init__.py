@@ -1,4 +1,4 @@
-"""Self-contained HTML review reports for predict and evaluate runs (Jinja2 templates, thumbnails beside the page)."""
+"""Self-contained HTML review reports of predict and evaluate runs: Jinja2 pages, thumbnails beside them."""
 
 from cxrseg.report.evaluate import ErrorMaps, EvaluateRecord, write_evaluate_report
 from cxrseg.report.images import error_map, save_error_map

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from cxrseg.files import atomic_path
-from cxrseg.render import save_png, to_uint8
+from cxrseg.inference.render import save_png, to_uint8
 
 THUMB_SIDE = 256  # longest side of a gallery thumbnail: ~10-20 kB as JPEG
 FULL_SIDE = 1024  # longest side of the full-size error map opened from a card

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath
 from typing import Any
 
-from cxrseg.quality import FLAGS
+from cxrseg.inference.quality import FLAGS
 from cxrseg.report.images import thumbnail_of
 from cxrseg.report.page import Column, Item, cell, number, render, url
 
