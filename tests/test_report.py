@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrseg.inference.evaluate import ImageScore
 from cxrseg.inference.render import overlay, save_png
 from cxrseg.metrics import score, summarize
 from cxrseg.report import ErrorMaps, error_map, write_evaluate_report, write_predict_report
@@ -123,7 +124,7 @@ def evaluate_records(tmp_path: Path, n: int = 5) -> tuple[Path, ErrorMaps]:
         pred = np.roll(truth, 3 * i, axis=1)  # worse with i
         image = tmp_path / f"img_{i}.png"
         Image.fromarray(gray).save(image)
-        maps(f"img_{i}", image, score(pred, truth), truth, pred, gray=gray if i else None)  # i=0: read from file
+        maps(ImageScore(f"img_{i}", image, score(pred, truth)), truth, pred, gray=gray if i else None)  # 0: from file
     return report, maps
 
 
@@ -136,7 +137,7 @@ def test_evaluate_report_sorts_worst_first_with_maps_and_metrics(tmp_path):
     assert order == sorted(dice, key=dice.get) and order[0] == "img_4"
     assert f"{summary['dice']['mean']:.4f}" in html and f"{summary['hd95']['median']:.2f}" in html
     assert html.count('src="report_files/thumbs/') == 5
-    assert (report.parent / "report_files" / "maps" / "img_0.png").is_file()
+    assert (report.parent / "report_files" / "maps" / "img_0.error.png").is_file()
     bars = [int(c) for c in re.findall(r'data-count="(\d+)"', html)]
     assert len(bars) == 20 and sum(bars) == 5
     assert "false positive" in html and "false negative" in html
@@ -146,7 +147,7 @@ def test_error_maps_keep_images_with_one_name_apart(tmp_path):
     maps = ErrorMaps(tmp_path / "r.html")
     gray, truth = ellipse_pair(1)
     for _ in range(2):
-        maps("a b", tmp_path / "a.png", score(truth, truth), truth, truth, gray=gray)
+        maps(ImageScore("a b", tmp_path / "a.png", score(truth, truth)), truth, truth, gray=gray)
     assert [r.thumb.name for r in maps.records] == ["a_b.jpg", "a_b-2.jpg"]
     assert maps.records[0].thumb.parent == tmp_path / "r_files" / "thumbs"
 
@@ -250,7 +251,7 @@ def test_evaluate_report_in_browser_sorts_by_dice_and_opens_a_map(browser, tmp_p
     assert visible_cards(page) == sorted(dice, key=dice.get)
     page.locator("#gallery a.full").first.click()
     page.wait_for_function("document.querySelector('#viewer img').naturalWidth > 0")
-    assert page.evaluate("document.querySelector('#viewer img').getAttribute('src')").endswith("maps/img_4.png")
+    assert page.evaluate("document.querySelector('#viewer img').getAttribute('src')").endswith("maps/img_4.error.png")
     assert not_blank(page.screenshot(full_page=True)) > 20
     assert problems == []
 

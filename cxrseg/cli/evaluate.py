@@ -23,6 +23,9 @@ def evaluate(
     runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run.")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write per-image rows to this CSV file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write an HTML review report (error maps, worst first) here.")
+    ] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average with a flipped prediction.")] = None,
     postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Clean masks.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
@@ -32,6 +35,7 @@ def evaluate(
     from cxrseg.checkpoint import default_checkpoint, load_checkpoint
     from cxrseg.dataset import select_pairs
     from cxrseg.inference.evaluate import evaluate_model, write_csv
+    from cxrseg.report import ErrorMaps, write_evaluate_report
 
     if split not in ("test", "train", "all"):
         raise typer.BadParameter("use test, train or all", param_hint="--split")
@@ -50,14 +54,19 @@ def evaluate(
     # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
     trained = info.settings.data
     pairs = select_pairs(settings.data.root, split, trained.val_fraction, trained.split_seed)
+    maps = ErrorMaps(report) if report else None
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
         result = evaluate_model(
-            model, info.settings, pairs, settings.inference, on_advance=lambda n: progress.advance(task, n)
+            model, info.settings, pairs, settings.inference, lambda n: progress.advance(task, n), on_image=maps
         )
     if csv:
         write_csv(result, csv)
-        console.print(f"Per-image scores written to {csv}")
+        console.print(f"Per-image scores written to {csv}", markup=False, highlight=False, soft_wrap=True)
+    if report and maps:
+        title = f"{checkpoint.name}: {len(result.rows)} images of {settings.data.root} (split {split})"
+        write_evaluate_report(report, maps.records, result.summary, title)
+        console.print(f"Report written to {report}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
         return

@@ -51,6 +51,9 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding and writing threads (default: up to 4).")] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write report.html: gallery, flags and errors for review.")
+    ] = False,
 ) -> None:
     """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed."""
     from cxrseg.checkpoint import default_checkpoint
@@ -98,6 +101,11 @@ def predict(
     finally:
         progress.stop()
     _summarize(result)
+    if report:
+        from cxrseg.report import write_predict_report
+
+        path = write_predict_report(out, result.rows)
+        console.print(f"Report: {path}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
     if result.failed:

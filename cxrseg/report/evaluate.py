@@ -7,15 +7,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from markupsafe import Markup
 
 from cxrseg.imaging import read_image
+from cxrseg.inference.render import overlay, save_png
 from cxrseg.metrics import METRICS, Scores
 from cxrseg.report.images import LEGEND, save_error_map
 from cxrseg.report.page import Column, Item, cell, number, render, url
 from cxrseg.report.svg import histogram
+
+if TYPE_CHECKING:
+    from cxrseg.inference.evaluate import ImageScore
 
 COLUMNS = (
     Column("name", "image", numeric=False),
@@ -47,41 +52,36 @@ def files_dir(report: Path) -> Path:
 class ErrorMaps:
     """Collects EvaluateRecords for a report at `report`, writing each image's error map as it is scored.
 
-    Call it once per image (an evaluate callback); only the small record is kept, never the masks.
+    Pass it as evaluate_model's `on_image`; only the small record is kept, never the masks. Error maps
+    (NAME.error.png) go to `pictures` (default: report_files/maps/), with NAME.overlay.png beside them
+    when `overlays` is set; thumbnails to report_files/thumbs/.
     """
 
-    def __init__(self, report: Path) -> None:
+    def __init__(self, report: Path, pictures: Path | None = None, overlays: bool = False) -> None:
         self.report, self.folder = report, files_dir(report)
+        self.pictures, self.overlays = pictures or self.folder / "maps", overlays
         self.records: list[EvaluateRecord] = []
         self._used: set[str] = set()
 
     def _stem(self, name: str) -> str:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "image"
-        unique, number_ = stem, 1
+        unique, count = stem, 1
         while unique in self._used:  # two images with one stem (train/ and test/): keep both
-            number_ += 1
-            unique = f"{stem}-{number_}"
+            count += 1
+            unique = f"{stem}-{count}"
         self._used.add(unique)
         return unique
 
-    def __call__(
-        self,
-        name: str,
-        image: Path,
-        scores: Scores,
-        truth: np.ndarray,
-        pred: np.ndarray,
-        gray: np.ndarray | None = None,
-    ) -> EvaluateRecord:
-        """Write the error map of one image (`gray` read from `image` when not given) and keep its record."""
+    def __call__(self, row: ImageScore, truth: np.ndarray, pred: np.ndarray, gray: np.ndarray | None = None) -> None:
+        """Write the error map of one scored image (`gray` read from `row.image` when not given)."""
         if gray is None:
-            gray = read_image(image)
-        stem = self._stem(name)
-        full, thumb = self.folder / "maps" / f"{stem}.png", self.folder / "thumbs" / f"{stem}.jpg"
+            gray = read_image(row.image)
+        stem = self._stem(row.name)
+        full, thumb = self.pictures / f"{stem}.error.png", self.folder / "thumbs" / f"{stem}.jpg"
         size = save_error_map(gray, truth, pred, full, thumb)
-        record = EvaluateRecord(name, Path(image), scores, full, thumb, size)
-        self.records.append(record)
-        return record
+        if self.overlays:
+            save_png(overlay(gray, pred), self.pictures / f"{stem}.overlay.png")
+        self.records.append(EvaluateRecord(row.name, Path(row.image), row.scores, full, thumb, size))
 
 
 def _item(index: int, record: EvaluateRecord, base: Path) -> Item:
