@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cxrseg.assets import SAMPLE_DIR
 from cxrseg.cli.app import app
+from tests.conftest import tiny_args
 
 BUNDLED = SAMPLE_DIR.parent / "lung-unet.safetensors"
 
@@ -44,3 +47,20 @@ def test_evaluate_report_matches_the_per_image_scores(tmp_path: Path) -> None:
     maps = sorted(p.name for p in (tmp_path / "eval" / "review_files" / "maps").iterdir())
     assert maps == sorted(f"{r['name']}.error.png" for r in rows)
     assert f"{min(float(r['dice']) for r in rows):.4f}" in html
+
+
+@pytest.mark.slow
+def test_train_save_images_writes_the_best_checkpoints_validation_pictures(tmp_path: Path, dataset: Path) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, [*tiny_args(dataset, runs, epochs=2), "--save-images"])
+    assert result.exit_code == 0, result.output
+    [run] = list(runs.iterdir())
+    saved = run / "saved_images"
+    names = sorted(p.name for p in (dataset / "test_image").iterdir())
+    assert sorted(p.name for p in saved.glob("*.overlay.png")) == [f"{Path(n).stem}.overlay.png" for n in names]
+    assert sorted(p.name for p in saved.glob("*.error.png")) == [f"{Path(n).stem}.error.png" for n in names]
+    html = (saved / "report.html").read_text(encoding="utf-8")
+    assert html.count('<figure class="card') == len(names)
+    best = max(json.loads(line)["val_dice"] for line in (run / "metrics.jsonl").read_text().splitlines())
+    dice_row = re.search(r"<th scope=\"row\">dice</th><td>([0-9.]+)</td>", html)
+    assert dice_row and dice_row.group(1) == f"{best:.4f}"  # the same images and scores as validation
