@@ -90,6 +90,7 @@ class TrainSettings(Section):
     channels_last: bool = True
     runs_dir: Path = Path("runs")
     previews: int = Field(4, ge=0, description="validation pictures saved per epoch")
+    save_images: bool = Field(False, description="after training: best checkpoint's validation pictures and report")
     patience: int | None = Field(None, ge=1)
     max_time: float | None = Field(None, gt=0, description="seconds; accepts 90s, 30m, 2h, 1h30m")
     deterministic: bool = False

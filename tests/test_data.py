@@ -85,7 +85,8 @@ def test_validation_is_carved_from_image_even_with_a_test_folder(tmp_path: Path)
     assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
     assert all(p.image.parent.name == "image" for p in splits["train"] + splits["val"])
     assert all(p.image.parent.name == "test_image" for p in splits["test"])
-    assert select_pairs(root, "all", 0.2) == sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)
+    everything = sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)
+    assert select_pairs(root, "all", 0.2) == everything
     assert default_split(root) == "test"
 
 

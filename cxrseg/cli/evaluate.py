@@ -30,6 +30,9 @@ def evaluate(
     runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run.")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write per-image rows to this CSV file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write an HTML review report (error maps, worst first) here.")
+    ] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average with a flipped prediction.")] = None,
     postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Clean masks.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
@@ -43,6 +46,7 @@ def evaluate(
     from cxrseg.inference.backend import load_model
     from cxrseg.inference.evaluate import evaluate_model, write_csv
     from cxrseg.metrics import DISTANCE_METRICS
+    from cxrseg.report import ErrorMaps, write_evaluate_report
 
     settings = flag_settings(
         ctx,
@@ -73,14 +77,19 @@ def evaluate(
         chosen = split or default_split(root)
         pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
     split = split or default_split(roots[0])
+    maps = ErrorMaps(report) if report else None
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
         result = evaluate_model(
-            model, info.settings, pairs, settings.inference, on_advance=lambda n: progress.advance(task, n)
+            model, info.settings, pairs, settings.inference, lambda n: progress.advance(task, n), on_image=maps
         )
     if csv:
         write_csv(result, csv)
-        console.print(f"Per-image scores written to {csv}")
+        console.print(f"Per-image scores written to {csv}", markup=False, highlight=False, soft_wrap=True)
+    if report and maps:
+        title = f"{checkpoint.name} on {settings.data.root.resolve().name}: {len(result.rows)} images, split {split}"
+        write_evaluate_report(report, maps.records, result.summary, title)
+        console.print(f"Report written to {report}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
         return

@@ -59,6 +59,9 @@ def predict(
     merge: Annotated[
         Path | None, typer.Option(help="Merge the finished shards in this folder into predictions.csv.")
     ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write report.html: gallery, flags and errors for review.")
+    ] = False,
 ) -> None:
     """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed.
 
@@ -126,6 +129,11 @@ def predict(
     finally:
         progress.stop()
     _summarize(result)
+    if report:
+        from cxrseg.report import write_predict_report
+
+        path = write_predict_report(out, result.rows)
+        console.print(f"Report: {path}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
     failed = result.failed

@@ -14,7 +14,7 @@ from rich.table import Table
 from cxrseg.cli.common import console, flag_settings, progress_bar
 from cxrseg.config import Device, with_overrides
 
-RESUMABLE = {"epochs", "max_time", "patience", "device"}
+RESUMABLE = {"epochs", "max_time", "patience", "device", "save_images"}
 
 
 def train(
@@ -40,6 +40,12 @@ def train(
     max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 30m, 2h; ends after the epoch.")] = None,
     deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Bit-reproducible on CPU.")] = None,
     no_augment: Annotated[bool | None, typer.Option("--no-augment", help="Switch augmentation off.")] = None,
+    save_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--save-images", help="After training, write saved_images/: validation overlays, error maps, report."
+        ),
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder after its last saved step.")] = None,
     init_from: Annotated[
         str | None,
@@ -71,6 +77,7 @@ def train(
             "max_time": max_time,
             "deterministic": deterministic,
             "init_from": init_from,
+            "save_images": save_images,
         },
     }
     if resume is None:
@@ -85,7 +92,7 @@ def train(
         if fixed:
             raise typer.BadParameter(
                 f"{', '.join(fixed)} cannot change when resuming; only "
-                f"--epochs, --max-time, --patience and --device can.",
+                f"--epochs, --max-time, --patience, --device and --save-images can.",
                 param_hint="--resume",
             )
         settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})

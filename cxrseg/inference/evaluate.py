@@ -77,14 +77,21 @@ def score_batch(
     device: torch.device,
     dtype: torch.dtype | None,
     with_hd95: bool = True,
+    on_mask: Callable[[int, Scores, np.ndarray], None] | None = None,
 ) -> list[Scores]:
     """Predict a fitted batch, restore each map to its original size and score it against the truth.
 
     `with_hd95=False` skips both surface distances (HD95 and ASSD), as training validation does.
+    on_mask(index in the batch, scores, predicted mask) sees each final mask before it is dropped.
     """
     probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
     masks = probabilities_to_masks(probs, geometries, cfg)
-    return [score(mask, truth, with_distances=with_hd95) for (_, mask), truth in zip(masks, truths, strict=True)]
+    scores = []
+    for index, ((_, mask), truth) in enumerate(zip(masks, truths, strict=True)):
+        scores.append(score(mask, truth, with_distances=with_hd95))
+        if on_mask:
+            on_mask(index, scores[-1], mask)
+    return scores
 
 
 def evaluate_model(
@@ -93,10 +100,13 @@ def evaluate_model(
     pairs: Sequence[Pair],
     cfg: InferenceSettings,
     on_advance: Callable[[int], None] | None = None,
+    on_image: Callable[[ImageScore, np.ndarray, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's).
 
     `model` is the torch U-Net or an OnnxModel (see cxrseg.inference.backend.load_model).
+    on_image(row, truth, predicted mask), called as each image is scored, can draw it (e.g. a report's
+    error map); the masks are not kept, so memory does not grow with the number of images.
     """
     check_sizes(pairs)
     placed = place(model, settings, cfg)
@@ -106,10 +116,15 @@ def evaluate_model(
     for batch in prefetched_batches(pairs, size, cfg.batch_size):
         images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
         valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
-        geometries, truths = [b[2] for b in batch], [b[1] for b in batch]
-        scores = score_batch(placed.model, images, valid, geometries, truths, cfg, placed.device, placed.dtype)
-        for pair, item in zip(pairs[done : done + len(batch)], scores, strict=True):
-            rows.append(ImageScore(pair.name, pair.image, item))
+        truths, chunk = [b[1] for b in batch], pairs[done : done + len(batch)]
+
+        def seen(index: int, scores: Scores, mask: np.ndarray, truths=truths, chunk=chunk) -> None:
+            rows.append(ImageScore(chunk[index].name, chunk[index].image, scores))
+            if on_image:
+                on_image(rows[-1], truths[index], mask)
+
+        geometries = [b[2] for b in batch]
+        score_batch(placed.model, images, valid, geometries, truths, cfg, placed.device, placed.dtype, on_mask=seen)
         done += len(batch)
         if on_advance:
             on_advance(len(batch))

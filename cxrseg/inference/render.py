@@ -48,44 +48,87 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Im
     return Image.fromarray(rgb)
 
 
+PREVIEW_LABELS = ("image", "truth", "prediction")
+MIN_PANEL = 128  # previews of small model inputs are enlarged so that the column labels fit
+
+
 def preview_strip(gray: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Image.Image:
-    """One row: image | truth | prediction (all the same size)."""
+    """One row: image | truth | prediction (all the same size), enlarged to at least MIN_PANEL pixels."""
     panels = [to_uint8(gray), truth.astype(np.uint8) * 255, pred.astype(np.uint8) * 255]
-    return Image.fromarray(np.concatenate(panels, axis=1))
+    strip = Image.fromarray(np.concatenate(panels, axis=1))
+    scale = max(1, -(-MIN_PANEL // gray.shape[0]))
+    return strip.resize((strip.width * scale, strip.height * scale), Image.Resampling.NEAREST) if scale > 1 else strip
 
 
 def preview_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Image.Image:
-    return Image.fromarray(np.concatenate([np.asarray(preview_strip(*row)) for row in rows], axis=0))
+    """Rows of preview_strip under a header that names the columns: image, truth, prediction."""
+    from PIL import ImageDraw
+
+    body = np.concatenate([np.asarray(preview_strip(*row)) for row in rows], axis=0)
+    header = 18
+    sheet = Image.new("L", (body.shape[1], body.shape[0] + header), 255)
+    sheet.paste(Image.fromarray(body), (0, header))
+    draw, panel = ImageDraw.Draw(sheet), body.shape[1] // 3
+    for index, label in enumerate(PREVIEW_LABELS):
+        draw.text((index * panel + panel // 2, header // 2), label, fill=0, anchor="mm")
+    return sheet
 
 
-def plot_progress(rows: list[dict], width: int = 720, height: int = 300) -> Image.Image:
-    """Two panels drawn with Pillow: training loss (left) and validation Dice (right) per epoch."""
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
+
+
+def _vertical_text(canvas: Image.Image, text: str, centre: tuple[int, int]) -> None:
+    """Draw `text` turned 90 degrees counter-clockwise, centred on `centre` (a y-axis label)."""
+    from PIL import ImageDraw
+
+    label = Image.new("RGB", (8 * len(text) + 6, 14), "white")
+    ImageDraw.Draw(label).text((label.width // 2, 7), text, fill=(60, 60, 60), anchor="mm")
+    turned = label.rotate(90, expand=True)
+    canvas.paste(turned, (centre[0] - turned.width // 2, centre[1] - turned.height // 2))
+
+
+def plot_progress(rows: list[dict], width: int = 760, height: int = 320) -> Image.Image:
+    """Two panels drawn with Pillow: training loss (left) and validation Dice (right) against the epoch,
+    each with labelled axes and a grid."""
     from PIL import ImageDraw
 
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    panel_w, margin = width // 2, 40
-    for index, (key, colour) in enumerate((("train_loss", (200, 60, 40)), ("val_dice", (30, 110, 200)))):
+    panel_w, left_margin, bottom = width // 2, 58, 44
+    panels = (("train_loss", "training loss", (200, 60, 40)), ("val_dice", "validation Dice", (30, 110, 200)))
+    for index, (key, label, colour) in enumerate(panels):
         left = index * panel_w
-        box = (left + margin, 24, left + panel_w - 12, height - margin)
-        draw.rectangle(box, outline=(160, 160, 160))
-        values = [float(r[key]) for r in rows if key in r]
-        draw.text((left + margin, 6), key.replace("_", " "), fill=(0, 0, 0))
-        if not values:
+        box = (left + left_margin, 26, left + panel_w - 14, height - bottom)
+        points = [(float(r.get("epoch", i + 1)), float(r[key])) for i, r in enumerate(rows) if key in r]
+        draw.text(((box[0] + box[2]) / 2, 10), label, fill=(0, 0, 0), anchor="mm")
+        draw.text(((box[0] + box[2]) / 2, height - 10), "epoch", fill=(60, 60, 60), anchor="mm")
+        _vertical_text(canvas, label.split()[-1], (left + 9, (box[1] + box[3]) // 2))
+        draw.rectangle(box, outline=(120, 120, 120))
+        if not points:
             continue
-        low, high = min(values), max(values)
+        first, last = points[0][0], max(points[-1][0], points[0][0] + 1)
+        low, high = min(v for _, v in points), max(v for _, v in points)
         if high - low < 1e-9:
             low, high = low - 0.5, high + 0.5
-        draw.text((left + 2, box[1]), f"{high:.3f}", fill=(90, 90, 90))
-        draw.text((left + 2, box[3] - 10), f"{low:.3f}", fill=(90, 90, 90))
-        draw.text((box[2] - 40, box[3] + 6), f"epoch {len(values)}", fill=(90, 90, 90))
-        span = max(1, len(values) - 1)
-        points = [
-            (box[0] + (box[2] - box[0]) * i / span, box[3] - (box[3] - box[1]) * (v - low) / (high - low))
-            for i, v in enumerate(values)
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+
+        def place(epoch: float, value: float, box=box, first=first, last=last, low=low, high=high):
+            x = box[0] + (box[2] - box[0]) * (epoch - first) / (last - first)
+            return x, box[3] - (box[3] - box[1]) * (value - low) / (high - low)
+
+        for value in _ticks(low, high):
+            y = place(first, value)[1]
+            draw.line((box[0], y, box[2], y), fill=(225, 225, 225))
+            draw.text((box[0] - 4, y), f"{value:.3f}", fill=(90, 90, 90), anchor="rm")
+        step = max(1, round((last - first) / 6))
+        for epoch in range(int(first), int(last) + 1, step):
+            x = place(epoch, low)[0]
+            draw.line((x, box[1], x, box[3]), fill=(225, 225, 225))
+            draw.text((x, box[3] + 4), str(epoch), fill=(90, 90, 90), anchor="mt")
+        draw.rectangle(box, outline=(120, 120, 120))
+        xy = [place(e, v) for e, v in points]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colour)
     return canvas

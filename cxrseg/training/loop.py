@@ -26,6 +26,7 @@ from cxrseg.preprocess import normalize
 from cxrseg.training.data import TrainingData, load_training_data
 from cxrseg.training.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
 from cxrseg.training.init import apply_init
+from cxrseg.training.saved_images import FOLDER, save_validation_images
 from cxrseg.training.schedule import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
 from cxrseg.training.state import (
     Position,
@@ -262,4 +263,7 @@ def train(
                 stop_reason = f"time budget: --max-time {cfg.max_time:.0f}s reached after epoch {epoch}"
             if stop_reason != "completed":
                 break
+    if cfg.save_images and ctx.is_main:
+        cb.on_status(f"Saving the best checkpoint's validation predictions to {run_dir / FOLDER}")
+        save_validation_images(run_dir, settings)
     return TrainResult(run_dir, position.best_dice, position.best_epoch, epoch, stop_reason)
