@@ -25,14 +25,12 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
-class Checkpoint:
+class CheckpointInfo:
     """What a checkpoint says about itself, besides its weights."""
 
     settings: Settings
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
-    version: str = __version__
-    path: Path | None = None
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -58,7 +56,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return clean
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
     """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
     metadata = {
         "format": FORMAT,
@@ -83,7 +81,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """Weights and metadata of a cxrseg checkpoint, validated."""
     tensors, metadata = _read(path)
     if metadata.get("format") != FORMAT:
@@ -95,12 +93,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
         )
     try:
         settings = settings_from_json(json.loads(metadata["settings"]))
-        info = Checkpoint(
+        info = CheckpointInfo(
             settings=settings,
             epoch=int(metadata.get("epoch", 0)),
             metrics=json.loads(metadata.get("metrics", "{}")),
-            version=metadata.get("cxrseg_version", "unknown"),
-            path=path,
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
@@ -111,7 +107,7 @@ def build_model(settings: Settings) -> UNet:
     return UNet(in_channels=1, out_channels=1, base_channels=settings.model.base_channels, depth=settings.model.depth)
 
 
-def load_checkpoint(path: Path) -> tuple[UNet, Checkpoint]:
+def load_checkpoint(path: Path) -> tuple[UNet, CheckpointInfo]:
     """Rebuild the U-Net from the checkpoint's own settings and load its weights (eval mode)."""
     tensors, info = read_checkpoint(path)
     model = build_model(info.settings)

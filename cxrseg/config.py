@@ -103,6 +103,7 @@ class InferenceSettings(Section):
     min_component_fraction: float = Field(0.002, ge=0, lt=1)
     tta: bool = False
     device: Device = "auto"
+    overlay_size: int = Field(1024, ge=16)  # predict's overlays: longest side in pixels (larger X-rays shrink)
 
 
 class DownloadSettings(Section):

@@ -14,13 +14,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from cxrseg.augment import augment_batch
-from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
+from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.config import Settings
 from cxrseg.dataset import CachedSet, dataset_splits, load_pairs
+from cxrseg.device import amp_dtype, autocast, resolve_device
 from cxrseg.errors import DataError, TrainingError, TrainingInterrupted
 from cxrseg.files import write_text
 from cxrseg.imaging import read_mask
-from cxrseg.inference.engine import amp_dtype, autocast, forward_probabilities, resolve_device
+from cxrseg.inference.engine import engine_for
 from cxrseg.inference.evaluate import score_batch
 from cxrseg.inference.render import preview_sheet, save_png
 from cxrseg.losses import segmentation_loss
@@ -76,18 +77,16 @@ def validate(model, val: CachedSet, truths, settings: Settings, device, dtype, c
     """Mean Dice and IoU over all ranks' shards, at the masks' own resolution; plus preview rows."""
     model.eval()
     sync_buffers(model, ctx)
-    cfg = settings.inference.model_copy(update={"tta": False})
+    engine = engine_for(model, settings, settings.inference.model_copy(update={"tta": False}), device=device)
     scores, bs = [], settings.inference.batch_size
     for start in range(0, len(val.pairs), bs):
         sl = slice(start, start + bs)
-        scores += score_batch(
-            model, val.images[sl], val.valid[sl], val.geometries[sl], truths[sl], cfg, device, dtype, with_hd95=False
-        )
+        scores += score_batch(engine, val.images[sl], val.valid[sl], val.geometries[sl], truths[sl], with_hd95=False)
     dice_sum, iou_sum, n = all_sum([sum(s.dice for s in scores), sum(s.iou for s in scores), len(scores)], ctx, device)
     k = min(settings.train.previews, len(val.pairs)) if ctx.is_main else 0
     previews = []
     if k:
-        probs = forward_probabilities(model, val.images[:k], val.valid[:k], device, dtype)
+        probs = engine.forward(val.images[:k], val.valid[:k])
         previews = [
             (val.images[i, 0].numpy(), val.masks[i, 0].numpy() > 0.5, probs[i, 0].numpy() > 0.5) for i in range(k)
         ]
@@ -234,7 +233,7 @@ def train(
                 time.perf_counter() - epoch_started,
             )
             if ctx.is_main:
-                info = Checkpoint(
+                info = CheckpointInfo(
                     settings=settings,
                     epoch=epoch,
                     metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss},
