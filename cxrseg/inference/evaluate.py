@@ -56,12 +56,12 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedPair:
     fitted: Fitted
     truth: np.ndarray  # (H, W) bool at the mask's own resolution
 
 
-def _load(pair: Pair, size: int) -> _Loaded | str:
+def load_pair(pair: Pair, size: int) -> LoadedPair | str:
     """Decode and fit one pair (in a worker process); a string is the reason it cannot be scored."""
     try:
         image, truth = read_image(pair.image), read_mask(pair.mask)
@@ -71,10 +71,10 @@ def _load(pair: Pair, size: int) -> _Loaded | str:
         return f"{pair.image}: unexpected {type(exc).__name__} while reading ({exc}); check or remove this pair."
     if image.shape != truth.shape:
         return f"{pair.image.name} {image.shape} vs {pair.mask.name} {truth.shape}: image and mask sizes differ."
-    return _Loaded(fit_image(image, size), truth)
+    return LoadedPair(fit_image(image, size), truth)
 
 
-def _score(pair: Pair, loaded: _Loaded | str, prob: np.ndarray | None, cfg: InferenceSettings) -> ImageScore:
+def _score(pair: Pair, loaded: LoadedPair | str, prob: np.ndarray | None, cfg: InferenceSettings) -> ImageScore:
     """Restore, clean and score one prediction (in a worker process)."""
     if isinstance(loaded, str):
         return ImageScore(pair.name, pair.image, None, loaded)
@@ -120,7 +120,7 @@ def evaluate_model(
     """
     engine = engine_for(model, settings, cfg)
     workers = default_workers() if workers is None else workers
-    decode, score_one = partial(_load, size=engine.size), partial(_score, cfg=cfg)
+    decode, score_one = partial(load_pair, size=engine.size), partial(_score, cfg=cfg)
     rows: list[ImageScore] = []
     for row in run_pipeline(engine, list(pairs), decode, score_one, workers):
         rows.append(row)
