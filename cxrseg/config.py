@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from cxrseg.errors import ConfigError
 
@@ -32,7 +32,6 @@ class PreprocessSettings(Section):
     """How an X-ray becomes a model input; stored in every checkpoint."""
 
     image_size: int = Field(128, ge=32, le=2048)
-    normalization: Literal["zscore"] = "zscore"
 
     @field_validator("image_size")
     @classmethod
@@ -162,15 +161,9 @@ def _describe(error: ValidationError, origin: str) -> str:
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
-    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables."""
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
-        try:
-            file_values = tomllib.loads(config_file.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
+    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables (env wins)."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
 
     class _Loader(Settings):
         @classmethod
@@ -182,11 +175,14 @@ def load_settings(config_file: Path | None = None) -> Settings:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (env_settings, init_settings)  # env wins over the file values passed as init
+            toml = [TomlConfigSettingsSource(settings_cls, toml_file=config_file)] if config_file else []
+            return (init_settings, env_settings, *toml)  # earlier sources win
 
     origin = f"CXRSEG_* environment or {config_file}" if config_file else "CXRSEG_* environment"
     try:
-        loaded = _Loader(**file_values)
+        loaded = _Loader()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
     return Settings.model_validate(loaded.model_dump())
