@@ -16,40 +16,35 @@ from __future__ import annotations
 
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 
-from cxrseg.checkpoint import BUNDLED_MODEL, load_checkpoint
+from cxrseg.checkpoint import BUNDLED_MODEL
 from cxrseg.config import InferenceSettings
 from cxrseg.dataset import find_pairs
-from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
-from cxrseg.inference.evaluate import prefetched_batches
+from cxrseg.inference.engine import finish, load_engine
+from cxrseg.inference.evaluate import load_pair
+from cxrseg.inference.pipeline import run_pipeline
 from cxrseg.metrics import score, surface_distances
-from cxrseg.preprocess import valid_region
 
 TOLERANCE_PX = 0.01
 
 
+def _masks(pair, loaded, prob, cfg: InferenceSettings) -> tuple[str, np.ndarray, np.ndarray]:
+    return pair.name, finish(prob, loaded.fitted.geometry, cfg)[1], loaded.truth
+
+
 def predicted_masks(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, predicted mask, truth mask) per test pair, each at the truth's own resolution."""
-    model, info = load_checkpoint(BUNDLED_MODEL)
     cfg = InferenceSettings()
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, info.settings.train.precision)
-    model = model.to(device).eval()
+    engine, _ = load_engine(BUNDLED_MODEL, cfg)
     pairs = find_pairs(root / "test_image", root / "test_mask")
-    out = []
-    for index, batch in enumerate(prefetched_batches(pairs, info.settings.preprocess.image_size, cfg.batch_size)):
-        images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
-        valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
-        probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
-        masks = probabilities_to_masks(probs, [b[2] for b in batch], cfg)
-        names = [p.name for p in pairs[index * cfg.batch_size : index * cfg.batch_size + len(batch)]]
-        out += [(n, m, b[1]) for n, (_, m), b in zip(names, masks, batch, strict=True)]
-    return out
+    decode, keep = partial(load_pair, size=engine.size), partial(_masks, cfg=cfg)
+    return list(run_pipeline(engine, pairs, decode, keep, workers=0))
 
 
 def monai_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

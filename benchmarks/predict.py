@@ -12,6 +12,7 @@ temporary folder. Pipeline efficiency = end-to-end images/s / model-only images/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import shutil
@@ -21,20 +22,46 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import header, row, verdict, write_json
+
 DEFAULT_SOURCE = Path("/work/shared/data/cxr-lungs/image")
+REFERENCE = Path(__file__).with_name("predict_masks.json")  # masks made before the engine rewrite
 
 
-def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: bool) -> dict[str, float]:
-    """One N, in this process: copy inputs, time the model alone, then time predict_paths."""
-    import numpy as np
+def _masks_digest(folder: Path) -> str:
+    """sha256 over every mask file, in name order: equal digests mean byte-identical masks."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.mask.png")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _model_rate(engine, files: list[Path], n: int) -> float:
+    """images/s of the engine's forward pass alone, on pre-decoded tensors of the same batch size."""
     import torch
 
-    from cxrseg.checkpoint import load_checkpoint
-    from cxrseg.config import InferenceSettings
     from cxrseg.imaging import read_image
-    from cxrseg.inference.engine import amp_dtype, forward_probabilities, resolve_device
+    from cxrseg.inference.engine import fit_image, stack
+
+    batch_size = engine.cfg.batch_size
+    images, valid = stack([fit_image(read_image(p), engine.size) for p in files[:batch_size]])
+    for count in {batch_size, n % batch_size or batch_size}:  # warm-up, each batch shape once
+        engine.forward(images[:count], valid[:count])
+    done, start = 0, time.perf_counter()
+    while done < n:
+        count = min(batch_size, n - done)
+        engine.forward(images[:count], valid[:count])
+        done += count
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: bool, workers: int | None) -> dict:
+    """One N, in this process: copy inputs, time the model alone, then time predict_paths."""
+    from cxrseg.config import InferenceSettings
+    from cxrseg.inference.engine import load_engine
     from cxrseg.inference.predict import PredictOptions, predict_paths
-    from cxrseg.preprocess import fit_to_square, valid_region
 
     files = sorted(source.glob("*.png"))
     if not files:
@@ -45,37 +72,104 @@ def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: b
         inputs.mkdir()
         for index in range(n):
             shutil.copyfile(files[index % len(files)], inputs / f"{index:05d}_{files[index % len(files)].name}")
-
-        # model only: pre-decoded tensors, same batch size, device and precision as the pipeline
-        model, info = load_checkpoint(checkpoint)
-        device = resolve_device(cfg.device)
-        dtype = amp_dtype(device, info.settings.train.precision)
-        model = model.to(device).eval()
-        if device.type != "mps":
-            model = model.to(memory_format=torch.channels_last)
-        fitted = [fit_to_square(read_image(p), info.settings.preprocess.image_size) for p in files[:batch_size]]
-        images = torch.from_numpy(np.stack([f for f, _ in fitted]))[:, None]
-        valid = torch.from_numpy(np.stack([valid_region(g) for _, g in fitted]))[:, None]
-        for count in {batch_size, n % batch_size or batch_size}:  # warm-up, each batch shape once
-            forward_probabilities(model, images[:count], valid[:count], device, dtype, cfg.tta)
-        done, start = 0, time.perf_counter()
-        while done < n:
-            count = min(batch_size, n - done)
-            forward_probabilities(model, images[:count], valid[:count], device, dtype, cfg.tta)
-            done += count
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model_rate = n / (time.perf_counter() - start)
-        del model
-
-        options = PredictOptions(overlay=overlay)
+        engine, _ = load_engine(checkpoint, cfg)
+        model_rate = _model_rate(engine, files, n)
+        device = str(engine.device)
+        del engine
+        options = PredictOptions(overlay=overlay, **({"workers": workers} if workers is not None else {}))
         start = time.perf_counter()
         result = predict_paths([inputs], Path(tmp) / "out", checkpoint, cfg, options)
         pipeline_rate = n / (time.perf_counter() - start)
         if result.failed:
             raise SystemExit(f"{result.failed} inputs failed; first: {result.rows[0]['message']}")
+        digest = _masks_digest(Path(tmp) / "out")
+        masks = {
+            p.name.split("_", 1)[1][: -len(".mask.png")]: _file_sha(p) for p in (Path(tmp) / "out").glob("*.mask.png")
+        }
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return {"n": n, "pipeline": pipeline_rate, "model": model_rate, "rss_mb": peak_kb / 1024, "device": str(device)}
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker process
+    return {
+        "n": n,
+        "pipeline": pipeline_rate,
+        "model": model_rate,
+        "rss_mb": peak_kb / 1024,
+        "worker_rss_mb": children_kb / 1024,
+        "device": device,
+        "masks_sha256": digest,
+        "masks": masks,
+    }
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _model_key(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's weights and settings (the file's metadata order may vary between saves)."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(checkpoint), "np") as weights:
+        digest.update(weights.metadata().get("settings", "").encode())
+        for key in sorted(weights.keys()):
+            digest.update(key.encode() + weights.get_tensor(key).tobytes())
+    return digest.hexdigest()
+
+
+def _default_settings_checkpoint(folder: Path) -> Path:
+    """A seeded, untrained model with the default training settings: the default architecture's speed."""
+    import torch
+
+    from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
+    from cxrseg.config import Settings
+
+    torch.manual_seed(0)
+    path = folder / "default-settings.safetensors"
+    save_checkpoint(path, build_model(Settings()), CheckpointInfo(settings=Settings()))
+    return path
+
+
+def write_reference(checkpoint: Path, source: Path, path: Path) -> None:
+    """Masks of every source file by this installation's predict_paths, as {source name: sha256}."""
+    from cxrseg.inference.predict import PredictOptions, predict_paths
+
+    with tempfile.TemporaryDirectory(prefix="cxrseg-ref-") as tmp:
+        predict_paths([source], Path(tmp), checkpoint, options=PredictOptions(overlay=False))
+        masks = {p.name[: -len(".mask.png")]: _file_sha(p) for p in Path(tmp).glob("*.mask.png")}
+    refs = json.loads(path.read_text()) if path.is_file() else {}
+    refs[_model_key(checkpoint)] = dict(sorted(masks.items()))
+    path.write_text(json.dumps(refs, indent=1) + "\n")
+
+
+def _check_masks(r: dict, checkpoint: Path, reference: Path) -> str:
+    """Compare a run's masks with the stored ones for the same checkpoint and source files."""
+    refs = json.loads(reference.read_text()).get(_model_key(checkpoint)) if reference.is_file() else None
+    if refs is None:
+        return "no stored reference for this checkpoint"
+    wrong = [name for name, sha in r["masks"].items() if refs.get(name) != sha]
+    return f"{len(r['masks']) - len(wrong)}/{len(r['masks'])} byte-identical: " + verdict(not wrong)
+
+
+def _run_child(n: int, checkpoint: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--child", "--n", str(n), "--checkpoint", str(checkpoint)]
+    command += ["--source", str(args.source), "--batch-size", str(args.batch_size)]
+    command += ["--no-overlay"] if args.no_overlay else []
+    command += ["--workers", str(args.workers)] if args.workers is not None else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"N={n} failed:\n{done.stderr[-4000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r["efficiency"] = r["pipeline"] / r["model"]
+    return r
+
+
+def _report(name: str, n: int, r: dict, checkpoint: Path, reference: Path) -> None:
+    row(f"{name} pipeline N={n}", f"{r['pipeline']:.1f}", "images/s, predict_paths end to end, fresh process")
+    row(f"{name} model N={n}", f"{r['model']:.1f}", "images/s, the engine's forward pass alone, same process")
+    ok = verdict(r["efficiency"] >= 0.75)
+    row(f"{name} efficiency N={n}", f"{r['efficiency']:.2f}", f"pipeline / model, target >= 0.75: {ok}")
+    row(f"{name} peak RSS N={n}", f"{r['rss_mb']:.0f}", f"MB main process; largest worker {r['worker_rss_mb']:.0f} MB")
+    row(f"{name} masks N={n}", r["masks_sha256"][:12], _check_masks(r, checkpoint, reference))
 
 
 def main() -> None:
@@ -86,18 +180,21 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of PNG X-rays to copy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay pictures, as --no-overlay does")
+    parser.add_argument("--workers", type=int, help="predict's worker processes (default: one per core, <= 4)")
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="stored mask digests to compare with")
+    parser.add_argument("--write-reference", action="store_true", help="store this installation's masks")
+    parser.add_argument("--default-checkpoint", type=Path, help=argparse.SUPPRESS)  # a stored one, for references
+    parser.add_argument("--default-settings", action="store_true", help="also an untrained default-settings model")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     counts = args.n or [200]
     if args.child:
-        print(json.dumps(_measure(counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay)))
+        r = _measure(counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay, args.workers)
+        print(json.dumps(r))
         return
-    from common import header, row, verdict, write_json
-
     from cxrseg.checkpoint import default_checkpoint
     from cxrseg.errors import CxrsegError
-    from cxrseg.inference.engine import resolve_device
 
     why = f"checkpoint {args.checkpoint}"
     if args.checkpoint is None:
@@ -105,31 +202,28 @@ def main() -> None:
             args.checkpoint, why = default_checkpoint(args.runs_dir)
         except CxrsegError as exc:
             raise SystemExit(str(exc)) from exc
-    overlays = "off" if args.no_overlay else "on"
-    header(resolve_device("auto"), f"; {why}; batch {args.batch_size}; overlays {overlays}")
-    figures: dict[str, dict[str, float]] = {}
-    for n in counts:
-        command = [sys.executable, __file__, "--child", "--n", str(n), "--checkpoint", str(args.checkpoint)]
-        command += ["--source", str(args.source), "--batch-size", str(args.batch_size)]
-        command += ["--no-overlay"] if args.no_overlay else []
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"N={n} failed:\n{done.stderr[-4000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        r["efficiency"] = r["pipeline"] / r["model"]
-        figures[str(n)] = r
-        row(f"pipeline N={n}", f"{r['pipeline']:.1f}", "images/s, predict_paths end to end, fresh process")
-        row(f"model N={n}", f"{r['model']:.1f}", "images/s, forward_probabilities alone on pre-decoded tensors")
-        row(
-            f"efficiency N={n}",
-            f"{r['efficiency']:.2f}",
-            f"pipeline / model, target >= 0.75: {verdict(r['efficiency'] >= 0.75)}",
-        )
-        row(f"peak RSS N={n}", f"{r['rss_mb']:.0f}", "MB, ru_maxrss of that process")
-    if len(figures) > 1:
-        rss = [r["rss_mb"] for r in figures.values()]
-        spread = 100 * (max(rss) - min(rss)) / min(rss)
-        row("RSS spread", f"{spread:.1f}", f"% between the N values, target <= 10 %: {verdict(spread <= 10)}")
+    with tempfile.TemporaryDirectory(prefix="cxrseg-bench-ckpt-") as tmp:
+        models = {"given": args.checkpoint}
+        if args.default_settings:
+            models["default"] = args.default_checkpoint or _default_settings_checkpoint(Path(tmp))
+        if args.write_reference:
+            for path in models.values():
+                write_reference(path, args.source, args.reference)
+            print(f"reference masks written to {args.reference}")
+            return
+        from cxrseg.device import resolve_device
+
+        overlays = "off" if args.no_overlay else "on"
+        header(resolve_device("auto"), f"; {why}; batch {args.batch_size}; overlays {overlays}")
+        figures: dict[str, dict] = {}
+        for name, path in models.items():
+            for n in counts:
+                r = figures[f"{name} {n}"] = _run_child(n, path, args)
+                _report(name, n, r, path, args.reference)
+            rss = [figures[f"{name} {n}"]["rss_mb"] for n in counts]
+            if len(rss) > 1:
+                spread = 100 * (max(rss) - min(rss)) / min(rss)
+                row(f"{name} RSS spread", f"{spread:.1f}", f"% across N, target <= 10 %: {verdict(spread <= 10)}")
     if args.json:
         write_json(figures, args.json)
 

@@ -45,7 +45,7 @@ from cxrseg.augment import augment_batch
 from cxrseg.checkpoint import build_model
 from cxrseg.config import Settings
 from cxrseg.dataset import dataset_splits
-from cxrseg.inference.engine import amp_dtype, autocast, resolve_device
+from cxrseg.device import amp_dtype, autocast, resolve_device
 from cxrseg.losses import segmentation_loss
 from cxrseg.model import UNet
 from cxrseg.preprocess import normalize

@@ -25,14 +25,12 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
-class Checkpoint:
+class CheckpointInfo:
     """What a checkpoint says about itself, besides its weights."""
 
     settings: Settings
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
-    version: str = __version__
-    path: Path | None = None
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -58,12 +56,12 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return clean
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
     """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
     atomic_save(strip_prefixes(unwrap(model).state_dict()), checkpoint_metadata(info), path)
 
 
-def checkpoint_metadata(info: Checkpoint) -> dict[str, str]:
+def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:
     """The string metadata every cxrseg model file carries (safetensors header, ONNX metadata_props)."""
     return {
         "format": FORMAT,
@@ -87,13 +85,13 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """Weights and metadata of a cxrseg checkpoint, validated."""
     tensors, metadata = _read(path)
     return strip_prefixes(tensors), checkpoint_from_metadata(metadata, path, "a safetensors file")
 
 
-def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> Checkpoint:
+def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> CheckpointInfo:
     """Validate and parse what checkpoint_metadata wrote; `kind` names the file type in messages."""
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is {kind} but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
@@ -103,12 +101,10 @@ def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) ->
             f"({__version__}) reads; upgrade cxrseg."
         )
     try:
-        return Checkpoint(
+        return CheckpointInfo(
             settings=settings_from_json(json.loads(metadata["settings"])),
             epoch=int(metadata.get("epoch", 0)),
             metrics=json.loads(metadata.get("metrics", "{}")),
-            version=metadata.get("cxrseg_version", "unknown"),
-            path=path,
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
@@ -118,7 +114,7 @@ def build_model(settings: Settings) -> UNet:
     return UNet(in_channels=1, out_channels=1, base_channels=settings.model.base_channels, depth=settings.model.depth)
 
 
-def load_checkpoint(path: Path) -> tuple[UNet, Checkpoint]:
+def load_checkpoint(path: Path) -> tuple[UNet, CheckpointInfo]:
     """Rebuild the U-Net from the checkpoint's own settings and load its weights (eval mode)."""
     tensors, info = read_checkpoint(path)
     model = build_model(info.settings)

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from cxrseg.errors import ConfigError
 
@@ -40,7 +46,6 @@ class PreprocessSettings(Section):
     """How an X-ray becomes a model input; stored in every checkpoint."""
 
     image_size: int = Field(128, ge=32, le=2048)
-    normalization: Literal["zscore"] = "zscore"
 
     @field_validator("image_size")
     @classmethod
@@ -120,6 +125,7 @@ class InferenceSettings(Section):
     tta: bool = False
     device: Device = "auto"
     backend: Backend = Field("auto", description="torch, onnxruntime (CPU), or auto: see cxrseg.backend")
+    overlay_size: int = Field(1024, ge=16)  # predict's overlays: longest side in pixels (larger X-rays shrink)
 
 
 class DownloadSettings(Section):
@@ -178,15 +184,9 @@ def _describe(error: ValidationError, origin: str) -> str:
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
-    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables."""
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
-        try:
-            file_values = tomllib.loads(config_file.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
+    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables (env wins)."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
 
     class _Loader(Settings):
         @classmethod
@@ -198,11 +198,14 @@ def load_settings(config_file: Path | None = None) -> Settings:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (env_settings, init_settings)  # env wins over the file values passed as init
+            toml = [TomlConfigSettingsSource(settings_cls, toml_file=config_file)] if config_file else []
+            return (init_settings, env_settings, *toml)  # earlier sources win
 
     origin = f"CXRSEG_* environment or {config_file}" if config_file else "CXRSEG_* environment"
     try:
-        loaded = _Loader(**file_values)
+        loaded = _Loader()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
     return Settings.model_validate(loaded.model_dump())

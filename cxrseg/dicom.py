@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from cxrseg.errors import DataError
-from cxrseg.imaging import MAX_PIXELS
+from cxrseg.imaging import MAX_PIXELS, check_pixels, stretch
 from cxrseg.imaging import read_image as read_picture
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -107,11 +107,7 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
             "remove it from the inputs."
         )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > max_pixels:
-        raise DataError(
-            f"{path}: {cols}x{rows} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
-            "downscale the image first."
-        )
+    check_pixels(path, cols, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
@@ -128,8 +124,7 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
         raise DataError(f"{path}: DICOM modality or VOI LUT is unusable ({exc}); export the image again.") from exc
     if not np.isfinite(values).all():
         raise DataError(f"{path}: DICOM pixel data holds NaN or infinite values; export it again.")
-    low, high = float(values.min()), float(values.max())
-    gray = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    gray = stretch(values)
     if photometric == "MONOCHROME1":  # MONOCHROME1: the lowest value is white; make air dark like MONOCHROME2
         gray = 1.0 - gray
     spacing, source = _spacing(ds)

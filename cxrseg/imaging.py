@@ -18,16 +18,26 @@ FLOAT_MODES = ("I", "F")
 _OPEN_LOCK = threading.Lock()
 
 
-def _stretch(array: np.ndarray) -> np.ndarray:
+def stretch(array: np.ndarray) -> np.ndarray:
+    """Min-max stretch to [0, 1]; a constant image becomes all zeros."""
     low, high = float(array.min()), float(array.max())
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels` before its pixels are decoded (no decompression bomb)."""
+    if width * height > max_pixels:
+        raise DataError(
+            f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
+            "downscale the image first."
+        )
 
 
 def pil_to_gray(image: Image.Image) -> np.ndarray:
     """Any PIL image -> float32 (H, W) in [0, 1]. 16-bit, integer and float data are stretched from their
     own minimum to maximum (12-bit data in 16-bit files would otherwise use 6 % of the range)."""
     if image.mode in SIXTEEN_BIT or image.mode in FLOAT_MODES:
-        return _stretch(np.asarray(image, dtype=np.float32))
+        return stretch(np.asarray(image, dtype=np.float32))
     if image.mode != "L":
         image = image.convert("L")  # RGB, RGBA, P, LA, 1: luminance
     return np.asarray(image, dtype=np.float32) / 255.0
@@ -43,12 +53,7 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             image = Image.open(path)
         with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DataError(
-                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels / 1e6:g} megapixels; "
-                    "downscale the image first."
-                )
+            check_pixels(path, *image.size, max_pixels)
             image.load()
             return ImageOps.exif_transpose(image) if image.format == "JPEG" else image.copy()
     except FileNotFoundError as exc:

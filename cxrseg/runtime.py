@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrseg.checkpoint import Checkpoint, checkpoint_from_metadata, checkpoint_metadata
+from cxrseg.checkpoint import CheckpointInfo, checkpoint_from_metadata, checkpoint_metadata
 from cxrseg.errors import CheckpointError, ConfigError
 from cxrseg.model import UNet
 
@@ -44,7 +44,7 @@ class OnnxModel:
         normalised image (N, 1, S, S) float32 -> logits (N, 1, S, S) float32.
     """
 
-    def __init__(self, session: Any, info: Checkpoint, metadata: dict[str, str]) -> None:
+    def __init__(self, session: Any, info: CheckpointInfo, metadata: dict[str, str]) -> None:
         self.session, self.info, self.metadata = session, info, metadata
         self.precision = metadata.get("precision", "fp32")
 
@@ -85,7 +85,7 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     return _open(str(path), path, threads)
 
 
-def from_checkpoint(model: UNet, info: Checkpoint, threads: int | None = None) -> OnnxModel:
+def from_checkpoint(model: UNet, info: CheckpointInfo, threads: int | None = None) -> OnnxModel:
     """A torch U-Net exported in memory and opened on ONNX Runtime (nothing written to disk)."""
     proto = to_onnx_proto(model, info.settings.preprocess.image_size)
     for key, value in (checkpoint_metadata(info) | {"precision": "fp32"}).items():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrseg.checkpoint import Checkpoint, build_model, load_checkpoint, load_state, save_checkpoint, save_state
+from cxrseg.checkpoint import CheckpointInfo, build_model, load_checkpoint, load_state, save_checkpoint, save_state
 from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError
 
@@ -23,7 +23,7 @@ def test_round_trip_gives_identical_logits(tmp_path: Path, settings: Settings) -
     model(torch.randn(4, 1, 32, 32))  # move batch-norm statistics away from their defaults
     model.eval()
     path = tmp_path / "m.safetensors"
-    save_checkpoint(path, model, Checkpoint(settings=settings, epoch=7, metrics={"val_dice": 0.9}))
+    save_checkpoint(path, model, CheckpointInfo(settings=settings, epoch=7, metrics={"val_dice": 0.9}))
     loaded, info = load_checkpoint(path)
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(model(x), loaded(x))
@@ -35,14 +35,14 @@ def test_wrapped_models_are_saved_unwrapped(tmp_path: Path, settings: Settings) 
     model = build_model(settings)
     wrapped = torch.nn.Module()
     wrapped.module = model
-    save_checkpoint(tmp_path / "m.safetensors", wrapped, Checkpoint(settings=settings))
+    save_checkpoint(tmp_path / "m.safetensors", wrapped, CheckpointInfo(settings=settings))
     loaded, _ = load_checkpoint(tmp_path / "m.safetensors")
     assert set(loaded.state_dict()) == set(model.state_dict())
 
 
 def test_truncated_checkpoint_is_named(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "m.safetensors"
-    save_checkpoint(path, build_model(settings), Checkpoint(settings=settings))
+    save_checkpoint(path, build_model(settings), CheckpointInfo(settings=settings))
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="m.safetensors is truncated or corrupt"):
         load_checkpoint(path)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import cxrseg
 from cxrseg import assets
-from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
+from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.dicom import read_dicom
@@ -39,7 +39,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(path, build_model(settings), Checkpoint(settings=settings))
+    save_checkpoint(path, build_model(settings), CheckpointInfo(settings=settings))
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrseg.checkpoint import Checkpoint, checkpoint_metadata, load_checkpoint
+from cxrseg.checkpoint import CheckpointInfo, checkpoint_metadata, load_checkpoint
 from cxrseg.errors import CheckpointError
 from cxrseg.export.calibration import CalibrationReader, calibration_images, model_inputs, sample_images
 from cxrseg.files import atomic_path
@@ -117,7 +117,7 @@ def export_onnx(
     )
 
 
-def _metadata(info: Checkpoint, source: Path, precision: str, calibration: list[Path]) -> dict[str, str]:
+def _metadata(info: CheckpointInfo, source: Path, precision: str, calibration: list[Path]) -> dict[str, str]:
     metadata = checkpoint_metadata(info)
     metadata |= {
         "precision": precision,

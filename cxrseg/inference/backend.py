@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from cxrseg.checkpoint import Checkpoint, load_checkpoint
+from cxrseg.checkpoint import CheckpointInfo, load_checkpoint
 from cxrseg.config import InferenceSettings, Settings
+from cxrseg.device import amp_dtype, resolve_device
 from cxrseg.errors import ConfigError
-from cxrseg.inference.engine import amp_dtype, resolve_device
 from cxrseg.runtime import OnnxModel, from_checkpoint, is_onnx, load_onnx
 
 ORT_FASTER_ON_CPU = True
@@ -61,7 +61,7 @@ def choose_backend(path: Path, cfg: InferenceSettings, images: int | None = None
 
 def load_model(
     path: Path, cfg: InferenceSettings, images: int | None = None
-) -> tuple[torch.nn.Module | OnnxModel, Checkpoint]:
+) -> tuple[torch.nn.Module | OnnxModel, CheckpointInfo]:
     """The model in `path` (.safetensors or .onnx) on the backend `cfg` asks for, and what the file says."""
     backend = choose_backend(path, cfg, images)
     if backend == "onnxruntime" and cfg.device not in ("auto", "cpu"):

@@ -1,59 +1,54 @@
-"""Device choice, mixed precision and the forward pass shared by train validation, evaluate and predict."""
+"""The one inference engine behind evaluate, predict and training validation: model set-up, fit, batch,
+forward pass, restore and clean-up."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxrseg.config import Device, InferenceSettings, Precision
-from cxrseg.errors import ConfigError
+from cxrseg.checkpoint import CheckpointInfo
+from cxrseg.config import InferenceSettings, Settings
+from cxrseg.device import amp_dtype, autocast, resolve_device, use_channels_last
+from cxrseg.inference.backend import load_model
 from cxrseg.postprocess import clean_mask
-from cxrseg.preprocess import Geometry, normalize, restore
+from cxrseg.preprocess import Geometry, fit_to_square, normalize, restore, valid_region
+from cxrseg.runtime import OnnxModel
+
+# (N, 1, S, S) fitted images in [0, 1] and their valid regions -> (N, 1, S, S) float32 probabilities on the CPU.
+# The engine holds one of these; another backend (ONNX Runtime, say) plugs in by supplying its own.
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def resolve_device(name: Device) -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto.")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps asked for, but Apple MPS is not available; use --device cpu or auto.")
-    return torch.device(name)
+@dataclass(frozen=True)
+class Fitted:
+    """One decoded image fitted into the model's square input."""
+
+    image: np.ndarray  # (S, S) float32 in [0, 1], zero padding
+    geometry: Geometry
 
 
-def cpu_has_bf16() -> bool:
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
+def fit_image(gray: np.ndarray, size: int) -> Fitted:
+    """Fit a decoded (H, W) grey image into the (size, size) model input."""
+    image, geometry = fit_to_square(gray, size)
+    return Fitted(image, geometry)
 
 
-def amp_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. `auto`: bf16 on CUDA and on CPUs with native bf16."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16():
-        return torch.bfloat16
-    return None
+def stack(items: Sequence[Fitted]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch: (N, 1, S, S) images and (N, 1, S, S) valid regions."""
+    images = torch.from_numpy(np.stack([item.image for item in items]))[:, None]
+    valid = torch.from_numpy(np.stack([valid_region(item.geometry) for item in items]))[:, None]
+    return images, valid
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to `device`, switch to eval mode, channels_last where it is faster."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if use_channels_last(device) else model
 
 
 @torch.no_grad()
@@ -70,7 +65,7 @@ def forward_probabilities(
     With `tta`, the prediction is averaged with that of the horizontally flipped image.
     """
     x = normalize(images, valid).to(device)
-    if device.type != "mps":
+    if use_channels_last(device):
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, dtype):
         probs = torch.sigmoid(model(x).float())
@@ -79,15 +74,72 @@ def forward_probabilities(
     return (probs * valid.to(device)).cpu()
 
 
+def finish(
+    prob: np.ndarray | torch.Tensor, geometry: Geometry, cfg: InferenceSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S, S) model probabilities -> (probability at the original size, final boolean mask)."""
+    full = restore(torch.as_tensor(prob), geometry).numpy()
+    mask = full > cfg.threshold
+    if cfg.postprocess:
+        mask = clean_mask(mask, cfg.min_component_fraction)
+    return full, mask
+
+
 def probabilities_to_masks(
     probs: torch.Tensor, geometries: Sequence[Geometry], cfg: InferenceSettings
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each (1, S, S) probability map: (probability at original size, final boolean mask)."""
-    results = []
-    for prob, geometry in zip(probs, geometries, strict=True):
-        full = restore(prob[0], geometry).numpy()
-        mask = full > cfg.threshold
-        if cfg.postprocess:
-            mask = clean_mask(mask, cfg.min_component_fraction)
-        results.append((full, mask))
-    return results
+    """`finish` for each (1, S, S) map of a batch."""
+    return [finish(prob[0], geometry, cfg) for prob, geometry in zip(probs, geometries, strict=True)]
+
+
+@dataclass
+class Engine:
+    """A model ready to predict: its forward pass, its input size and the inference settings.
+
+    Args:
+        forward: the forward pass (see `Forward`); `forward_probabilities` bound to a model and device.
+        size: the model's square input side, from the checkpoint's preprocessing settings.
+        cfg: threshold, post-processing, batch size and test-time augmentation.
+        device: where the forward pass runs.
+    """
+
+    forward: Forward
+    size: int
+    cfg: InferenceSettings
+    device: torch.device
+
+    def probabilities(self, items: Sequence[Fitted]) -> torch.Tensor:
+        """(N, 1, S, S) float32 probabilities of a list of fitted images."""
+        return self.forward(*stack(items))
+
+
+def engine_for(
+    model: torch.nn.Module | OnnxModel,
+    settings: Settings,
+    cfg: InferenceSettings,
+    *,
+    device: torch.device | None = None,
+) -> Engine:
+    """An engine around `model`; `settings` are the checkpoint's (input size, precision).
+
+    Without `device`, the model is set up on cfg.device; with it (training validation), it is used as is.
+    An OnnxModel runs on the CPU through ONNX Runtime, in the precision it was exported in.
+    """
+    if isinstance(model, OnnxModel):
+        device, dtype = torch.device("cpu"), None
+    else:
+        if device is None:
+            device = resolve_device(cfg.device)
+            model = prepare_model(model, device)
+        dtype = amp_dtype(device, settings.train.precision)
+    forward = partial(forward_probabilities, model, device=device, dtype=dtype, tta=cfg.tta)
+    return Engine(forward, settings.preprocess.image_size, cfg, device)
+
+
+def load_engine(checkpoint: Path, cfg: InferenceSettings, images: int | None = None) -> tuple[Engine, CheckpointInfo]:
+    """Rebuild the model from a checkpoint (.safetensors or .onnx) on its backend, set up for inference.
+
+    `images`, the number of inputs when known, lets `--backend auto` weigh an in-memory ONNX export.
+    """
+    model, info = load_model(checkpoint, cfg, images)
+    return engine_for(model, info.settings, cfg), info

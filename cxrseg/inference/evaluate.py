@@ -1,97 +1,116 @@
-"""Scoring a model on image/mask pairs, each at its mask's own resolution."""
+"""Scoring a model on image/mask pairs, each at its mask's own resolution; unreadable pairs become error rows."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.dataset import Pair, check_sizes
+from cxrseg.dataset import Pair
+from cxrseg.errors import CxrsegError
 from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
-from cxrseg.inference.backend import place
-from cxrseg.inference.engine import forward_probabilities, probabilities_to_masks
+from cxrseg.inference.engine import Engine, Fitted, engine_for, finish, fit_image
+from cxrseg.inference.pipeline import run_pipeline
 from cxrseg.metrics import METRICS, Scores, score, summarize
-from cxrseg.preprocess import Geometry, fit_to_square, valid_region
+from cxrseg.preprocess import Geometry
 from cxrseg.runtime import OnnxModel
 
 
 @dataclass(frozen=True)
 class ImageScore:
+    """One pair's scores, or why it could not be scored (`error`, then `scores` is None)."""
+
     name: str
     image: Path
-    scores: Scores
+    scores: Scores | None
+    error: str = ""
 
 
 @dataclass
 class Evaluation:
-    rows: list[ImageScore]
+    rows: list[ImageScore]  # scored pairs: the summary's population
     summary: dict[str, dict[str, float]]
+    failed: list[ImageScore] = field(default_factory=list)  # unreadable pairs, left out of the summary
 
     def as_json(self) -> dict[str, object]:
-        """Means per metric, n_images and the full summary; undefined values (NaN) become None (null)."""
+        """Means per metric, n_images, failures and the full summary; undefined values (NaN) become None (null)."""
 
         def clean(value: float) -> float | None:
             return None if isinstance(value, float) and math.isnan(value) else value
 
         out: dict[str, object] = {name: clean(stats["mean"]) for name, stats in self.summary.items()}
         out["n_images"] = len(self.rows)
+        out["n_failed"] = len(self.failed)
+        out["failed"] = [{"name": r.name, "image": str(r.image), "error": r.error} for r in self.failed]
         out["summary"] = {n: {k: clean(v) for k, v in stats.items()} for n, stats in self.summary.items()}
         return out
 
 
-Loaded = tuple[np.ndarray, np.ndarray, Geometry]
+@dataclass(frozen=True)
+class LoadedPair:
+    fitted: Fitted
+    truth: np.ndarray  # (H, W) bool at the mask's own resolution
 
 
-def _load(pair: Pair, size: int) -> Loaded:
-    image, geometry = fit_to_square(read_image(pair.image), size)
-    return image, read_mask(pair.mask), geometry
+def load_pair(pair: Pair, size: int) -> LoadedPair | str:
+    """Decode and fit one pair (in a worker process); a string is the reason it cannot be scored."""
+    try:
+        image, truth = read_image(pair.image), read_mask(pair.mask)
+    except CxrsegError as exc:
+        return str(exc)
+    except Exception as exc:  # one odd file must not end the evaluation
+        return f"{pair.image}: unexpected {type(exc).__name__} while reading ({exc}); check or remove this pair."
+    if image.shape != truth.shape:
+        return f"{pair.image.name} {image.shape} vs {pair.mask.name} {truth.shape}: image and mask sizes differ."
+    return LoadedPair(fit_image(image, size), truth)
 
 
-def prefetched_batches(pairs: Sequence[Pair], size: int, batch_size: int, workers: int = 2) -> Iterator[list[Loaded]]:
-    """Decode batch k+1 in threads while the caller computes on batch k."""
-    chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
-    with ThreadPoolExecutor(workers) as pool:
-        pending = [pool.submit(lambda c=c: [_load(p, size) for p in c]) for c in chunks[:1]]
-        for index in range(len(chunks)):
-            if index + 1 < len(chunks):
-                pending.append(pool.submit(lambda c=chunks[index + 1]: [_load(p, size) for p in c]))
-            yield pending.pop(0).result()
+Scored = tuple[ImageScore, np.ndarray | None, np.ndarray | None]  # the row; with keep_masks, truth and prediction
+
+
+def _score(
+    pair: Pair, loaded: LoadedPair | str, prob: np.ndarray | None, cfg: InferenceSettings, keep_masks: bool = False
+) -> Scored:
+    """Restore, clean and score one prediction (in a worker process)."""
+    if isinstance(loaded, str):
+        return ImageScore(pair.name, pair.image, None, loaded), None, None
+    _, mask = finish(prob, loaded.fitted.geometry, cfg)
+    row = ImageScore(pair.name, pair.image, score(mask, loaded.truth))
+    return (row, loaded.truth, mask) if keep_masks else (row, None, None)
 
 
 def score_batch(
-    model: torch.nn.Module,
+    engine: Engine,
     images: torch.Tensor,
     valid: torch.Tensor,
     geometries: Sequence[Geometry],
     truths: Sequence[np.ndarray],
-    cfg: InferenceSettings,
-    device: torch.device,
-    dtype: torch.dtype | None,
     with_hd95: bool = True,
-    on_mask: Callable[[int, Scores, np.ndarray], None] | None = None,
 ) -> list[Scores]:
-    """Predict a fitted batch, restore each map to its original size and score it against the truth.
+    """Score a fitted in-memory batch against its truths, in this process (training validation).
 
     `with_hd95=False` skips both surface distances (HD95 and ASSD), as training validation does.
-    on_mask(index in the batch, scores, predicted mask) sees each final mask before it is dropped.
     """
-    probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
-    masks = probabilities_to_masks(probs, geometries, cfg)
-    scores = []
-    for index, ((_, mask), truth) in enumerate(zip(masks, truths, strict=True)):
-        scores.append(score(mask, truth, with_distances=with_hd95))
-        if on_mask:
-            on_mask(index, scores[-1], mask)
-    return scores
+    probs = engine.forward(images, valid)
+    return [
+        score(finish(prob[0], geometry, engine.cfg)[1], truth, with_distances=with_hd95)
+        for prob, geometry, truth in zip(probs, geometries, truths, strict=True)
+    ]
+
+
+def default_workers() -> int:
+    """Worker processes for decoding and for the work after the model: one per core, at most 4."""
+    return min(4, os.cpu_count() or 1)
 
 
 def evaluate_model(
@@ -100,43 +119,39 @@ def evaluate_model(
     pairs: Sequence[Pair],
     cfg: InferenceSettings,
     on_advance: Callable[[int], None] | None = None,
+    workers: int | None = None,
     on_image: Callable[[ImageScore, np.ndarray, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's).
 
-    `model` is the torch U-Net or an OnnxModel (see cxrseg.inference.backend.load_model).
-    on_image(row, truth, predicted mask), called as each image is scored, can draw it (e.g. a report's
-    error map); the masks are not kept, so memory does not grow with the number of images.
+    `model` is the torch U-Net or an OnnxModel (see cxrseg.inference.backend.load_model). A pair that cannot be
+    read, or whose image and mask sizes differ, gets an error row and the run goes on. on_image(row, truth,
+    predicted mask), called here as each image is scored, can draw it (e.g. a report's error map); the masks
+    are not kept, so memory does not grow with the number of images.
     """
-    check_sizes(pairs)
-    placed = place(model, settings, cfg)
-    size = settings.preprocess.image_size
+    engine = engine_for(model, settings, cfg)
+    workers = default_workers() if workers is None else workers
+    decode = partial(load_pair, size=engine.size)
+    score_one = partial(_score, cfg=cfg, keep_masks=on_image is not None)
     rows: list[ImageScore] = []
-    done = 0
-    for batch in prefetched_batches(pairs, size, cfg.batch_size):
-        images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
-        valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
-        truths, chunk = [b[1] for b in batch], pairs[done : done + len(batch)]
-
-        def seen(index: int, scores: Scores, mask: np.ndarray, truths=truths, chunk=chunk) -> None:
-            rows.append(ImageScore(chunk[index].name, chunk[index].image, scores))
-            if on_image:
-                on_image(rows[-1], truths[index], mask)
-
-        geometries = [b[2] for b in batch]
-        score_batch(placed.model, images, valid, geometries, truths, cfg, placed.device, placed.dtype, on_mask=seen)
-        done += len(batch)
+    for row, truth, mask in run_pipeline(engine, list(pairs), decode, score_one, workers):
+        rows.append(row)
+        if on_image and row.scores is not None:
+            on_image(row, truth, mask)
         if on_advance:
-            on_advance(len(batch))
-    return Evaluation(rows, summarize([r.scores for r in rows]))
+            on_advance(1)
+    scored = [row for row in rows if row.scores is not None]
+    return Evaluation(scored, summarize([r.scores for r in scored]), [row for row in rows if row.error])
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> None:
-    """Per-image rows (name, image, metrics), written atomically."""
+    """Per-image rows (name, image, metrics, error), written atomically; failed pairs have empty metrics."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "image", *METRICS])
+    writer.writerow(["name", "image", *METRICS, "error"])
     for row in evaluation.rows:
         s = row.scores
-        writer.writerow([row.name, row.image, *(f"{getattr(s, m):.6f}" for m in METRICS)])
+        writer.writerow([row.name, row.image, *(f"{getattr(s, m):.6f}" for m in METRICS), ""])
+    for row in evaluation.failed:
+        writer.writerow([row.name, row.image, *("" for _ in METRICS), row.error])
     write_text(path, buffer.getvalue())

@@ -28,6 +28,15 @@ def to_uint8(gray: np.ndarray) -> np.ndarray:
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 
+def display_image(gray: np.ndarray, max_side: int) -> np.ndarray:
+    """A uint8 copy of a float (H, W) X-ray for overlays: longest side at most `max_side` (bilinear)."""
+    scale = max_side / max(gray.shape)
+    if scale < 1:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = np.asarray(Image.fromarray(gray.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
+    return to_uint8(gray)
+
+
 def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Image:
     """X-ray with each lung tinted and outlined: patient right (image left) blue, patient left red.
 

@@ -14,11 +14,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from cxrseg.augment import augment_batch
-from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
+from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.config import Settings
+from cxrseg.device import amp_dtype, autocast, resolve_device
 from cxrseg.errors import DataError, TrainingError, TrainingInterrupted
 from cxrseg.files import write_text
-from cxrseg.inference.engine import amp_dtype, autocast, forward_probabilities, resolve_device
+from cxrseg.inference.engine import engine_for
 from cxrseg.inference.evaluate import score_batch
 from cxrseg.inference.render import preview_sheet, save_png
 from cxrseg.losses import segmentation_loss
@@ -79,13 +80,12 @@ def validate(model, data: TrainingData, settings: Settings, device, dtype, ctx: 
     model.eval()
     sync_buffers(model, ctx)
     val = data.val
-    cfg = settings.inference.model_copy(update={"tta": False})
+    engine = engine_for(model, settings, settings.inference.model_copy(update={"tta": False}), device=device)
     scores, bs = [], settings.inference.batch_size
     for start in range(0, len(val.pairs), bs):
         sl = slice(start, start + bs)
-        truths = data.truths[sl]
         scores += score_batch(
-            model, val.images[sl], val.valid[sl], val.geometries[sl], truths, cfg, device, dtype, with_hd95=False
+            engine, val.images[sl], val.valid[sl], val.geometries[sl], data.truths[sl], with_hd95=False
         )
     n_folders = len(data.folders)
     sums = [0.0] * (3 * n_folders)  # per folder: Dice sum, IoU sum, count
@@ -99,7 +99,7 @@ def validate(model, data: TrainingData, settings: Settings, device, dtype, ctx: 
     k = min(settings.train.previews, len(val.pairs)) if ctx.is_main else 0
     previews = []
     if k:
-        probs = forward_probabilities(model, val.images[:k], val.valid[:k], device, dtype)
+        probs = engine.forward(val.images[:k], val.valid[:k])
         previews = [
             (val.images[i, 0].numpy(), val.masks[i, 0].numpy() > 0.5, probs[i, 0].numpy() > 0.5) for i in range(k)
         ]
@@ -243,7 +243,7 @@ def train(
                 by_folder if len(by_folder) > 1 else None,
             )
             if ctx.is_main:
-                info = Checkpoint(
+                info = CheckpointInfo(
                     settings=settings,
                     epoch=epoch,
                     metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
