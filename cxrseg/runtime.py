@@ -85,14 +85,13 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     return _open(str(path), path, threads)
 
 
-def from_checkpoint(model: UNet, info: CheckpointInfo, threads: int | None = None) -> OnnxModel:
-    """A torch U-Net exported in memory and opened on ONNX Runtime (nothing written to disk)."""
+def from_checkpoint(model: UNet, info: CheckpointInfo, path: Path, threads: int | None = None) -> OnnxModel:
+    """A torch U-Net (loaded from `path`) exported in memory and opened on ONNX Runtime (nothing written to disk)."""
     proto = to_onnx_proto(model, info.settings.preprocess.image_size)
     for key, value in (checkpoint_metadata(info) | {"precision": "fp32"}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    assert info.path is not None, "a loaded checkpoint knows its path"
-    return _open(proto.SerializeToString(), info.path, threads)
+    return _open(proto.SerializeToString(), path, threads)
 
 
 def _open(source: str | bytes, path: Path, threads: int | None) -> OnnxModel:

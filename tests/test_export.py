@@ -89,7 +89,7 @@ def test_evaluate_accepts_an_onnx_file(exported: Path) -> None:
 
 def test_a_checkpoint_runs_on_onnx_runtime_when_asked(exported: Path) -> None:
     model, info = load_model(BUNDLED_MODEL, InferenceSettings(device="cpu", backend="onnxruntime"))
-    assert isinstance(model, OnnxModel) and info.path == BUNDLED_MODEL
+    assert isinstance(model, OnnxModel) and info.settings == load_checkpoint(BUNDLED_MODEL)[1].settings
     x = np.zeros((2, 1, model.image_size, model.image_size), dtype=np.float32)
     np.testing.assert_allclose(model.logits(x), load_onnx(exported).logits(x), atol=1e-4)
 

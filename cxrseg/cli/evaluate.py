@@ -87,7 +87,8 @@ def evaluate(
         write_csv(result, csv)
         console.print(f"Per-image scores written to {csv}", markup=False, highlight=False, soft_wrap=True)
     if report and maps:
-        title = f"{checkpoint.name} on {settings.data.root.resolve().name}: {len(result.rows)} images, split {split}"
+        names = ", ".join(root.resolve().name for root in roots)
+        title = f"{checkpoint.name} on {names}: {len(result.rows)} images, split {split}"
         write_evaluate_report(report, maps.records, result.summary, title)
         console.print(f"Report written to {report}", markup=False, highlight=False, soft_wrap=True)
     if as_json:

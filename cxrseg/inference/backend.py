@@ -74,7 +74,7 @@ def load_model(
         return model, model.info
     model, info = load_checkpoint(path)
     if backend == "onnxruntime":
-        onnx_model = from_checkpoint(model, info)
+        onnx_model = from_checkpoint(model, info, path)
         return onnx_model, onnx_model.info
     return model, info
 
