@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,22 +46,6 @@ def test_train_then_evaluate_on_the_packaged_sample(runner: CliRunner, tmp_path:
 
     result = runner.invoke(app, ["evaluate", "--data", str(SAMPLE_DIR), "--runs-dir", str(runs), "--split", "all"])
     assert result.exit_code == 0 and "24 images" in result.stdout
-
-
-def test_evaluate_scores_at_the_masks_own_resolution(runner: CliRunner, tmp_path: Path) -> None:
-    """A 64px model on 512px masks: the table reports images at the masks' size, not the model's."""
-    runs = tmp_path / "runs"
-    runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--epochs", "1", "--runs-dir", str(runs), *TINY])
-    checkpoint = next(runs.glob("*/best.safetensors"))
-    from cxrseg.checkpoint import load_checkpoint
-    from cxrseg.config import InferenceSettings
-    from cxrseg.dataset import select_pairs
-    from cxrseg.inference.evaluate import evaluate_model
-
-    model, info = load_checkpoint(checkpoint)
-    pairs = select_pairs(SAMPLE_DIR, "test")
-    evaluation = evaluate_model(model, info.settings, pairs, InferenceSettings(postprocess=False))
-    assert len(evaluation.rows) == 4 and all(0 <= r.scores.dice <= 1 for r in evaluation.rows)
 
 
 def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
@@ -119,5 +102,5 @@ def test_version(runner: CliRunner) -> None:
 
 def test_sample_ships_with_licence() -> None:
     assert "CC BY-NC-SA 4.0" in (SAMPLE_DIR / "README.md").read_text()
-    assert shutil.disk_usage(SAMPLE_DIR)  # folder exists
-    assert len(list((SAMPLE_DIR / "image").glob("*.png"))) == 20
+    counts = {name: len(list((SAMPLE_DIR / name).glob("*.png"))) for name in ("image", "mask", "test_image", "test_mask")}
+    assert counts == {"image": 20, "mask": 20, "test_image": 4, "test_mask": 4}
