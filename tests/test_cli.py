@@ -102,5 +102,6 @@ def test_version(runner: CliRunner) -> None:
 
 def test_sample_ships_with_licence() -> None:
     assert "CC BY-NC-SA 4.0" in (SAMPLE_DIR / "README.md").read_text()
-    counts = {name: len(list((SAMPLE_DIR / name).glob("*.png"))) for name in ("image", "mask", "test_image", "test_mask")}
+    folders = ("image", "mask", "test_image", "test_mask")
+    counts = {name: len(list((SAMPLE_DIR / name).glob("*.png"))) for name in folders}
     assert counts == {"image": 20, "mask": 20, "test_image": 4, "test_mask": 4}
