@@ -22,6 +22,7 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_on_the_packaged_sample(runner: CliRunner, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     result = runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--epochs", "2", "--runs-dir", str(runs), *TINY])
@@ -48,6 +49,7 @@ def test_train_then_evaluate_on_the_packaged_sample(runner: CliRunner, tmp_path:
     assert result.exit_code == 0 and "24 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cxrseg", "train", "--data", str(tmp_path / "missing")],
@@ -68,12 +70,27 @@ def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--no-such-flag"], ["no-such-command"], ["evaluate", "--split", "sideways"], ["train", "--epochs", "x"]],
+)
+def test_usage_errors_exit_2(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from cxrseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cxrseg", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert "Usage" in capsys.readouterr().err
+
+
 def test_bad_flag_value_names_the_setting(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(SAMPLE_DIR), "--image-size", "100"])
     assert result.exit_code != 0
     assert "multiple of 16" in str(result.exception) or "multiple of 16" in result.output
 
 
+@pytest.mark.slow
 def test_download_then_train_finds_the_data(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = Server()
     try:
