@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cxrseg.augment import augment_batch, cumulative_histogram, frame, intensity
@@ -123,3 +125,36 @@ def test_full_recipe_keeps_lung_under_pathology_and_marks() -> None:
     cfg = OFF.model_copy(update={"pathology_p": 1.0, "marks_p": 1.0})
     _, out_masks, _ = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(7))
     assert torch.equal(out_masks, masks)
+
+
+def test_blur_matches_scipys_gaussian_with_the_same_support() -> None:
+    """Per-image sigma, edges replicated, kernel cut at 3 sigma of the largest sigma of the batch."""
+    import numpy as np
+    from scipy import ndimage
+
+    from cxrseg.augment import _blur
+
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.5, 1.0, 1.7])
+    radius = math.ceil(3 * 1.7)
+    blurred = _blur(images, sigma)
+    assert blurred.shape == images.shape
+    for i, s in enumerate(sigma.tolist()):
+        expected = ndimage.gaussian_filter(images[i, 0].double().numpy(), s, mode="nearest", truncate=radius / s)
+        assert np.allclose(blurred[i, 0].numpy(), expected, atol=1e-5)
+    flat = _blur(torch.full((1, 1, 8, 8), 0.3), torch.tensor([0.2]))
+    assert torch.allclose(flat, torch.full_like(flat, 0.3))  # sigma below one pixel: radius stays 1
+
+
+def test_low_frequency_field_is_the_random_cells_smoothly_upsampled() -> None:
+    from cxrseg.augment import low_frequency
+
+    same = low_frequency(2, 6, 6, torch.Generator().manual_seed(4))  # as many cells as pixels: the cells
+    assert torch.allclose(same, torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(4)), atol=1e-6)
+    field = low_frequency(3, 64, 4, torch.Generator().manual_seed(5))
+    assert field.shape == (3, 1, 64, 64) and field.min() >= 0 and field.max() <= 1
+    assert (field[..., 1:] - field[..., :-1]).abs().max() < 0.1  # smooth: no step between neighbours
+    assert (field[..., 1:, :] - field[..., :-1, :]).abs().max() < 0.1
+    assert field.std() > 0.05 and not torch.equal(field[0], field[1])
+    coarse = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(field[:, :, 8::16, 8::16], coarse, atol=0.15)  # cell centres near their value
