@@ -237,3 +237,15 @@ def test_summary_statistics_with_one_two_three_and_no_values() -> None:
 def test_shape_mismatch_names_both_shapes() -> None:
     with pytest.raises(ValueError, match=r"prediction \(4, 4\) and truth \(4, 5\) differ in shape"):
         score(np.zeros((4, 4), bool), np.zeros((4, 5), bool))
+
+
+def test_masks_stored_as_0_255_bytes_score_like_booleans() -> None:
+    """Masks read from PNG files arrive as uint8 0/255; every metric treats them as booleans."""
+    rng = np.random.default_rng(7)
+    pred, truth = rng.random((24, 24)) < 0.4, rng.random((24, 24)) < 0.5
+    as_bytes = score(pred.astype(np.uint8) * 255, truth.astype(np.uint8) * 255)
+    assert as_bytes == score(pred, truth)
+    assert hd95(pred.astype(np.uint8) * 255, truth) == hd95(pred, truth)
+    assert np.array_equal(surface(pred.astype(np.uint8) * 255), surface(pred))
+    with pytest.raises(ValueError, match=r"\(4, 4\) and truth \(5, 4\) differ in shape"):
+        hd95(np.zeros((4, 4), bool), np.zeros((5, 4), bool))
