@@ -127,3 +127,12 @@ def test_evaluate_scores_at_the_masks_own_resolution(tmp_path: Path) -> None:
     assert row.scores.dice == pytest.approx(2 / 7, abs=1e-9) and row.scores.iou == pytest.approx(1 / 6, abs=1e-9)
     assert row.scores.precision == pytest.approx(1 / 3, abs=1e-9) and row.scores.recall == pytest.approx(1 / 4)
     assert row.scores.hd95 == pytest.approx(150.0)  # a quarter of the truth's outline (row 299) is 150 px away
+
+
+def test_restore_crops_exactly_the_image_out_of_uneven_padding() -> None:
+    """200 px wide in 128: 85 columns from column 21, leaving 22 columns of padding on the right."""
+    geometry = fit_geometry(300, 200, 128)
+    probs = torch.zeros(128, 128)
+    probs[:, 21:64] = 1.0  # the left half of the image (43 of its 85 columns)
+    back = restore(probs, geometry)
+    assert back[:, :99].min() == 1 and back[:, 104:].max() == 0

@@ -210,17 +210,18 @@ def test_measure_sizes_sides_and_probabilities() -> None:
 
 
 def test_columns_round_numbers_and_leave_unknowns_empty() -> None:
-    m = LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.812345, math.nan, -0.123456)
-    row = columns(m, (0.5, 0.25))
+    m = LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.812345, 0.765432, -0.123456)
+    row = columns(m, (0.33, 0.7))  # 0.231 mm2 per pixel
     assert row == {
         "height": 20, "width": 30, "lung_px": 110, "lung_fraction": 0.18333, "right_lung_px": 80,
-        "left_lung_px": 30, "spacing_row_mm": 0.5, "spacing_col_mm": 0.25, "lung_mm2": 13.8,
-        "right_lung_mm2": 10.0, "left_lung_mm2": 3.8, "components": 2, "raw_components": 3,
-        "mean_probability": 0.8123, "border_confidence": None, "midline_contrast": -0.1235,
+        "left_lung_px": 30, "spacing_row_mm": 0.33, "spacing_col_mm": 0.7, "lung_mm2": 25.4,
+        "right_lung_mm2": 18.5, "left_lung_mm2": 6.9, "components": 2, "raw_components": 3,
+        "mean_probability": 0.8123, "border_confidence": 0.7654, "midline_contrast": -0.1235,
         "flags": "lr_imbalance;inverted",
     }  # fmt: skip
-    plain = columns(m)
+    plain = columns(LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.8, math.nan, 0.1))
     assert plain["spacing_row_mm"] is plain["lung_mm2"] is plain["right_lung_mm2"] is plain["left_lung_mm2"] is None
+    assert plain["border_confidence"] is None
 
 
 def test_rows_round_trip_through_csv_and_json(tmp_path) -> None:
@@ -228,14 +229,16 @@ def test_rows_round_trip_through_csv_and_json(tmp_path) -> None:
 
     from cxrseg.inference.quality import COLUMNS, empty_row, read_rows, write_rows
 
-    m = LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.812345, 0.75, 0.2)
+    m = LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.812345, math.nan, 0.2)  # no border confidence: an empty cell
     ok = empty_row() | {"input": "a.png", "status": "ok", "mask": "a.png.mask.png"} | columns(m, (0.5, 0.25))
-    failed = empty_row() | {"input": "b, \"odd\".png", "status": "error", "message": "b: unreadable"}
+    failed = empty_row() | {"input": 'b, "odd".png', "status": "error", "message": "b: unreadable"}
     assert set(empty_row()) == set(COLUMNS) and empty_row()["lung_px"] is None and empty_row()["input"] == ""
     path = write_rows([ok, failed], tmp_path / "predictions.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 3
     assert read_rows(path) == {"a.png.mask.png": ok}  # typed back; rows without a mask are left out
+    cells = lines[2].split(",")[-len(COLUMNS) :]
+    assert cells[list(COLUMNS).index("lung_px")] == "" and "None" not in lines[2]  # unknowns are empty cells
     assert json.loads(write_rows([ok, failed], tmp_path / "p.json", as_json=True).read_text()) == [ok, failed]
     assert read_rows(tmp_path / "missing.csv") == {}
     (tmp_path / "edited.csv").write_text(lines[0] + "\n" + lines[1].replace(",110,", ",many,") + "\n" + lines[1] + "\n")
