@@ -28,7 +28,8 @@ def test_specks_below_threshold_are_dropped_even_if_among_two_largest() -> None:
 
 
 def test_empty_stays_empty() -> None:
-    assert not clean_mask(np.zeros((8, 8), dtype=bool)).any()
+    empty = clean_mask(np.zeros((8, 6), dtype=np.uint8))
+    assert empty.shape == (8, 6) and empty.dtype == bool and not empty.any()
 
 
 def test_sides_follow_component_centroids() -> None:
@@ -63,7 +64,8 @@ def test_one_part_and_the_area_limit_itself_are_kept() -> None:
     mask[2:4, 2:4] = True  # 4 px = exactly 0.04 of the image
     cleaned = clean_mask(mask, min_fraction=0.04)
     assert cleaned.dtype == bool and np.array_equal(cleaned, mask)
-    assert clean_mask(np.zeros((4, 4), dtype=np.uint8)).dtype == bool
+    assert np.array_equal(clean_mask(mask), mask)  # the default limit, 0.2 % of the image, keeps it
+    assert clean_mask(mask.astype(np.uint8) * 255, min_fraction=0.04).dtype == bool  # 0/255 bytes in, booleans out
 
 
 def test_a_part_inside_another_parts_bounding_box_survives_its_fill() -> None:
