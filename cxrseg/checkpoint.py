@@ -41,9 +41,12 @@ def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DistributedDataParallel or torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+    while True:
+        inner = getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None) if inner is None else inner  # `or` would call len() on a compiled one
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
-from cxrseg.augment import augment_batch, cumulative_histogram, frame, intensity
+from cxrseg.augment import augment_batch, cumulative_histogram, frame, intensity, random_affine
 from cxrseg.augment_overlays import add_opacities, burn_in_marks
 from cxrseg.config import AugmentSettings
 from cxrseg.preprocess import normalize
@@ -123,3 +126,81 @@ def test_full_recipe_keeps_lung_under_pathology_and_marks() -> None:
     cfg = OFF.model_copy(update={"pathology_p": 1.0, "marks_p": 1.0})
     _, out_masks, _ = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(7))
     assert torch.equal(out_masks, masks)
+
+
+def test_blur_matches_scipys_gaussian_with_the_same_support() -> None:
+    """Per-image sigma, edges replicated, kernel cut at 3 sigma of the largest sigma of the batch."""
+    import numpy as np
+    from scipy import ndimage
+
+    from cxrseg.augment import _blur
+
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.5, 1.0, 1.7])
+    radius = math.ceil(3 * 1.7)
+    blurred = _blur(images, sigma)
+    assert blurred.shape == images.shape
+    for i, s in enumerate(sigma.tolist()):
+        expected = ndimage.gaussian_filter(images[i, 0].double().numpy(), s, mode="nearest", truncate=radius / s)
+        assert np.allclose(blurred[i, 0].numpy(), expected, atol=1e-5)
+    flat = _blur(torch.full((1, 1, 8, 8), 0.3), torch.tensor([0.2]))
+    assert torch.allclose(flat, torch.full_like(flat, 0.3))  # sigma below one pixel: radius stays 1
+
+
+def test_low_frequency_field_is_the_random_cells_smoothly_upsampled() -> None:
+    from cxrseg.augment import low_frequency
+
+    same = low_frequency(2, 6, 6, torch.Generator().manual_seed(4))  # as many cells as pixels: the cells
+    assert torch.allclose(same, torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(4)), atol=1e-6)
+    field = low_frequency(3, 64, 4, torch.Generator().manual_seed(5))
+    assert field.shape == (3, 1, 64, 64) and field.min() >= 0 and field.max() <= 1
+    assert (field[..., 1:] - field[..., :-1]).abs().max() < 0.1  # smooth: no step between neighbours
+    assert (field[..., 1:, :] - field[..., :-1, :]).abs().max() < 0.1
+    assert field.std() > 0.05 and not torch.equal(field[0], field[1])
+    coarse = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(field[:, :, 8::16, 8::16], coarse, atol=0.15)  # cell centres near their value
+
+
+def affine(n: int = 400, **changes: float) -> torch.Tensor:
+    return random_affine(n, OFF.model_copy(update=changes), torch.Generator().manual_seed(2))
+
+
+def test_rotations_spread_over_both_directions_up_to_the_limit() -> None:
+    theta = affine(rotate_degrees=20)
+    angle = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
+    assert angle.abs().max() <= math.radians(20) + 1e-6
+    assert angle.min() < -math.radians(18) and angle.max() > math.radians(18)
+    assert torch.allclose(theta[:, 0, 1], -theta[:, 1, 0], atol=1e-6) and torch.allclose(theta[:, 0, 0], theta[:, 1, 1])
+    assert torch.all(theta[:, :, 2] == 0)
+
+
+def test_zoom_aspect_and_rotation_compose_as_documented() -> None:
+    """theta = [[cos sx, -sin sx, tx], [sin sy, cos sy, ty]], sx = 1 / (zoom sqrt(a)), sy = sqrt(a) / zoom."""
+    theta = affine(rotate_degrees=30, zoom_min=0.5, zoom_max=2.0, aspect=0.5)
+    sx = torch.linalg.vector_norm(theta[:, 0, :2], dim=1)
+    sy = torch.linalg.vector_norm(theta[:, 1, :2], dim=1)
+    cos, sin = theta[:, 0, 0] / sx, theta[:, 1, 0] / sy
+    assert torch.allclose(cos**2 + sin**2, torch.ones(400), atol=1e-5)
+    assert torch.allclose(theta[:, 0, 1], -sin * sx, atol=1e-6) and torch.allclose(theta[:, 1, 1], cos * sy, atol=1e-6)
+    zoom, aspect = 1 / (sx * sy).sqrt(), sy / sx
+    assert zoom.min() >= 0.5 - 1e-5 and zoom.max() <= 2.0 + 1e-5 and zoom.min() < 0.55 and zoom.max() > 1.8
+    assert aspect.min() >= math.exp(-0.5) - 1e-5 and aspect.max() <= math.exp(0.5) + 1e-5
+    assert aspect.min() < math.exp(-0.45) and aspect.max() > math.exp(0.45)
+
+
+def test_shifts_spread_over_both_axes_and_signs() -> None:
+    theta = affine(shift=0.1)
+    tx, ty = theta[:, 0, 2], theta[:, 1, 2]
+    for t in (tx, ty):
+        assert t.abs().max() <= 0.2 + 1e-6 and t.min() < -0.18 and t.max() > 0.18
+    assert not torch.allclose(tx, ty)
+    assert torch.allclose(theta[:, :, :2], torch.eye(2).expand(400, 2, 2))
+
+
+@pytest.mark.parametrize("group", ["pathology_p", "intensity_p", "acquisition_p", "marks_p"])
+def test_each_group_at_probability_one_changes_the_films(group: str) -> None:
+    images, masks, valid = lungs()
+    out, _, _ = augment_batch(
+        images, masks, valid, OFF.model_copy(update={group: 1.0}), torch.Generator().manual_seed(0)
+    )
+    assert not torch.allclose(out, images, atol=1e-3)

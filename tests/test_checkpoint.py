@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cxrseg.checkpoint import CheckpointInfo, build_model, load_checkpoint, load_state, save_checkpoint, save_state
 from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError
+from cxrseg.training.state import Position
 
 
 @pytest.fixture
@@ -31,13 +33,48 @@ def test_round_trip_gives_identical_logits(tmp_path: Path, settings: Settings) -
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
-def test_wrapped_models_are_saved_unwrapped(tmp_path: Path, settings: Settings) -> None:
+class DataParallelLike(torch.nn.Module):
+    """Holds the model as `.module`, as DistributedDataParallel does: its state_dict keys start with 'module.'."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+
+@pytest.mark.parametrize("wrap", [DataParallelLike, torch.compile, lambda m: DataParallelLike(torch.compile(m))])
+def test_wrapped_models_are_saved_under_the_plain_key_names(tmp_path: Path, settings: Settings, wrap) -> None:
+    """The file itself holds the bare names (read raw: load_checkpoint would strip prefixes and hide a bug)."""
     model = build_model(settings)
-    wrapped = torch.nn.Module()
-    wrapped.module = model
+    wrapped = wrap(model)
+    assert any(key.startswith(("module.", "_orig_mod.")) for key in wrapped.state_dict())  # the wrapper adds them
     save_checkpoint(tmp_path / "m.safetensors", wrapped, CheckpointInfo(settings=settings))
+    saved = load_file(str(tmp_path / "m.safetensors"))
+    assert set(saved) == set(model.state_dict())
+    assert all(torch.equal(saved[key], value) for key, value in model.state_dict().items())
+
+
+def test_resume_state_holds_the_plain_key_names(tmp_path: Path, settings: Settings) -> None:
+    from cxrseg.training.schedule import LRSchedule
+    from cxrseg.training.state import save_resume_state
+
+    model = build_model(settings)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(10, 1))
+    wrapped = DataParallelLike(torch.compile(model))
+    save_resume_state(tmp_path, wrapped, optimizer, scheduler, Position(), [torch.Generator().get_state()])
+    saved = {key for key in load_file(str(tmp_path / "state.safetensors")) if key.startswith("extra.model.")}
+    assert saved == {f"extra.model.{key}" for key in model.state_dict()}
+
+
+def test_prefixed_files_from_elsewhere_load(tmp_path: Path, settings: Settings) -> None:
+    """A file written with 'module.' / '_orig_mod.' names (e.g. by another tool) still loads into a plain model."""
+    from cxrseg.checkpoint import atomic_save, checkpoint_metadata
+
+    model = build_model(settings)
+    prefixed = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
+    atomic_save(prefixed, checkpoint_metadata(CheckpointInfo(settings=settings)), tmp_path / "m.safetensors")
     loaded, _ = load_checkpoint(tmp_path / "m.safetensors")
-    assert set(loaded.state_dict()) == set(model.state_dict())
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
 
 
 def test_truncated_checkpoint_is_named(tmp_path: Path, settings: Settings) -> None:

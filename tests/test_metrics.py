@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -215,3 +216,36 @@ def test_shape_mismatch_and_bad_spacing_are_errors() -> None:
         with pytest.raises(ValueError, match="spacing"):
             score(square(0, 0, 2, (4, 4)), square(1, 1, 2, (4, 4)), spacing=spacing)
     assert distance_unit(None) == "px" and distance_unit((0.5, 0.5)) == "mm"
+
+
+def test_summary_statistics_with_one_two_three_and_no_values() -> None:
+    def rows(*dice: float) -> list:
+        base = score(square(0, 0, 10), square(0, 0, 10), with_distances=False)
+        return [dataclasses.replace(base, dice=d) for d in dice]
+
+    three = summarize(rows(0.2, 0.4, 0.9))["dice"]
+    assert three == pytest.approx({"mean": 0.5, "sd": math.sqrt((0.09 + 0.01 + 0.16) / 2), "median": 0.4, "n": 3})
+    assert summarize(rows(0.2, 0.4))["dice"] == pytest.approx(
+        {"mean": 0.3, "sd": math.sqrt(0.02), "median": 0.3, "n": 2}
+    )
+    assert summarize(rows(0.7))["dice"] == {"mean": 0.7, "sd": 0.0, "median": 0.7, "n": 1}
+    empty = summarize(rows(0.7))["hd95"]
+    assert math.isnan(empty["mean"]) and math.isnan(empty["sd"]) and math.isnan(empty["median"]) and empty["n"] == 0
+    assert summarize(rows(0.7))["dice"]["mean"] == 0.7 and isinstance(summarize(rows(0.7))["dice"]["n"], int)
+
+
+def test_shape_mismatch_names_both_shapes() -> None:
+    with pytest.raises(ValueError, match=r"prediction \(4, 4\) and truth \(4, 5\) differ in shape"):
+        score(np.zeros((4, 4), bool), np.zeros((4, 5), bool))
+
+
+def test_masks_stored_as_0_255_bytes_score_like_booleans() -> None:
+    """Masks read from PNG files arrive as uint8 0/255; every metric treats them as booleans."""
+    rng = np.random.default_rng(7)
+    pred, truth = rng.random((24, 24)) < 0.4, rng.random((24, 24)) < 0.5
+    as_bytes = score(pred.astype(np.uint8) * 255, truth.astype(np.uint8) * 255)
+    assert as_bytes == score(pred, truth)
+    assert hd95(pred.astype(np.uint8) * 255, truth) == hd95(pred, truth)
+    assert np.array_equal(surface(pred.astype(np.uint8) * 255), surface(pred))
+    with pytest.raises(ValueError, match=r"\(4, 4\) and truth \(5, 4\) differ in shape"):
+        hd95(np.zeros((4, 4), bool), np.zeros((5, 4), bool))

@@ -28,7 +28,8 @@ def test_specks_below_threshold_are_dropped_even_if_among_two_largest() -> None:
 
 
 def test_empty_stays_empty() -> None:
-    assert not clean_mask(np.zeros((8, 8), dtype=bool)).any()
+    empty = clean_mask(np.zeros((8, 6), dtype=np.uint8))
+    assert empty.shape == (8, 6) and empty.dtype == bool and not empty.any()
 
 
 def test_sides_follow_component_centroids() -> None:
@@ -41,3 +42,58 @@ def test_sides_follow_component_centroids() -> None:
     assert count == 2
     assert (sides[5:45, 10:55] == RIGHT).all()  # one colour for the whole part, past the midline too
     assert (sides[5:45, 70:90] == LEFT).all() and (sides[~mask] == 0).all()
+
+
+def diagonal_pair() -> np.ndarray:
+    """Two pixels touching only at a corner: one part under 8-connectivity, two under 4."""
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[2, 2] = mask[3, 3] = True
+    return mask
+
+
+def test_diagonal_neighbours_are_one_part_everywhere() -> None:
+    from cxrseg.postprocess import lung_sides
+
+    assert count_components(diagonal_pair()) == 1
+    assert clean_mask(diagonal_pair(), min_fraction=0, keep=1).sum() == 2
+    assert lung_sides(diagonal_pair())[1] == 1
+
+
+def test_one_part_and_the_area_limit_itself_are_kept() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:4, 2:4] = True  # 4 px = exactly 0.04 of the image
+    cleaned = clean_mask(mask, min_fraction=0.04)
+    assert cleaned.dtype == bool and np.array_equal(cleaned, mask)
+    assert np.array_equal(clean_mask(mask), mask)  # the default limit, 0.2 % of the image, keeps it
+    assert clean_mask(mask.astype(np.uint8) * 255, min_fraction=0.04).dtype == bool  # 0/255 bytes in, booleans out
+
+
+def test_a_part_inside_another_parts_bounding_box_survives_its_fill() -> None:
+    """The larger part (a block with a hole) lies inside the bounding box of the smaller one (an L)."""
+    mask = np.zeros((22, 22), dtype=bool)
+    mask[0, :20] = mask[:20, 19] = True  # the L: 39 px, box rows 0-19, columns 0-19
+    mask[3:13, 3:13] = True  # the block: 100 px minus its hole
+    mask[6:8, 6:8] = False
+    cleaned = clean_mask(mask, min_fraction=0)
+    expected = mask.copy()
+    expected[6:8, 6:8] = True
+    assert np.array_equal(cleaned, expected)
+
+
+def test_a_part_centred_on_the_midline_goes_to_the_patients_left() -> None:
+    """Centroid exactly on the midline column (width 9: column 4) counts as the image's right half."""
+    from cxrseg.postprocess import LEFT, RIGHT, lung_sides
+
+    mask = np.zeros((5, 9), dtype=bool)
+    mask[1:4, 3:6] = True  # centroid column 4.0 = (9 - 1) / 2
+    sides, _ = lung_sides(mask)
+    assert sides.dtype == np.uint8 and (sides[mask] == LEFT).all()
+    mask[:, :] = False
+    mask[1:4, 3:5] = True  # centroid 3.5: the image's left
+    assert (lung_sides(mask)[0][mask] == RIGHT).all()
+    wide = np.zeros((5, 10), dtype=bool)
+    wide[1:4, 4:5] = True  # column 4 < 4.5 = (10 - 1) / 2
+    assert (lung_sides(wide)[0][wide] == RIGHT).all()
+    wide[:, :] = False
+    wide[1:4, 5:6] = True
+    assert (lung_sides(wide)[0][wide] == LEFT).all()

@@ -20,6 +20,8 @@ from cxrseg.training import loop as train_module
 from cxrseg.training.loop import train
 from tests.conftest import tiny_args, write_dataset
 
+pytestmark = pytest.mark.slow  # every test here trains, most in subprocesses
+
 SLOW_RUNNER = """
 import sys, time
 import cxrseg.training.loop as t
@@ -35,19 +37,25 @@ main()
 """
 
 
-def run_cli(tmp_path: Path, args: list[str], delay: float = 0.0, wait: bool = True) -> subprocess.Popen:
+def start_cli(tmp_path: Path, args: list[str], delay: float = 0.0) -> subprocess.Popen:
+    """`cxrseg ARGS` in the background, each training step slowed by `delay` s; read it with communicate()."""
     script = tmp_path / "slow_runner.py"
     script.write_text(SLOW_RUNNER)
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(script), str(delay), *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    if wait:
-        process.wait(timeout=120)
-    return process
+
+
+def run_cli(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
+    script = tmp_path / "slow_runner.py"
+    script.write_text(SLOW_RUNNER)
+    return subprocess.run(
+        [sys.executable, str(script), "0", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -87,11 +95,11 @@ def test_sigkill_in_epoch_two_then_resume_matches_uninterrupted(tmp_path: Path, 
     reference = run_cli(tmp_path, tiny_args(data, tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr
 
-    victim = run_cli(tmp_path, tiny_args(data, tmp_path / "killed"), delay=0.1, wait=False)
-    run = wait_for_epoch(tmp_path / "killed", 1)
-    time.sleep(0.25)  # into epoch 2 (6 steps of >= 0.1 s each)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
+    with start_cli(tmp_path, tiny_args(data, tmp_path / "killed"), delay=0.1) as victim:
+        run = wait_for_epoch(tmp_path / "killed", 1)
+        time.sleep(0.25)  # into epoch 2 (6 steps of >= 0.1 s each)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=30)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # killed during epoch 2
     assert not list(run.glob(".*.tmp"))  # no half-written file under its final name
 
@@ -103,17 +111,28 @@ def test_sigkill_in_epoch_two_then_resume_matches_uninterrupted(tmp_path: Path, 
 
 def test_sigterm_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path, data: Path) -> None:
     reference = run_cli(tmp_path, tiny_args(data, tmp_path / "ref"))
-    victim = run_cli(tmp_path, tiny_args(data, tmp_path / "term"), delay=0.1, wait=False)
-    run = wait_for_epoch(tmp_path / "term", 1)
-    time.sleep(0.25)
-    victim.send_signal(signal.SIGTERM)
-    _, stderr = victim.communicate(timeout=60)
+    with start_cli(tmp_path, tiny_args(data, tmp_path / "term"), delay=0.1) as victim:
+        run = wait_for_epoch(tmp_path / "term", 1)
+        time.sleep(0.25)
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=60)
     assert victim.returncode == 143, stderr
     assert "--resume" in stderr and str(run) in stderr.replace("\n", "")
     resumed = run_cli(tmp_path, ["train", "--resume", str(run)])
     assert resumed.returncode == 0, resumed.stderr
     assert reference.returncode == 0
     assert_same_weights(run, next((tmp_path / "ref").iterdir()))
+
+
+def test_ctrl_c_exits_130_with_the_resume_command(tmp_path: Path, data: Path) -> None:
+    with start_cli(tmp_path, tiny_args(data, tmp_path / "int"), delay=0.1) as victim:
+        run = wait_for_epoch(tmp_path / "int", 1)
+        victim.send_signal(signal.SIGINT)
+        _, stderr = victim.communicate(timeout=60)
+    assert victim.returncode == 130, stderr
+    assert "Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    resumed = run_cli(tmp_path, ["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr
 
 
 def tiny_settings(tmp_path: Path, data: Path, **train: object) -> Settings:
@@ -129,7 +148,7 @@ def tiny_settings(tmp_path: Path, data: Path, **train: object) -> Settings:
 
 def test_patience_stops_early(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dice = iter([0.5, 0.6, 0.55, 0.58, 0.9])
-    monkeypatch.setattr(train_module, "validate", lambda *a, **k: (next(dice), 0.4, []))
+    monkeypatch.setattr(train_module, "validate", lambda *a, **k: (next(dice), 0.4, {}, []))
     result = train(tiny_settings(tmp_path, data, patience=2))
     assert result.epochs_run == 4 and result.best_epoch == 2 and "early stop" in result.stop_reason
 

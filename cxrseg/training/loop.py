@@ -28,7 +28,7 @@ from cxrseg.training.data import TrainingData, load_training_data
 from cxrseg.training.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
 from cxrseg.training.init import apply_init
 from cxrseg.training.saved_images import FOLDER, save_validation_images
-from cxrseg.training.schedule import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
+from cxrseg.training.schedule import LRSchedule, epoch_batches, new_run_dir, seed_everything, stop_on_signals
 from cxrseg.training.state import (
     Position,
     append_metrics,
@@ -148,8 +148,8 @@ def train(
     if steps_per_epoch == 0:
         raise DataError(f"{data.folders[0]}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
     total_steps = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
+    schedule = LRSchedule(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation draws
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -161,6 +161,7 @@ def train(
         )
         if generator_state is not None:
             generator.set_state(generator_state)
+        schedule.stretch(scheduler.last_epoch, total_steps)  # a new --epochs continues the decay, no warm restart
         if ctx.is_main:
             trim_metrics(run_dir, position.epochs_done)
     else:

@@ -27,12 +27,42 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 1% of the peak."""
+LR_FLOOR = 0.01  # the cosine ends at 1% of the peak learning rate
+
+
+def lr_factor(step: int, total: int, warmup: int, anchor: int | None = None, anchor_phase: float = 0.0) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then a cosine decay to LR_FLOOR at step `total`.
+
+    The cosine's phase runs from `anchor_phase` at step `anchor` (default: 0 at the end of the warm-up) to 1 at
+    `total`, so a resume that changes `total` continues the curve from where it was, stretched over the new
+    remaining steps.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    anchor = warmup if anchor is None else anchor
+    phase = anchor_phase + (1 - anchor_phase) * (step - anchor) / max(1, total - anchor)
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, phase)))
+
+
+class LRSchedule:
+    """The LambdaLR factor of a run. A callable object, so LambdaLR's state_dict saves its fields with the state."""
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total, self.warmup = total, warmup
+        self.anchor, self.anchor_phase = warmup, 0.0
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.total, self.warmup, self.anchor, self.anchor_phase)
+
+    def stretch(self, step: int, total: int) -> None:
+        """Resume at `step` with a new `total`: keep the warm-up, continue the cosine from its phase at `step`."""
+        if total == self.total:
+            return
+        if step >= self.warmup:
+            progress = (step - self.anchor) / max(1, self.total - self.anchor)
+            self.anchor_phase = min(1.0, self.anchor_phase + (1 - self.anchor_phase) * progress)
+            self.anchor = step
+        self.total = total
 
 
 def new_run_dir(runs_dir: Path) -> Path:
