@@ -173,7 +173,9 @@ def _describe(error: ValidationError, origin: str) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
-        parts.append(_unknown_setting(item["loc"]) if item["type"] == "extra_forbidden" else f"{where}: {_reason(item)}")
+        parts.append(
+            _unknown_setting(item["loc"]) if item["type"] == "extra_forbidden" else f"{where}: {_reason(item)}"
+        )
     return f"Invalid settings ({origin}): " + "; ".join(parts)
 
 
