@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from cxrseg import __version__
-from cxrseg.cli.common import ConfigOption, RootOptions, console, debug, stdout
+from cxrseg.cli.common import DEBUG_ENV, ConfigOption, RootOptions, console, debug, stdout
 from cxrseg.cli.download import download
 from cxrseg.cli.evaluate import evaluate
 from cxrseg.cli.export import export
@@ -57,7 +57,7 @@ def root(
 
     --config may be given before or after the command.
     """
-    debug["on"] = debug["on"] or show_debug
+    debug["on"] = DEBUG_ENV or show_debug
     ctx.obj = RootOptions(config=config)
 
 

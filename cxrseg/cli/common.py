@@ -17,7 +17,8 @@ from cxrseg.config import Backend, Device, Settings, load_settings, with_overrid
 # soft_wrap: a long path stays on one line (a terminal wraps it itself; a log file keeps it whole)
 console = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
-debug = {"on": os.environ.get("CXRSEG_DEBUG", "").lower() in ("1", "true", "yes")}
+DEBUG_ENV = os.environ.get("CXRSEG_DEBUG", "").lower() in ("1", "true", "yes")
+debug = {"on": DEBUG_ENV}
 
 ConfigOption = Annotated[
     Path | None,

@@ -109,7 +109,7 @@ def predict(
     if merge is not None:
         _report_merge(*merge_shards(merge))
         return
-    _check_usage(inputs, out, sample, checkpoint)
+    _check_usage(inputs, out, sample, recursive, checkpoint)
     assert out is not None  # _check_usage refused it
     inference = {"tta": tta, "postprocess": postprocess, "threshold": threshold, "batch_size": batch_size}
     inference |= {"device": device, "backend": backend}
@@ -133,10 +133,12 @@ def predict(
     _finish(result.failed, out, part, ranks.enabled)
 
 
-def _check_usage(inputs: list[str] | None, out: Path | None, sample: bool, checkpoint: Path | None) -> None:
+def _check_usage(
+    inputs: list[str] | None, out: Path | None, sample: bool, recursive: bool, checkpoint: Path | None
+) -> None:
     """Wrong usage stops here, exit code 2, before a model is loaded or a bar drawn."""
     from cxrseg.errors import InputPathError
-    from cxrseg.inputs import missing_inputs
+    from cxrseg.inputs import check_out_folder, missing_inputs
 
     if out is None:
         raise typer.BadParameter("give the output folder", param_hint="--out")
@@ -148,6 +150,7 @@ def _check_usage(inputs: list[str] | None, out: Path | None, sample: bool, check
             f" and {len(missing) - MAX_SHOWN} more" if len(missing) > MAX_SHOWN else ""
         )
         raise InputPathError(f"INPUT {shown}: no such file or folder, or no file matches the pattern; check the path.")
+    check_out_folder(out, [Path(text) for text in inputs or [] if Path(text).is_dir()], recursive)
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
 
 
