@@ -23,7 +23,7 @@ from cxrseg.cli.options import option
 
 def export(
     ctx: typer.Context,
-    out: Annotated[Path, option("--out", "-o", help="The .onnx file to write.", default="none: required")],
+    out: Annotated[Path, option("--out", "-o", help="The .onnx file to write.")],
     checkpoint: CheckpointOption = None,
     export_format: Annotated[Literal["onnx"], option("--format", help="Only onnx for now.", default="onnx")] = "onnx",
     int8: Annotated[

@@ -78,7 +78,7 @@ def _refuse_flag_values(command: Any, ctx: Any, args: list[str]) -> None:
         if name in flags and value.lower() in BOOL_WORDS and not Path(value).exists():
             negative = f" or {flags[name][0]}" if flags[name] else ""
             raise typer.BadParameter(
-                f"{name} is an on/off flag and takes no value: write {name}{negative} without '{value}'",
+                f"an on/off flag takes no value; write {name}{negative} without '{value}'",
                 ctx=ctx,
                 param_hint=name,
             )

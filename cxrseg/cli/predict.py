@@ -45,7 +45,9 @@ Inputs = Annotated[
 ]
 Out = Annotated[
     Path | None,
-    option("--out", "-o", help="Output folder, not an input folder.", default="none: required", panel=OUTPUT),
+    option(
+        "--out", "-o", help="Output folder, not an input folder.", default="none, required unless --merge", panel=OUTPUT
+    ),
 ]
 
 
