@@ -113,6 +113,16 @@ def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) ->
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
 
 
+def checkpoint_metrics(path: Path) -> dict[str, Any]:
+    """The metrics a checkpoint recorded (e.g. val_dice), read from its header without loading the weights."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return dict(json.loads(metadata.get("metrics", "{}")))
+    except (SafetensorError, OSError, ValueError, TypeError):
+        return {}
+
+
 def build_model(settings: Settings) -> UNet:
     return UNet(in_channels=1, out_channels=1, base_channels=settings.model.base_channels, depth=settings.model.depth)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -179,8 +180,30 @@ def _describe(error: ValidationError, origin: str) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(
+            _unknown_setting(item["loc"]) if item["type"] == "extra_forbidden" else f"{where}: {_reason(item)}"
+        )
     return f"Invalid settings ({origin}): " + "; ".join(parts)
+
+
+def _reason(item: Any) -> str:
+    """Pydantic's message without its 'Value error, ' prefix (our validators already say what to change)."""
+    return re.sub(r"^(Value|Assertion) error, ", "", item["msg"])
+
+
+def _unknown_setting(loc: tuple[Any, ...]) -> str:
+    """'unknown setting train.batchsize; did you mean batch_size?' with the closest fields of that section."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        model = field.annotation if field is not None else None
+    name = str(loc[-1])
+    known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    where = ".".join(str(p) for p in loc)
+    if close:
+        return f"unknown setting {where}; did you mean {' or '.join(close)}?"
+    return f"unknown setting {where}; known: {', '.join(known)}" if known else f"unknown setting {where}"
 
 
 def load_settings(config_file: Path | None = None) -> Settings:

@@ -15,6 +15,12 @@ class DataError(CxrsegError):
     """A dataset folder, image or mask cannot be used."""
 
 
+class InputPathError(DataError):
+    """An input or output path given on the command line cannot be used (exit code 2, a usage error)."""
+
+    exit_code = 2
+
+
 class CheckpointError(CxrsegError):
     """A checkpoint is missing, corrupt or incompatible."""
 

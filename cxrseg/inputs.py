@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble
-from cxrseg.errors import DataError
+from cxrseg.errors import DataError, InputPathError
 from cxrseg.imaging import IMAGE_SUFFIXES
 
 
@@ -114,18 +114,39 @@ def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
     return plan
 
 
-def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
-    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
+OUT_HINT = "choose an --out folder outside the inputs, e.g. a sibling 'predictions' folder"
+
+
+def missing_inputs(inputs: Sequence[str | Path]) -> list[str]:
+    """The inputs that name nothing: no such file or folder, or a glob pattern that matches nothing."""
+    missing = []
+    for raw in inputs:
+        text = str(raw)
+        if Path(text).exists():
+            continue
+        if any(char in text for char in "*?[") and next(glob.iglob(text, recursive=True), None) is not None:
+            continue
+        missing.append(text)
+    return missing
+
+
+def check_out_folder(out_dir: Path, folders: Sequence[Path], recursive: bool) -> None:
+    """Refuse an output folder that is a file, an input folder, or inside a recursively listed one."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is a file; pass a folder for the predictions.")
+        raise InputPathError(f"--out {out_dir} is a file; pass a folder for the predictions.")
     out = out_dir.resolve()
-    hint = "choose an --out folder outside the inputs, e.g. a sibling 'predictions' folder"
-    for folder in plan.folders:
+    for folder in folders:
         resolved = folder.resolve()
         if out == resolved or (recursive and resolved in out.parents):
-            raise DataError(f"--out {out_dir} is the input folder {folder} or inside it; {hint}.")
+            raise InputPathError(f"--out {out_dir} is the input folder {folder} or inside it; {OUT_HINT}.")
+
+
+def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
+    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
+    check_out_folder(out_dir, plan.folders, recursive)
+    out = out_dir.resolve()
     input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
     output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}
     clash = sorted(input_dirs & output_dirs)
     if clash:
-        raise DataError(f"--out {out_dir} would write next to input X-rays in {clash[0]}; {hint}.")
+        raise InputPathError(f"--out {out_dir} would write next to input X-rays in {clash[0]}; {OUT_HINT}.")

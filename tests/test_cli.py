@@ -51,15 +51,25 @@ def test_train_then_evaluate_on_the_packaged_sample(runner: CliRunner, tmp_path:
 
 @pytest.mark.slow
 def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
+    """A typed path that does not exist is wrong usage (2); a folder that exists but is unusable is an error (1)."""
     result = subprocess.run(
         [sys.executable, "-m", "cxrseg", "train", "--data", str(tmp_path / "missing")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "missing not found" in result.stderr and "--data" in result.stderr
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert f"--data {tmp_path / 'missing'}: no such file or folder" in result.stderr
+
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run(
+        [sys.executable, "-m", "cxrseg", "train", "--data", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert empty.returncode == 1 and "Traceback" not in empty.stderr and "empty" in empty.stderr
 
     debug = subprocess.run(
         [sys.executable, "-m", "cxrseg", "--debug", "train", "--data", str(tmp_path / "missing")],

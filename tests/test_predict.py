@@ -25,7 +25,7 @@ from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.dicom import read_dicom
-from cxrseg.errors import DataError
+from cxrseg.errors import DataError, InputPathError
 from cxrseg.inference.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
 from cxrseg.inference.quality import COLUMNS
 
@@ -359,7 +359,7 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     assert not (tmp_path / "out2" / "a.png.overlay.png").exists()
 
     result = runner.invoke(app, ["predict", str(src), "--out", str(src), *ckpt])
-    assert result.exit_code != 0 and isinstance(result.exception, DataError)
+    assert isinstance(result.exception, InputPathError) and result.exception.exit_code == 2
 
     package = tmp_path / "package"
     (package / "assets" / "sample" / "test_image").mkdir(parents=True)

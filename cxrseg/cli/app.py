@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import os
+import inspect
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxrseg import __version__
-from cxrseg.cli.common import console, stdout
+from cxrseg.cli.common import DEBUG_ENV, ConfigOption, RootOptions, console, debug, stdout
 from cxrseg.cli.download import download
 from cxrseg.cli.evaluate import evaluate
 from cxrseg.cli.export import export
+from cxrseg.cli.options import Command, Group, option
 from cxrseg.cli.predict import predict
 from cxrseg.cli.train import train
-from cxrseg.config import load_settings
 from cxrseg.errors import CxrsegError
 
 app = typer.Typer(
+    cls=Group,
     help="Lung-field segmentation of chest X-rays with a U-Net.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-_debug = {"on": os.environ.get("CXRSEG_DEBUG", "").lower() in ("1", "true", "yes")}
 
 
 def _version(value: bool) -> None:
@@ -37,28 +37,43 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML config file (flags > env > file).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+    config: ConfigOption = None,
+    show_debug: Annotated[
+        bool, option("--debug", help="Show tracebacks on errors (or CXRSEG_DEBUG=1).", default=False, flag=True)
+    ] = False,
+    version: Annotated[
+        bool,
+        option(
+            "--version",
+            help="Print the cxrseg version and exit.",
+            default=False,
+            flag=True,
+            callback=_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
-    """Settings come from flags, CXRSEG_* environment variables, a --config file, then defaults."""
-    _debug["on"] = _debug["on"] or debug
-    ctx.obj = load_settings(config)
-    _debug["on"] = _debug["on"] or ctx.obj.debug
+    """Settings come from flags, CXRSEG_* environment variables, a --config file, then defaults.
+
+    --config may be given before or after the command.
+    """
+    debug["on"] = DEBUG_ENV or show_debug
+    ctx.obj = RootOptions(config=config)
 
 
+# in the order people use them; help is literal text, never rich markup
 for command in (download, train, evaluate, predict, export):
-    app.command()(command)
+    app.command(cls=Command, help=escape(inspect.getdoc(command) or ""))(command)
 
 
 def main() -> None:
-    """Console entry point: typed errors become one red line and exit code 1."""
+    """Console entry point: typed errors become one red line and their exit code (1, or 2 for usage errors)."""
     try:
         app()
     except CxrsegError as exc:
-        if _debug["on"]:
+        if debug["on"]:
             raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         console.print("[red]Interrupted.[/red]")

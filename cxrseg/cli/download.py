@@ -10,27 +10,33 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cxrseg.cli.common import console, flag_settings
+from cxrseg.cli.common import ConfigOption, console, flag_settings, say
+from cxrseg.cli.options import option
 
 
 def download(
     ctx: typer.Context,
     dest: Annotated[
-        Path | None, typer.Option(help="Target folder (default: settings data.root, train's --data).")
+        Path | None, option(help="Target folder, where train's --data looks by default.", setting="data.root")
     ] = None,
-    url: Annotated[str | None, typer.Option(help="Fetch this http(s) .zip or .tar.gz instead of Kaggle.")] = None,
+    url: Annotated[
+        str | None, option(help="Fetch this http(s) .zip or .tar.gz instead of Kaggle.", default="Kaggle")
+    ] = None,
     archive: Annotated[
-        Path | None, typer.Option(help="Use a .zip/.tar.gz already downloaded (left untouched).")
+        Path | None, option(help="Use a .zip/.tar.gz already downloaded (left untouched).", default="none")
     ] = None,
-    sha256: Annotated[str | None, typer.Option(help="Expected SHA-256 of the archive.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a dataset already there.")] = False,
+    sha256: Annotated[str | None, option(help="Expected SHA-256 of the archive.", default="not checked")] = None,
+    force: Annotated[
+        bool, option("--force", help="Replace a dataset already there.", default=False, flag=True)
+    ] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Fetch the Kaggle dataset newra008/chest-segmentation-image (or --url / --archive) safely and resumably."""
     from cxrseg.download import download_dataset
 
     if url and archive:
         raise typer.BadParameter("give either --url or --archive, not both", param_hint="--url/--archive")
-    settings = flag_settings(ctx, {"data": {"root": dest}})
+    settings = flag_settings(ctx, {"data": {"root": dest}}, config)
     columns = (
         TextColumn("[bold]download"),
         BarColumn(),
@@ -39,7 +45,7 @@ def download(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("download", total=None)
 
         def on_progress(done: int, total: int | None) -> None:
@@ -56,9 +62,9 @@ def download(
             env=os.environ,
         )
     if result.already_present:
-        console.print(f"Dataset already present in {result.dest}; use --force to replace it.")
+        say(f"Dataset already present in {result.dest}; use --force to replace it.")
     else:
-        console.print(f"[green]Dataset ready[/green] in {result.dest} (from {result.source}).")
+        say(f"Dataset ready in {result.dest} (from {result.source}).")
     table = Table("folder", "files")
     for folder, count in result.counts.items():
         table.add_row(folder, str(count))

@@ -4,79 +4,83 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
-from cxrseg.config import Backend, Device
+from cxrseg.cli.common import (
+    BackendOption,
+    BatchSizeOption,
+    CheckpointOption,
+    ConfigOption,
+    DeviceOption,
+    PostprocessOption,
+    RunsDirOption,
+    TtaOption,
+    chosen_checkpoint,
+    flag_settings,
+    progress_bar,
+    require_paths,
+    say,
+    stdout,
+)
+from cxrseg.cli.options import option
 from cxrseg.dataset import Split
+
+if TYPE_CHECKING:
+    from cxrseg.checkpoint import CheckpointInfo
+    from cxrseg.config import Settings
+    from cxrseg.dataset import Pair
+    from cxrseg.inference.evaluate import Evaluation
+
+DataOption = Annotated[
+    Path | None,
+    option(
+        help="Dataset folder with image/ mask/ [test_image/ test_mask/].",
+        default="the folder(s) the checkpoint was trained on, else data.root",
+    ),
+]
+SplitOption = Annotated[
+    Split | None, option(help="Which pairs to score.", default="test when the folder has test_image/, else val")
+]
 
 
 def evaluate(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint (.safetensors or .onnx); default: newest run's best, else bundled.")
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Dataset folder (default: the folder(s) the checkpoint was trained on, else data.root)."),
-    ] = None,
-    split: Annotated[
-        Split | None,
-        typer.Option(help="test, val, train or all; default test when the folder has test_image/, else val."),
-    ] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run.")] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write per-image rows to this CSV file.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    checkpoint: CheckpointOption = None,
+    data: DataOption = None,
+    split: SplitOption = None,
+    runs_dir: RunsDirOption = None,
+    csv: Annotated[Path | None, option("--csv", help="Write per-image rows to this CSV file.", default="none")] = None,
+    as_json: Annotated[
+        bool, option("--json", help="Print one JSON object instead of a table.", default=False, flag=True)
+    ] = False,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write an HTML review report (error maps, worst first) here.")
+        Path | None,
+        option("--report", help="Write an HTML review report (error maps, worst first) here.", default="none"),
     ] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average with a flipped prediction.")] = None,
-    postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Clean masks.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
-    device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    backend: Annotated[Backend | None, typer.Option(help="torch, onnxruntime (CPU) or auto.")] = None,
+    tta: TtaOption = None,
+    postprocess: PostprocessOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
+    backend: BackendOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Score a checkpoint: Dice, IoU, precision, recall, HD95, ASSD per image at the mask's own resolution."""
-    from cxrseg.assets import BUNDLED_MODEL
-    from cxrseg.checkpoint import default_checkpoint
-    from cxrseg.dataset import default_split, select_pairs
     from cxrseg.inference.backend import load_model
     from cxrseg.inference.evaluate import evaluate_model, write_csv
-    from cxrseg.metrics import DISTANCE_METRICS
     from cxrseg.report import ErrorMaps, write_evaluate_report
 
-    settings = flag_settings(
-        ctx,
-        {
-            "data": {"root": [data] if data else None},
-            "train": {"runs_dir": runs_dir},
-            "inference": {
-                "tta": tta,
-                "postprocess": postprocess,
-                "batch_size": batch_size,
-                "device": device,
-                "backend": backend,
-            },
-        },
-    )
-    if checkpoint is None:
-        checkpoint, why = default_checkpoint(settings.train.runs_dir)
-        console.print(why, markup=False, highlight=False)
+    require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
+    require_paths(data, "--data", "pass a dataset folder with image/ and mask/")
+    inference = {"tta": tta, "postprocess": postprocess, "batch_size": batch_size, "device": device, "backend": backend}
+    overrides = {"data": {"root": [data] if data else None}, "train": {"runs_dir": runs_dir}, "inference": inference}
+    settings = flag_settings(ctx, overrides, config)
+    checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     model, info = load_model(checkpoint, settings.inference)
-    # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
-    trained = info.settings.data
-    roots = settings.data.root
-    if data is None and checkpoint.resolve() != BUNDLED_MODEL.resolve() and trained.root != roots:
-        roots = trained.root
-        console.print(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on", markup=False)
-    pairs = []
-    for root in roots:
-        chosen = split or default_split(root)
-        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
-    split = split or default_split(roots[0])
+    pairs, split = _pairs(settings, info, checkpoint, data is None, split)
     maps = ErrorMaps(report) if report else None
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
@@ -85,17 +89,40 @@ def evaluate(
         )
     if csv:
         write_csv(result, csv)
-        console.print(f"Per-image scores written to {csv}", markup=False, highlight=False, soft_wrap=True)
+        say(f"Per-image scores written to {csv}")
     if report and maps:
-        names = ", ".join(root.resolve().name for root in roots)
-        title = f"{checkpoint.name} on {names}: {len(result.rows)} images, split {split}"
+        title = f"{checkpoint.name}: {len(result.rows)} images, split {split}"
         write_evaluate_report(report, maps.records, result.summary, title)
-        console.print(f"Report written to {report}", markup=False, highlight=False, soft_wrap=True)
+        say(f"Report written to {report}")
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
         return
-    stdout.print(f"Checkpoint {checkpoint}", markup=False, highlight=False, soft_wrap=True)
-    table = Table(title=f"{len(result.rows)} images, split '{split}'")
+    _print_table(result, checkpoint, split)
+
+
+def _pairs(
+    settings: Settings, info: CheckpointInfo, checkpoint: Path, data_default: bool, split: Split | None
+) -> tuple[list[Pair], str]:
+    """The pairs to score, by the checkpoint's own split rule so a seeded split never scores its training images."""
+    from cxrseg.assets import BUNDLED_MODEL
+    from cxrseg.dataset import default_split, select_pairs
+
+    trained = info.settings.data
+    roots = settings.data.root
+    if data_default and checkpoint.resolve() != BUNDLED_MODEL.resolve() and trained.root != roots:
+        roots = trained.root
+        say(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on")
+    pairs = []
+    for root in roots:
+        pairs += select_pairs(root, split or default_split(root), trained.val_fraction, trained.split_seed)
+    return pairs, split or default_split(roots[0])
+
+
+def _print_table(result: Evaluation, checkpoint: Path, split: str) -> None:
+    from cxrseg.metrics import DISTANCE_METRICS
+
+    stdout.print(f"Checkpoint {checkpoint}", markup=False, highlight=False)
+    table = Table(title=escape(f"{len(result.rows)} images, split '{split}'"))
     for column in ("metric", "mean", "sd", "median", "n"):
         table.add_column(column, justify="right")
     for name, stats in result.summary.items():

@@ -8,33 +8,46 @@ from typing import Annotated, Literal
 import typer
 from rich.markup import escape
 
-from cxrseg.cli.common import console, flag_settings, stdout
+from cxrseg.cli.common import (
+    CheckpointOption,
+    ConfigOption,
+    RunsDirOption,
+    chosen_checkpoint,
+    console,
+    flag_settings,
+    require_paths,
+    stdout,
+)
+from cxrseg.cli.options import option
 
 
 def export(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
-    ] = None,
-    export_format: Annotated[Literal["onnx"], typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization (QDQ, per-channel).")] = False,
+    out: Annotated[Path, option("--out", "-o", help="The .onnx file to write.")],
+    checkpoint: CheckpointOption = None,
+    export_format: Annotated[Literal["onnx"], option("--format", help="Only onnx for now.", default="onnx")] = "onnx",
+    int8: Annotated[
+        bool, option("--int8", help="Static int8 quantization (QDQ, per-channel).", default=False, flag=True)
+    ] = False,
     calibration: Annotated[
         Path | None,
-        typer.Option(help="int8 calibration images: a folder, or a dataset whose image/ is used (default: sample)."),
+        option(
+            help="int8 calibration images: a folder, or a dataset whose image/ is used.",
+            default="the sample X-rays",
+        ),
     ] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run's checkpoint.")] = None,
+    runs_dir: RunsDirOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch, settings in the metadata), checked against torch on real X-rays."""
-    from cxrseg.checkpoint import default_checkpoint
     from cxrseg.export import export_onnx
 
     if calibration is not None and not int8:
         raise typer.BadParameter("calibration images are used only with --int8", param_hint="--calibration")
-    settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}})
-    if checkpoint is None:
-        checkpoint, why = default_checkpoint(settings.train.runs_dir)
-        console.print(why, markup=False, highlight=False)
+    require_paths(checkpoint, "--checkpoint", "pass a .safetensors checkpoint")
+    require_paths(calibration, "--calibration", "pass a folder of X-rays or a dataset folder")
+    settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}}, config)
+    checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     with console.status(f"Exporting {escape(str(checkpoint))} to {export_format}{' int8' if int8 else ''}"):
         result = export_onnx(checkpoint, out, int8=int8, calibration=calibration)
     calibrated = f", calibrated on {result.calibration_images} images" if int8 else ""

@@ -5,105 +5,123 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
-from cxrseg.config import Backend, Device
+from cxrseg.cli.common import (
+    BackendOption,
+    BatchSizeOption,
+    CheckpointOption,
+    ConfigOption,
+    DeviceOption,
+    PostprocessOption,
+    RunsDirOption,
+    TtaOption,
+    chosen_checkpoint,
+    console,
+    flag_settings,
+    progress_bar,
+    require_paths,
+    stdout,
+)
+from cxrseg.cli.options import option
 
 if TYPE_CHECKING:
-    from cxrseg.inference.predict import PredictResult
+    from cxrseg.inference.predict import PredictOptions, PredictResult
+    from cxrseg.inference.shard import Shard
 
 MAX_SHOWN = 10
+OUTPUT = "Output"
+
+Inputs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="INPUT",
+        help="X-ray files, folders or quoted glob patterns (PNG, JPEG, TIFF, BMP, DICOM).",
+        show_default=False,
+    ),
+]
+Out = Annotated[
+    Path | None,
+    option(
+        "--out", "-o", help="Output folder, not an input folder.", default="none, required unless --merge", panel=OUTPUT
+    ),
+]
+
+
+def _flag(name: str, help: str, short: str | None = None, panel: str | None = None) -> Any:  # noqa: A002
+    names = (name, short) if short else (name,)
+    return option(*names, help=help, default=False, flag=True, panel=panel)
+
+
+Sample = Annotated[bool, _flag("--sample", "Add the sample X-rays shipped with cxrseg.")]
+Recursive = Annotated[bool, _flag("--recursive", "Also read subfolders of input folders.", "-r")]
+Overlay = Annotated[
+    bool, option("--overlay/--no-overlay", help="Write <name>.overlay.png.", default=True, flag=True, panel=OUTPUT)
+]
+Probabilities = Annotated[bool, _flag("--probabilities", "Write <name>.prob.png (probability x 255).", panel=OUTPUT)]
+SkipExisting = Annotated[
+    bool, _flag("--skip-existing", "Resume: keep inputs done by a previous run into --out.", panel=OUTPUT)
+]
+AsJson = Annotated[bool, _flag("--json", "Also write predictions.json and print the rows as JSON.", panel=OUTPUT)]
+Report = Annotated[
+    bool, _flag("--report", "Also write report.html: gallery, flags and errors for review.", panel=OUTPUT)
+]
+Threshold = Annotated[float | None, option(help="Lung probability threshold.", setting="inference.threshold")]
+Workers = Annotated[int | None, option(min=1, help="Decoding and writing processes.", default="one per core, up to 4")]
+ShardOption = Annotated[
+    str | None, option(help="K/N: do only shard K of N; writes predictions.K-of-N.csv.", default="1/1")
+]
+Merge = Annotated[
+    Path | None, option(help="Merge the finished shards in this folder into predictions.csv.", default="none")
+]
 
 
 def predict(
     ctx: typer.Context,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")
-    ] = None,
-    inputs: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="INPUT", help="X-ray files, folders or glob patterns (PNG, JPEG, TIFF, BMP, DICOM)."),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint (.safetensors or .onnx); default: newest run's best, else bundled.")
-    ] = None,
-    sample: Annotated[bool, typer.Option("--sample", help="Add the sample X-rays shipped with cxrseg.")] = False,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run's checkpoint.")] = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Also read subfolders of input folders.")
-    ] = False,
-    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <name>.overlay.png.")] = True,
-    probabilities: Annotated[
-        bool, typer.Option("--probabilities", help="Write <name>.prob.png (probability x 255).")
-    ] = False,
-    skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Resume: keep inputs done by a previous run into --out.")
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Also write predictions.json and print the rows as JSON.")
-    ] = False,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average with a flipped prediction.")] = None,
-    postprocess: Annotated[
-        bool | None, typer.Option("--postprocess/--no-postprocess", help="Keep 2 largest parts, fill holes.")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Lung probability threshold (default 0.5).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
-    device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Decoding and writing threads (default: up to 4).")] = None,
-    backend: Annotated[Backend | None, typer.Option(help="torch, onnxruntime (CPU) or auto.")] = None,
-    shard: Annotated[str | None, typer.Option(help="K/N: do only shard K of N; writes predictions.K-of-N.csv.")] = None,
-    merge: Annotated[
-        Path | None, typer.Option(help="Merge the finished shards in this folder into predictions.csv.")
-    ] = None,
-    report: Annotated[
-        bool, typer.Option("--report", help="Also write report.html: gallery, flags and errors for review.")
-    ] = False,
+    inputs: Inputs = None,
+    out: Out = None,
+    checkpoint: CheckpointOption = None,
+    sample: Sample = False,
+    recursive: Recursive = False,
+    overlay: Overlay = True,
+    probabilities: Probabilities = False,
+    skip_existing: SkipExisting = False,
+    as_json: AsJson = False,
+    report: Report = False,
+    tta: TtaOption = None,
+    postprocess: PostprocessOption = None,
+    threshold: Threshold = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
+    backend: BackendOption = None,
+    workers: Workers = None,
+    runs_dir: RunsDirOption = None,
+    shard: ShardOption = None,
+    merge: Merge = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed.
+    """Segment lungs; writes masks, overlays and predictions.csv.
 
-    Under torchrun, each rank does its own shard (one GPU per rank on CUDA) and rank 0 merges the table.
+    Exit code 0 when every input is ok, 1 when any input failed, 2 for wrong usage (a missing INPUT, --out an
+    input folder). Under torchrun, each rank does its own shard (one GPU per rank on CUDA) and rank 0 merges the
+    table.
     """
-    import torch
-
-    from cxrseg.checkpoint import default_checkpoint
-    from cxrseg.inference.predict import PredictOptions, predict_paths, sample_inputs
-    from cxrseg.inference.shard import Shard, barrier_then_merge, merge_shards, parse_shard
-    from cxrseg.training.distributed import from_torchrun
+    from cxrseg.inference.predict import PredictOptions, sample_inputs
+    from cxrseg.inference.shard import merge_shards
 
     if merge is not None:
         _report_merge(*merge_shards(merge))
         return
-    if out is None:
-        raise typer.BadParameter("give the output folder", param_hint="--out")
-    if not inputs and not sample:
-        raise typer.BadParameter("give X-ray files or folders, or --sample", param_hint="INPUT")
-    ranks = from_torchrun(os.environ)
-    if ranks.enabled and shard:
-        raise typer.BadParameter("under torchrun each rank takes its own shard; drop --shard", param_hint="--shard")
-    part = Shard(ranks.rank + 1, ranks.world_size) if ranks.enabled else parse_shard(shard or "1/1")
-    settings = flag_settings(
-        ctx,
-        {
-            "train": {"runs_dir": runs_dir},
-            "inference": {
-                "tta": tta,
-                "postprocess": postprocess,
-                "threshold": threshold,
-                "batch_size": batch_size,
-                "device": device,
-                "backend": backend,
-            },
-        },
-    )
-    if ranks.enabled and settings.inference.device in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(ranks.local_rank)  # one GPU per rank: "cuda" now means this rank's GPU
-    if checkpoint is None:
-        checkpoint, why = default_checkpoint(settings.train.runs_dir)
-        console.print(why, markup=False, highlight=False)
+    _check_usage(inputs, out, sample, recursive, checkpoint)
+    assert out is not None  # _check_usage refused it
+    inference = {"tta": tta, "postprocess": postprocess, "threshold": threshold, "batch_size": batch_size}
+    inference |= {"device": device, "backend": backend}
+    settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}, "inference": inference}, config)
+    part, ranks = _shard(shard, settings.inference.device)
+    checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     paths: list[str | Path] = [*(inputs or []), *(sample_inputs() if sample else [])]
     options = PredictOptions(
         recursive=recursive,
@@ -114,7 +132,63 @@ def predict(
         shard=part,
         **({"workers": workers} if workers else {}),
     )
-    progress = progress_bar()  # started once the inputs are found and the output folder is accepted
+    result = _run(paths, out, checkpoint, settings.inference, options)
+    _summarize(result)
+    if report:
+        from cxrseg.report import write_predict_report
+
+        console.print(
+            f"Report: {write_predict_report(out, result.rows)}", markup=False, highlight=False, soft_wrap=True
+        )
+    if as_json:
+        stdout.print_json(json.dumps(result.rows))
+    _finish(result.failed, out, part, ranks.enabled)
+
+
+def _check_usage(
+    inputs: list[str] | None, out: Path | None, sample: bool, recursive: bool, checkpoint: Path | None
+) -> None:
+    """Wrong usage stops here, exit code 2, before a model is loaded or a bar drawn."""
+    from cxrseg.errors import InputPathError
+    from cxrseg.inputs import check_out_folder, missing_inputs
+
+    if out is None:
+        raise typer.BadParameter("give the output folder", param_hint="--out")
+    if not inputs and not sample:
+        raise typer.BadParameter("give X-ray files or folders, or --sample", param_hint="INPUT")
+    missing = missing_inputs(inputs or [])
+    if missing:
+        shown = ", ".join(missing[:MAX_SHOWN]) + (
+            f" and {len(missing) - MAX_SHOWN} more" if len(missing) > MAX_SHOWN else ""
+        )
+        raise InputPathError(f"INPUT {shown}: no such file or folder, or no file matches the pattern; check the path.")
+    check_out_folder(out, [Path(text) for text in inputs or [] if Path(text).is_dir()], recursive)
+    require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
+
+
+def _shard(shard: str | None, device: str) -> tuple[Shard, Any]:
+    """This process's shard: --shard K/N, or under torchrun the rank's own (one GPU per rank on CUDA)."""
+    import torch
+
+    from cxrseg.inference.shard import Shard, parse_shard
+    from cxrseg.training.distributed import from_torchrun
+
+    ranks = from_torchrun(os.environ)
+    if ranks.enabled and shard:
+        raise typer.BadParameter("under torchrun each rank takes its own shard; drop --shard", param_hint="--shard")
+    if ranks.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(ranks.local_rank)  # one GPU per rank: "cuda" now means this rank's GPU
+    part = Shard(ranks.rank + 1, ranks.world_size) if ranks.enabled else parse_shard(shard or "1/1")
+    return part, ranks
+
+
+def _run(
+    paths: list[str | Path], out: Path, checkpoint: Path, inference: Any, options: PredictOptions
+) -> PredictResult:
+    """predict_paths with a bar, started once the inputs are found and the output folder is accepted."""
+    from cxrseg.inference.predict import predict_paths
+
+    progress = progress_bar()
     task = progress.add_task("predict", total=None, info="")
 
     def on_start(total: int, kept: int) -> None:
@@ -125,19 +199,16 @@ def predict(
         progress.update(task, advance=count, info=f"{images_per_s:.1f} img/s")
 
     try:
-        result = predict_paths(paths, out, checkpoint, settings.inference, options, on_start, on_advance)
+        return predict_paths(paths, out, checkpoint, inference, options, on_start, on_advance)
     finally:
         progress.stop()
-    _summarize(result)
-    if report:
-        from cxrseg.report import write_predict_report
 
-        path = write_predict_report(out, result.rows)
-        console.print(f"Report: {path}", markup=False, highlight=False, soft_wrap=True)
-    if as_json:
-        stdout.print_json(json.dumps(result.rows))
-    failed = result.failed
-    if ranks.enabled:
+
+def _finish(failed: int, out: Path, part: Shard, distributed: bool) -> None:
+    """Under torchrun rank 0 merges the shards and reports; exit code 1 when any input failed."""
+    from cxrseg.inference.shard import barrier_then_merge
+
+    if distributed:
         merged = barrier_then_merge(out, part)
         if merged is None:
             return  # rank 0 reports the merged table and the exit code

@@ -5,52 +5,123 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from cxrseg.cli.common import console, flag_settings, progress_bar
-from cxrseg.config import Device, with_overrides
+from cxrseg.cli.common import ConfigOption, console, flag_settings, progress_bar, require_paths, say
+from cxrseg.cli.options import option
+from cxrseg.config import Device, Precision, with_overrides
+
+if TYPE_CHECKING:
+    from cxrseg.training.loop import EpochReport
 
 RESUMABLE = {"epochs", "max_time", "patience", "device", "save_images"}
+DATA, MODEL, OPTIMISATION, RUN, OUTPUT = "Data", "Model", "Optimisation", "Run control", "Output"
+
+Data = Annotated[
+    list[Path] | None,
+    option(
+        help="Dataset folder with image/ and mask/ [test_image/ test_mask/ are never read]; repeat the flag "
+        "to combine folders, each keeping its own validation split.",
+        setting="data.root",
+        panel=DATA,
+        metavar="<path>",
+    ),
+]
+Augment = Annotated[
+    bool | None,
+    option(
+        "--augment/--no-augment", help="Augment training batches.", setting="augment.enabled", panel=DATA, flag=True
+    ),
+]
+ImageSize = Annotated[
+    int | None,
+    option(help="Model input size: a multiple of 16 and of 2**depth.", setting="preprocess.image_size", panel=MODEL),
+]
+BaseChannels = Annotated[
+    int | None, option(help="U-Net width of the first level.", setting="model.base_channels", panel=MODEL)
+]
+Depth = Annotated[int | None, option(help="U-Net pooling steps.", setting="model.depth", panel=MODEL)]
+InitFrom = Annotated[
+    str | None,
+    option(
+        help="Fine-tune: start from `pretrained` (the bundled model) or a checkpoint file, in its shape.",
+        setting="train.init_from",
+        panel=MODEL,
+    ),
+]
+Epochs = Annotated[int | None, option(help="Epochs.", setting="train.epochs", panel=OPTIMISATION)]
+BatchSize = Annotated[
+    int | None, option(help="Images per step and process.", setting="train.batch_size", panel=OPTIMISATION)
+]
+Lr = Annotated[float | None, option(help="Peak learning rate of AdamW.", setting="train.lr", panel=OPTIMISATION)]
+PrecisionOption = Annotated[
+    Precision | None,
+    option(help="Autocast precision; auto picks bf16 where it is fast.", setting="train.precision", panel=OPTIMISATION),
+]
+Patience = Annotated[
+    int | None, option(help="Stop after N epochs without validation Dice gain.", setting="train.patience", panel=RUN)
+]
+MaxTime = Annotated[
+    str | None, option(help="Time budget: 90s, 30m, 2h; ends after the epoch.", setting="train.max_time", panel=RUN)
+]
+Seed = Annotated[int | None, option(help="Random seed.", setting="train.seed", panel=RUN)]
+DeviceOption = Annotated[Device | None, option(help="Where to train.", setting="train.device", panel=RUN)]
+Deterministic = Annotated[
+    bool | None,
+    option(
+        "--deterministic/--no-deterministic",
+        help="Bit-reproducible on CPU.",
+        setting="train.deterministic",
+        panel=RUN,
+        flag=True,
+    ),
+]
+Resume = Annotated[
+    Path | None, option(help="Continue this run folder after its last saved step.", default="none", panel=RUN)
+]
+RunsDir = Annotated[Path | None, option(help="Where run folders are created.", setting="train.runs_dir", panel=OUTPUT)]
+SaveImages = Annotated[
+    bool | None,
+    option(
+        "--save-images/--no-save-images",
+        help="After training, write saved_images/: validation overlays, error maps and a report.",
+        setting="train.save_images",
+        panel=OUTPUT,
+        flag=True,
+    ),
+]
+Previews = Annotated[
+    int | None, option(help="Validation pictures saved per epoch.", setting="train.previews", panel=OUTPUT)
+]
 
 
 def train(
     ctx: typer.Context,
-    data: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Dataset folder with image/ and mask/ (test_image/ and test_mask/ are never read); repeat the flag "
-            "to combine folders, each keeping its own validation split."
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default 3).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step and process (default 16).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Model input size: a multiple of 16 and of 2**depth.")] = None,
-    base_channels: Annotated[int | None, typer.Option(help="U-Net width of the first level.")] = None,
-    depth: Annotated[int | None, typer.Option(help="U-Net pooling steps.")] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where run folders are created.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation Dice gain.")] = None,
-    max_time: Annotated[str | None, typer.Option(help="Time budget: 90s, 30m, 2h; ends after the epoch.")] = None,
-    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Bit-reproducible on CPU.")] = None,
-    no_augment: Annotated[bool | None, typer.Option("--no-augment", help="Switch augmentation off.")] = None,
-    save_images: Annotated[
-        bool | None,
-        typer.Option(
-            "--save-images", help="After training, write saved_images/: validation overlays, error maps, report."
-        ),
-    ] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run folder after its last saved step.")] = None,
-    init_from: Annotated[
-        str | None,
-        typer.Option(help="Fine-tune: start from `pretrained` (the bundled model) or a checkpoint file, in its shape."),
-    ] = None,
+    data: Data = None,
+    augment: Augment = None,
+    image_size: ImageSize = None,
+    base_channels: BaseChannels = None,
+    depth: Depth = None,
+    init_from: InitFrom = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    precision: PrecisionOption = None,
+    patience: Patience = None,
+    max_time: MaxTime = None,
+    seed: Seed = None,
+    device: DeviceOption = None,
+    deterministic: Deterministic = None,
+    resume: Resume = None,
+    runs_dir: RunsDir = None,
+    previews: Previews = None,
+    save_images: SaveImages = None,
+    config: ConfigOption = None,
 ) -> None:
     """Train a lung U-Net; writes checkpoints, metrics.jsonl, progress.png and previews to a run folder.
 
@@ -58,44 +129,21 @@ def train(
     """
     from cxrseg.training.distributed import from_torchrun, teardown
     from cxrseg.training.loop import train as run_training
-    from cxrseg.training.state import resumed_settings
 
+    require_paths(data, "--data", "pass a dataset folder with image/ and mask/, or run `cxrseg download`")
     flags = {
         "data": {"root": data or None},
         "preprocess": {"image_size": image_size},
         "model": {"base_channels": base_channels, "depth": depth},
-        "augment": {"enabled": False if no_augment else None},
+        "augment": {"enabled": augment},
         "train": {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "runs_dir": runs_dir,
-            "seed": seed,
-            "device": device,
-            "precision": precision,
-            "patience": patience,
-            "max_time": max_time,
-            "deterministic": deterministic,
-            "init_from": init_from,
+            **{"epochs": epochs, "batch_size": batch_size, "lr": lr, "runs_dir": runs_dir, "seed": seed},
+            **{"device": device, "precision": precision, "patience": patience, "max_time": max_time},
+            **{"deterministic": deterministic, "init_from": init_from, "previews": previews},
             "save_images": save_images,
         },
     }
-    if resume is None:
-        settings = flag_settings(ctx, flags)
-    else:
-        fixed = sorted(
-            f"{section}.{k}"
-            for section, values in flags.items()
-            for k, v in values.items()
-            if v is not None and not (section == "train" and k in RESUMABLE)
-        )
-        if fixed:
-            raise typer.BadParameter(
-                f"{', '.join(fixed)} cannot change when resuming; only "
-                f"--epochs, --max-time, --patience, --device and --save-images can.",
-                param_hint="--resume",
-            )
-        settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})
+    settings = _settings(ctx, flags, resume, config)
     dist_ctx = from_torchrun(os.environ)
     view = progress_bar() if dist_ctx.is_main else contextlib.nullcontext()
     try:
@@ -104,14 +152,35 @@ def train(
     finally:
         teardown(dist_ctx)
     if dist_ctx.is_main:
-        console.print(
-            f"[green]Done[/green] ({result.stop_reason}): best validation Dice {result.best_dice:.4f} at "
+        say(
+            f"Done ({result.stop_reason}): best validation Dice {result.best_dice:.4f} at "
             f"epoch {result.best_epoch}. Checkpoint: {result.run_dir / 'best.safetensors'}"
         )
 
 
+def _settings(ctx: typer.Context, flags: dict[str, dict[str, Any]], resume: Path | None, config: Path | None):
+    """Fresh runs: settings from every source. Resumed runs: the run's own, where only RESUMABLE flags may change."""
+    from cxrseg.training.state import resumed_settings
+
+    if resume is None:
+        return flag_settings(ctx, flags, config)
+    fixed = sorted(
+        f"{section}.{k}"
+        for section, values in flags.items()
+        for k, v in values.items()
+        if v is not None and not (section == "train" and k in RESUMABLE)
+    )
+    if fixed:
+        raise typer.BadParameter(
+            f"{', '.join(fixed)} cannot change when resuming; "
+            "only --epochs, --max-time, --patience, --device and --save-images can.",
+            param_hint="--resume",
+        )
+    return with_overrides(resumed_settings(resume), {"train": flags["train"]})
+
+
 class _TrainView:
-    """Draws train progress from the library's callbacks."""
+    """Draws train progress from the library's callbacks: a bar and a table in a terminal, plain lines in a log."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
@@ -119,10 +188,10 @@ class _TrainView:
         self.steps = 0
 
     def on_status(self, message: str) -> None:
-        console.print(message)
+        say(message)
 
     def on_start(self, run_dir: Path, steps_per_epoch: int, n_train: int, n_val: int, note: str) -> None:
-        console.print(f"Run folder [bold]{run_dir}[/bold]: {n_train} train / {n_val} validation images; {note}")
+        say(f"Run folder {run_dir}: {n_train} train / {n_val} validation images; {note}")
         self.steps = steps_per_epoch
 
     def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None:
@@ -132,19 +201,27 @@ class _TrainView:
             self.task = self.progress.add_task(f"epoch {epoch}", total=self.steps, info="")
         self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  {images_per_s:.1f} img/s")
 
-    def on_epoch(self, report) -> None:
+    def on_epoch(self, report: EpochReport) -> None:
+        cells = _epoch_cells(report)
+        if not console.is_terminal:
+            say("  ".join(f"{name} {value}" for name, value in cells.items()))
+            return
         table = Table(show_edge=False, box=None, pad_edge=False)
-        for column in ("epoch", "train loss", "val Dice", "val IoU", "best Dice", "lr", "img/s", "time"):
-            table.add_column(column, justify="right")
-        star = " *" if report.is_best else ""
-        table.add_row(
-            f"{report.epoch}/{report.epochs}",
-            f"{report.train_loss:.4f}",
-            f"{report.val_dice:.4f}{star}",
-            f"{report.val_iou:.4f}",
-            f"{report.best_dice:.4f}",
-            f"{report.lr:.2e}",
-            f"{report.images_per_s:.1f}",
-            f"{report.seconds:.1f}s",
-        )
+        for column in cells:
+            table.add_column(escape(column), justify="right")
+        table.add_row(*cells.values())
         self.progress.console.print(table)
+
+
+def _epoch_cells(report: EpochReport) -> dict[str, str]:
+    """One epoch's figures by column name; a star marks a new best validation Dice."""
+    return {
+        "epoch": f"{report.epoch}/{report.epochs}",
+        "train loss": f"{report.train_loss:.4f}",
+        "val Dice": f"{report.val_dice:.4f}{' *' if report.is_best else ''}",
+        "val IoU": f"{report.val_iou:.4f}",
+        "best Dice": f"{report.best_dice:.4f}",
+        "lr": f"{report.lr:.2e}",
+        "img/s": f"{report.images_per_s:.1f}",
+        "time": f"{report.seconds:.1f}s",
+    }
