@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
+import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +185,9 @@ def _pydicom(path: Path) -> Any:
         import pydicom.pixels  # noqa: F401
     except ImportError as exc:
         raise DataError(f"{path}: is a DICOM file but pydicom is not installed; run {INSTALL_HINT}.") from exc
+    # pydicom reports oddities it reads past as warnings and log records; cxrseg reports what fails, once
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     return pydicom
 
 
@@ -216,12 +222,21 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
 def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     """Decode one DICOM frame: Rescale Slope/Intercept, VOI LUT or window, MONOCHROME1 inverted, min-max to [0, 1]."""
     pydicom = _pydicom(path)
+    unreadable = (pydicom.errors.InvalidDicomError, pydicom.errors.BytesLengthException, OSError, ValueError)
+    try:
+        return _read_dicom(pydicom, path, max_pixels)
+    except DataError:
+        raise
+    # elements are parsed lazily, so a corrupt one can fail at any access, not only in dcmread
+    except (*unreadable, EOFError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not a readable DICOM file ({reason}); export it again or remove it.") from exc
+
+
+def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable DICOM file ({exc}); export it again or remove it.") from exc
+    ds = pydicom.dcmread(path, force=True)
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(
             f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "

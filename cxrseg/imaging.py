@@ -41,6 +41,7 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():  # catch_warnings is not thread-safe; open only reads a header
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            warnings.simplefilter("ignore", UserWarning)  # corrupt TIFF/EXIF tags: decoding decides below
             image = Image.open(path)
         with image:
             width, height = image.size
