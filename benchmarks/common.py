@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import cxrseg
-from cxrseg.inference import cpu_has_bf16
+from cxrseg.inference.engine import cpu_has_bf16
 
 
 def row(name: str, value: str, note: str = "") -> None:

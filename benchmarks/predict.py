@@ -31,10 +31,10 @@ def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: b
 
     from cxrseg.checkpoint import load_checkpoint
     from cxrseg.config import InferenceSettings
-    from cxrseg.data import fit_to_square, valid_region
     from cxrseg.imaging import read_image
-    from cxrseg.inference import amp_dtype, forward_probabilities, resolve_device
-    from cxrseg.predict import PredictOptions, predict_paths
+    from cxrseg.inference.engine import amp_dtype, forward_probabilities, resolve_device
+    from cxrseg.inference.predict import PredictOptions, predict_paths
+    from cxrseg.preprocess import fit_to_square, valid_region
 
     files = sorted(source.glob("*.png"))
     if not files:
@@ -97,7 +97,7 @@ def main() -> None:
 
     from cxrseg.checkpoint import default_checkpoint
     from cxrseg.errors import CxrsegError
-    from cxrseg.inference import resolve_device
+    from cxrseg.inference.engine import resolve_device
 
     why = f"checkpoint {args.checkpoint}"
     if args.checkpoint is None:

@@ -6,7 +6,7 @@ rate is the best of its repeats (the least disturbed, like the ceiling), with th
   ceiling bf16/fp32  GFLOP/s of a 2048x2048 torch.mm, warmed up, best over 3 s of repeats, measured before and
                      again after the models (the better pass counts): the most this CPU does.
   default            cxrseg's default model and settings (from Settings()): a full training step as
-                     cxrseg/train.py does it (gather from cached tensors, augment_batch, normalize, autocast,
+                     cxrseg/training/loop.py does it (gather from cached tensors, augment_batch, normalize, autocast,
                      channels_last, segmentation_loss, backward, AdamW, LR schedule) on synthetic images of
                      the configured size. images/s = batch / fastest step time, warm-up excluded. GFLOP/img:
                      one forward+backward counted by FlopCounterMode (convolutions; elementwise ops and the
@@ -40,15 +40,16 @@ import torch
 from common import header, measure_ceilings, row, target_row, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-import cxrseg
+from cxrseg.assets import SAMPLE_DIR
 from cxrseg.augment import augment_batch
 from cxrseg.checkpoint import build_model
 from cxrseg.config import Settings
-from cxrseg.data import dataset_splits, normalize
-from cxrseg.inference import amp_dtype, autocast, resolve_device
+from cxrseg.dataset import dataset_splits
+from cxrseg.inference.engine import amp_dtype, autocast, resolve_device
 from cxrseg.losses import segmentation_loss
 from cxrseg.model import UNet
-from cxrseg.train import lr_factor, seed_everything
+from cxrseg.preprocess import normalize
+from cxrseg.training.loop import lr_factor, seed_everything
 
 SEED = 0
 SHARED_DATA = Path("/work/shared/data/cxr-lungs")
@@ -74,7 +75,7 @@ def cached_tensors(n: int, height: int, width: int, generator: torch.Generator) 
 
 
 def train_step(case: Case, tensors, settings: Settings, device, generator, optimizer=None) -> torch.Tensor:
-    """The body of cxrseg/train.py's loop; without an optimizer, forward and backward only."""
+    """The body of cxrseg/training/loop.py's loop; without an optimizer, forward and backward only."""
     images, masks, valid = tensors
     if settings.augment.enabled:
         images, masks, valid = augment_batch(images, masks, valid, settings.augment, generator)
@@ -118,7 +119,7 @@ def time_training(case: Case, settings: Settings, device, batch: int, steps: int
         index = torch.randperm(len(cache[0]), generator=generator)[:batch]
         loss = train_step(case, [t[index] for t in cache], settings, device, generator, optimizer)
         scheduler.step()
-        loss.item()  # waits for the step, as train.py's logging does
+        loss.item()  # waits for the step, as training/loop.py's logging does
         if step >= warmup:
             seconds.append(time.perf_counter() - started)
     best, median = batch / min(seconds), batch / statistics.median(seconds)
@@ -168,7 +169,7 @@ def run_training(data: Path, batch: int, settings: Settings) -> dict:
             sys.exit(f"cxrseg train failed (exit {done.returncode}):\n{(done.stderr + done.stdout)[-3000:]}")
         epoch = json.loads(metrics[-1].read_text().splitlines()[-1])
     n_train = len(dataset_splits(data, settings.data.val_fraction, settings.data.split_seed)["train"])
-    seen = n_train - 1 if n_train > batch and n_train % batch == 1 else n_train  # train.py drops a batch of 1
+    seen = n_train - 1 if n_train > batch and n_train % batch == 1 else n_train  # epoch_batches drops a batch of 1
     run = {
         "wall_seconds": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -189,7 +190,7 @@ def run_training(data: Path, batch: int, settings: Settings) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = SHARED_DATA if SHARED_DATA.is_dir() else cxrseg.SAMPLE_DIR
+    default_data = SHARED_DATA if SHARED_DATA.is_dir() else SAMPLE_DIR
     parser.add_argument("--data", type=Path, default=default_data, help=f"dataset (default {default_data})")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of the default model")
     parser.add_argument("--baseline-steps", type=int, default=3, help="timed steps of the slow baseline")

@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cxrseg import __version__
+from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.config import Settings, settings_from_json
 from cxrseg.errors import CheckpointError, OutputError
 from cxrseg.files import atomic_path
@@ -255,9 +256,6 @@ def load_state(
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: optimizer state does not match this model ({exc}).") from exc
     return json.loads(metadata["extra"]), extra_tensors
-
-
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "lung-unet.safetensors"
 
 
 def newest_run_checkpoint(runs_dir: Path) -> Path | None:

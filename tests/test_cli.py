@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cxrseg import SAMPLE_DIR
-from cxrseg.cli import app
+from cxrseg.assets import SAMPLE_DIR
+from cxrseg.cli.app import app
 from tests.test_download import Server, dataset_files, zip_bytes
 
 TINY = ["--image-size", "64", "--base-channels", "4", "--depth", "2", "--batch-size", "8"]
@@ -56,8 +56,8 @@ def test_evaluate_scores_at_the_masks_own_resolution(runner: CliRunner, tmp_path
     checkpoint = next(runs.glob("*/best.safetensors"))
     from cxrseg.checkpoint import load_checkpoint
     from cxrseg.config import InferenceSettings
-    from cxrseg.data import select_pairs
-    from cxrseg.evaluate import evaluate_model
+    from cxrseg.dataset import select_pairs
+    from cxrseg.inference.evaluate import evaluate_model
 
     model, info = load_checkpoint(checkpoint)
     pairs = select_pairs(SAMPLE_DIR, "test")

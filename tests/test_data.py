@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrseg.data import dataset_splits, find_pairs, fit_to_square, load_pairs, normalize, restore, select_pairs
+from cxrseg.dataset import dataset_splits, find_pairs, load_pairs, select_pairs
 from cxrseg.errors import DataError
 from cxrseg.imaging import read_image, read_mask
+from cxrseg.preprocess import fit_to_square, normalize, restore
 from tests.conftest import ellipse_pair, write_dataset
 
 

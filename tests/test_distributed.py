@@ -11,8 +11,8 @@ import pytest
 
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings
-from cxrseg.data import select_pairs
-from cxrseg.evaluate import evaluate_model
+from cxrseg.dataset import select_pairs
+from cxrseg.inference.evaluate import evaluate_model
 from tests.conftest import tiny_args, write_dataset
 
 

@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrseg import download, extract
 from cxrseg.config import DownloadSettings
-from cxrseg.data import dataset_splits
-from cxrseg.download import DownloadResult, download_dataset
+from cxrseg.dataset import dataset_splits
+from cxrseg.download import DownloadResult, download_dataset, extract, http
 from cxrseg.errors import DownloadError
 
 KAGGLE_PATH = "/api/v1/datasets/download/newra008/chest-segmentation-image"
@@ -137,7 +136,7 @@ def server():
 
 @pytest.fixture(autouse=True)
 def fast_and_local(monkeypatch):
-    monkeypatch.setattr(download, "backoff_seconds", 0.01)
+    monkeypatch.setattr(http, "backoff_seconds", 0.01)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
@@ -226,7 +225,7 @@ def test_dropped_connection_resumes(server, dest, honour_range):
 def test_server_errors_retried_with_backoff(server, settings, dest, monkeypatch):
     data = zip_bytes(dataset_files())
     sleeps = []
-    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(http, "time", types.SimpleNamespace(sleep=sleeps.append))
     answers = iter([send_status(500), send_status(500)])
     server.routes["/ds.zip"] = lambda handler: next(answers, lambda h: send_body(h, data))(handler)
     result = download_dataset(settings, dest, url=server.url("/ds.zip"))

@@ -20,13 +20,14 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, SecondaryCapture
 from typer.testing import CliRunner
 
 import cxrseg
+from cxrseg import assets
 from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
-from cxrseg.cli import app
+from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.dicom import read_dicom
 from cxrseg.errors import DataError
-from cxrseg.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
-from cxrseg.quality import COLUMNS
+from cxrseg.inference.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
+from cxrseg.inference.quality import COLUMNS
 
 H, W = 48, 64  # deliberately not square
 
@@ -332,7 +333,7 @@ def test_csv_and_json_columns(tmp_path: Path, checkpoint: Path) -> None:
     assert [r["status"] for r in rows] == ["ok", "error"] and set(rows[0]) == set(COLUMNS)
 
 
-@pytest.mark.skipif(not cxrseg.SAMPLE_DIR.is_dir(), reason="no sample X-rays in this checkout")
+@pytest.mark.skipif(not assets.SAMPLE_DIR.is_dir(), reason="no sample X-rays in this checkout")
 def test_sample_inputs_are_the_shipped_xrays() -> None:
     folders = sample_inputs()
     assert [f.name for f in folders] == ["image", "test_image"][: len(folders)]
@@ -363,7 +364,7 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     package = tmp_path / "package"
     (package / "assets" / "sample" / "test_image").mkdir(parents=True)
     Image.fromarray(chest()).save(package / "assets" / "sample" / "test_image" / "s.png")
-    monkeypatch.setattr(cxrseg, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(assets, "SAMPLE_DIR", package / "assets" / "sample")
     result = runner.invoke(app, ["predict", "--sample", "--out", str(tmp_path / "sample"), *ckpt])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sample" / "s.png.mask.png").is_file()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrseg.quality import (
+from cxrseg.inference.quality import (
     FLAGS,
     MIN_BORDER_CONFIDENCE,
     LungMeasures,

@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxrseg import train as train_module
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError, TrainingError
-from cxrseg.train import train
+from cxrseg.training import loop as train_module
+from cxrseg.training.loop import train
 from tests.conftest import tiny_args, write_dataset
 
 SLOW_RUNNER = """
 import sys, time
-import cxrseg.train as t
+import cxrseg.training.loop as t
 delay = float(sys.argv[1])
 original = t.segmentation_loss
 def slow(*args, **kwargs):

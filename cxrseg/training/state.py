@@ -18,7 +18,7 @@ from cxrseg.checkpoint import load_state, previous_state, save_state, strip_pref
 from cxrseg.config import Settings, settings_from_json
 from cxrseg.errors import CheckpointError
 from cxrseg.files import write_text
-from cxrseg.render import plot_progress, save_png
+from cxrseg.inference.render import plot_progress, save_png
 
 STATE_FILE = "state.safetensors"
 

@@ -18,15 +18,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-import cxrseg
+from cxrseg import assets
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings
-from cxrseg.data import Geometry, fit_to_square, valid_region
-from cxrseg.dicom import MAX_PIXELS, Job, Plan, check_output, plan_inputs, read_xray
+from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR
+from cxrseg.dicom import read_xray
 from cxrseg.errors import CxrsegError, DataError
-from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
-from cxrseg.quality import border_confidence, columns, empty_row, measure, midline_contrast, read_rows, write_rows
-from cxrseg.render import overlay, save_png, to_uint8
+from cxrseg.imaging import MAX_PIXELS
+from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.quality import (
+    border_confidence,
+    columns,
+    empty_row,
+    measure,
+    midline_contrast,
+    read_rows,
+    write_rows,
+)
+from cxrseg.inference.render import overlay, save_png, to_uint8
+from cxrseg.inputs import Job, Plan, check_output, plan_inputs
+from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.png", ".prob.png"
 OVERLAY_MAX_SIDE = 1024  # overlays of larger X-rays are downscaled: enough to check a mask, 10x cheaper
@@ -69,8 +80,8 @@ class PredictResult:
 
 def sample_inputs() -> list[Path]:
     """The X-rays shipped with cxrseg: assets/sample/image/ and assets/sample/test_image/."""
-    root = Path(cxrseg.__file__).parent / "assets" / "sample"
-    folders = [root / name for name in ("image", "test_image") if (root / name).is_dir()]
+    root = assets.SAMPLE_DIR
+    folders = [root / name for name in (IMAGE_DIR, TEST_IMAGE_DIR) if (root / name).is_dir()]
     if not folders:
         raise DataError(f"No sample X-rays in this installation ({root}); pass INPUT files or folders instead.")
     return folders

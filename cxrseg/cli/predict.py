@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from cxrseg.cli import _progress, _settings, app, console, stdout
+from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
 from cxrseg.config import Device
 
 if TYPE_CHECKING:
-    from cxrseg.predict import PredictResult
+    from cxrseg.inference.predict import PredictResult
 
 MAX_SHOWN = 10
 
 
-@app.command()
 def predict(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")],
@@ -55,11 +54,11 @@ def predict(
 ) -> None:
     """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed."""
     from cxrseg.checkpoint import default_checkpoint
-    from cxrseg.predict import PredictOptions, predict_paths, sample_inputs
+    from cxrseg.inference.predict import PredictOptions, predict_paths, sample_inputs
 
     if not inputs and not sample:
         raise typer.BadParameter("give X-ray files or folders, or --sample", param_hint="INPUT")
-    settings = _settings(
+    settings = flag_settings(
         ctx,
         {
             "train": {"runs_dir": runs_dir},
@@ -84,7 +83,7 @@ def predict(
         write_json=as_json,
         **({"workers": workers} if workers else {}),
     )
-    progress = _progress()  # started once the inputs are found and the output folder is accepted
+    progress = progress_bar()  # started once the inputs are found and the output folder is accepted
     task = progress.add_task("predict", total=None, info="")
 
     def on_start(total: int, kept: int) -> None:

@@ -1,4 +1,4 @@
-"""Dataset pairing, splits and the one preprocessing used by train, evaluate and predict."""
+"""The dataset on disk: its folder layout, image/mask pairs, splits and the decoded in-memory set."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from cxrseg.errors import DataError
 from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
+from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 Split = Literal["train", "test", "all"]
+IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
+TEST_IMAGE_DIR, TEST_MASK_DIR = "test_image", "test_mask"  # the held-out split, when the dataset has one
+LAYOUT = (IMAGE_DIR, MASK_DIR, TEST_IMAGE_DIR, TEST_MASK_DIR)
 MAX_LISTED = 10
 
 
@@ -31,20 +33,6 @@ class Pair:
     @property
     def name(self) -> str:
         return self.image.stem
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How an (height, width) image was scaled by `scale` and padded into a square model input."""
-
-    height: int
-    width: int
-    size: int
-    scale: float
-    top: int
-    left: int
-    inner_height: int
-    inner_width: int
 
 
 def _listing(paths: Sequence[object], what: str) -> str:
@@ -103,9 +91,9 @@ def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict
         raise DataError(
             f"Dataset folder {root} not found; pass --data DIR, set CXRSEG_DATA__ROOT, or run `cxrseg download`."
         )
-    train = find_pairs(root / "image", root / "mask")
-    if (root / "test_image").is_dir() or (root / "test_mask").is_dir():
-        return {"train": train, "test": find_pairs(root / "test_image", root / "test_mask")}
+    train = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
+    if (root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir():
+        return {"train": train, "test": find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR)}
     if len(train) < 2:
         raise DataError(f"{root}: need at least 2 pairs to split off a validation set, found {len(train)}.")
     shuffled = list(train)
@@ -140,51 +128,6 @@ def check_sizes(pairs: Sequence[Pair]) -> None:
         raise DataError(
             _listing(bad, "pairs are unreadable or differ in size (height, width)") + "; fix or remove them."
         )
-
-
-def fit_geometry(height: int, width: int, size: int) -> Geometry:
-    scale = size / max(height, width)
-    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return Geometry(height, width, size, scale, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
-
-
-def fit_to_square(array: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
-    """Aspect-preserving resize (antialiased bilinear) of a float (H, W) array, zero-padded to (size, size)."""
-    geometry = fit_geometry(*array.shape, size)
-    resized = Image.fromarray(array.astype(np.float32), mode="F").resize(
-        (geometry.inner_width, geometry.inner_height), Image.Resampling.BILINEAR
-    )
-    out = np.zeros((size, size), dtype=np.float32)
-    out[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = (
-        resized
-    )
-    return out, geometry
-
-
-def valid_region(geometry: Geometry) -> np.ndarray:
-    """(size, size) float mask: 1 where the image is, 0 in the padding."""
-    valid = np.zeros((geometry.size, geometry.size), dtype=np.float32)
-    valid[geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width] = 1
-    return valid
-
-
-def normalize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-image z-score over the valid (non-padding) pixels; padding becomes 0. (N,1,S,S) -> (N,1,S,S)."""
-    count = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
-    mean = (images * valid).sum(dim=(1, 2, 3), keepdim=True) / count
-    var = (((images - mean) * valid) ** 2).sum(dim=(1, 2, 3), keepdim=True) / count
-    return (images - mean) / var.sqrt().clamp_min(1e-3) * valid
-
-
-def restore(probabilities: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Undo fit_to_square on a (S, S) probability map: crop the padding, resize to (height, width)."""
-    inner = probabilities[
-        geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width
-    ]
-    resized = F.interpolate(
-        inner[None, None].float(), size=(geometry.height, geometry.width), mode="bilinear", align_corners=False
-    )
-    return resized[0, 0]
 
 
 @dataclass

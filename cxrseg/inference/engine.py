@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from cxrseg.config import Device, InferenceSettings, Precision
-from cxrseg.data import Geometry, normalize, restore
 from cxrseg.errors import ConfigError
 from cxrseg.postprocess import clean_mask
+from cxrseg.preprocess import Geometry, normalize, restore
 
 
 def resolve_device(name: Device) -> torch.device:

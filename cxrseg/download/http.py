@@ -21,10 +21,10 @@ from typing import BinaryIO
 
 from cxrseg import __version__
 from cxrseg.config import DownloadSettings
-from cxrseg.data import dataset_splits
+from cxrseg.dataset import dataset_splits
+from cxrseg.download.extract import PARTIAL_DIR, check_destination, count_images, extract_dataset, install, is_present
+from cxrseg.download.kaggle import http_message, kaggle_credentials
 from cxrseg.errors import DataError, DownloadError
-from cxrseg.extract import PARTIAL_DIR, check_destination, count_images, extract_dataset, install, is_present
-from cxrseg.kaggle import http_message, kaggle_credentials
 
 Progress = Callable[[int, int | None], None]
 backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it

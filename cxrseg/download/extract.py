@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import IO
 
 from cxrseg.config import DownloadSettings
-from cxrseg.data import list_images
+from cxrseg.dataset import IMAGE_DIR, LAYOUT, MASK_DIR, list_images
 from cxrseg.errors import DownloadError
 
-SPLIT_DIRS = ("image", "mask", "test_image", "test_mask")
 SKIPPED_TOP = ("__MACOSX",)  # macOS resource forks mirror the real tree; never a dataset
 CHUNK_BYTES = 1 << 20
 PARTIAL_DIR = ".partial"  # DEST/.partial holds the archive while it downloads
@@ -126,7 +125,7 @@ def find_root(folder: Path, source: str) -> Path:
     level = [folder]
     while level:
         for candidate in level:
-            if (candidate / "image").is_dir() and (candidate / "mask").is_dir():
+            if (candidate / IMAGE_DIR).is_dir() and (candidate / MASK_DIR).is_dir():
                 return candidate
         level = sorted(c for f in level for c in f.iterdir() if c.is_dir() and not c.name.startswith("."))
     top = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
@@ -158,11 +157,11 @@ def extract_dataset(archive: Path, into: Path, settings: DownloadSettings, sourc
 
 def count_images(root: Path) -> dict[str, int]:
     """Number of image files in each of image/, mask/, test_image/, test_mask/ (0 when absent)."""
-    return {name: len(list_images(root / name)) if (root / name).is_dir() else 0 for name in SPLIT_DIRS}
+    return {name: len(list_images(root / name)) if (root / name).is_dir() else 0 for name in LAYOUT}
 
 
 def is_present(dest: Path) -> bool:
-    return (dest / "image").is_dir() and (dest / "mask").is_dir()
+    return (dest / IMAGE_DIR).is_dir() and (dest / MASK_DIR).is_dir()
 
 
 def check_destination(dest: Path) -> None:

@@ -16,17 +16,18 @@ from torch.utils.data import DistributedSampler
 from cxrseg.augment import augment_batch
 from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
 from cxrseg.config import Settings
-from cxrseg.control import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
-from cxrseg.data import CachedSet, dataset_splits, load_pairs, normalize
-from cxrseg.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
+from cxrseg.dataset import CachedSet, dataset_splits, load_pairs
 from cxrseg.errors import DataError, TrainingError, TrainingInterrupted
-from cxrseg.evaluate import score_batch
 from cxrseg.files import write_text
 from cxrseg.imaging import read_mask
-from cxrseg.inference import amp_dtype, autocast, forward_probabilities, resolve_device
+from cxrseg.inference.engine import amp_dtype, autocast, forward_probabilities, resolve_device
+from cxrseg.inference.evaluate import score_batch
+from cxrseg.inference.render import preview_sheet, save_png
 from cxrseg.losses import segmentation_loss
-from cxrseg.render import preview_sheet, save_png
-from cxrseg.trainstate import (
+from cxrseg.preprocess import normalize
+from cxrseg.training.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
+from cxrseg.training.schedule import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
+from cxrseg.training.state import (
     Position,
     append_metrics,
     environment,

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.data import Geometry, Pair, check_sizes, fit_to_square, valid_region
+from cxrseg.dataset import Pair, check_sizes
 from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
-from cxrseg.inference import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
 from cxrseg.metrics import METRICS, Scores, score, summarize
+from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,13 @@ def score_batch(
     dtype: torch.dtype | None,
     with_hd95: bool = True,
 ) -> list[Scores]:
-    """Predict a fitted batch, restore each map to its original size and score it against the truth."""
+    """Predict a fitted batch, restore each map to its original size and score it against the truth.
+
+    `with_hd95=False` skips both surface distances (HD95 and ASSD), as training validation does.
+    """
     probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
     masks = probabilities_to_masks(probs, geometries, cfg)
-    return [score(mask, truth, with_hd95) for (_, mask), truth in zip(masks, truths, strict=True)]
+    return [score(mask, truth, with_distances=with_hd95) for (_, mask), truth in zip(masks, truths, strict=True)]
 
 
 def evaluate_model(
@@ -88,7 +92,7 @@ def evaluate_model(
     cfg: InferenceSettings,
     on_advance: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Dice, IoU, precision, recall and HD95 per pair; preprocessing comes from `settings` (the checkpoint's)."""
+    """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's)."""
     check_sizes(pairs)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, settings.train.precision)

@@ -10,10 +10,9 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cxrseg.cli import _settings, app, console
+from cxrseg.cli.common import console, flag_settings
 
 
-@app.command()
 def download(
     ctx: typer.Context,
     dest: Annotated[
@@ -31,7 +30,7 @@ def download(
 
     if url and archive:
         raise typer.BadParameter("give either --url or --archive, not both", param_hint="--url/--archive")
-    settings = _settings(ctx, {"data": {"root": dest}})
+    settings = flag_settings(ctx, {"data": {"root": dest}})
     columns = (
         TextColumn("[bold]download"),
         BarColumn(),

@@ -1,0 +1,1 @@
+"""Inference: the engine (device, precision, forward pass) behind evaluate, predict and training validation."""

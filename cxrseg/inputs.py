@@ -1,0 +1,131 @@
+"""X-ray inputs: expanding files, folders and globs into jobs with unique output names, and checking --out."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble
+from cxrseg.errors import DataError
+from cxrseg.imaging import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the base of its output names, relative to the output folder (POSIX)."""
+
+    source: Path
+    name: str  # e.g. "sub/a.png": outputs are sub/a.png.mask.png, sub/a.png.overlay.png
+    error: str = ""  # set when the input does not exist
+
+
+@dataclass
+class Plan:
+    """What a list of INPUT arguments expands to, in argument order, files sorted within each."""
+
+    jobs: list[Job] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)  # folders that were listed
+    ignored: list[Path] = field(default_factory=list)  # files in those folders that are not X-rays
+    _taken: set[str] = field(default_factory=set)
+    _seen: set[Path] = field(default_factory=set)
+
+    def add(self, path: Path, base: Path) -> None:
+        resolved = path.resolve()
+        if resolved in self._seen:
+            return  # the same file reached twice (a folder and a file in it): one row
+        self._seen.add(resolved)
+        relative = path.relative_to(base)
+        name, number = (relative if ".." not in relative.parts else Path(path.name)).as_posix(), 1
+        while (name if number == 1 else f"{name}-{number}").casefold() in self._taken:
+            number += 1  # a.png from two input folders: the second becomes a.png-2.*
+        name = name if number == 1 else f"{name}-{number}"
+        self._taken.add(name.casefold())
+        self.jobs.append(Job(path, name))
+
+    def add_folder(self, folder: Path, base: Path, recursive: bool) -> None:
+        self.folders.append(folder)
+
+        def unreadable(error: OSError) -> None:
+            message = f"{error.filename}: cannot list this folder ({error.strerror}); check its permissions."
+            self.jobs.append(Job(Path(error.filename or folder), "", message))
+
+        for root, dirs, files in os.walk(folder, onerror=unreadable):
+            self.ignored.extend(Path(root) / d for d in sorted(dirs) if recursive and d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if recursive and not d.startswith("."))
+            for file_name in sorted(files):
+                path = Path(root) / file_name
+                if is_candidate(path):
+                    self.add(path, base)
+                else:
+                    self.ignored.append(path)
+
+
+def is_candidate(path: Path) -> bool:
+    """A file in an input folder is an input when its suffix is an image/DICOM one or it has the DICM preamble."""
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES or has_dicom_preamble(path)
+
+
+def _static_base(pattern: str) -> Path:
+    parts = []
+    for part in Path(pattern).parts:
+        if any(char in part for char in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
+    """Expand files, folders (subfolders with `recursive`) and glob patterns into jobs with unique names.
+
+    Output names mirror each input folder's tree (a glob's tree below its first wildcard-free folders;
+    a file's name alone). An input that does not exist becomes a job with `error` set, never a silent skip.
+    """
+    plan = Plan()
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if path.is_dir():
+            plan.add_folder(path, path, recursive)
+        elif path.is_file():
+            plan.add(path, path.parent)
+        elif any(char in text for char in "*?["):
+            base = _static_base(text)
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            if not matches:
+                plan.jobs.append(Job(path, "", f"{text}: no file matches this pattern."))
+            for match in matches:
+                if match.is_dir():
+                    plan.add_folder(match, base, recursive)
+                elif match.is_file():
+                    plan.add(match, base)
+        else:
+            plan.jobs.append(Job(path, "", f"{text}: no such file or folder; check the INPUT path."))
+    if not plan.jobs:
+        where = ", ".join(str(i) for i in inputs) or "(no INPUT given)"
+        raise DataError(
+            f"No X-rays found in {where} ({', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} or DICOM files); "
+            "pass files, folders (--recursive for subfolders) or --sample."
+        )
+    return plan
+
+
+def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
+    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; pass a folder for the predictions.")
+    out = out_dir.resolve()
+    hint = "choose an --out folder outside the inputs, e.g. a sibling 'predictions' folder"
+    for folder in plan.folders:
+        resolved = folder.resolve()
+        if out == resolved or (recursive and resolved in out.parents):
+            raise DataError(f"--out {out_dir} is the input folder {folder} or inside it; {hint}.")
+    input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
+    output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}
+    clash = sorted(input_dirs & output_dirs)
+    if clash:
+        raise DataError(f"--out {out_dir} would write next to input X-rays in {clash[0]}; {hint}.")
