@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrseg.data import find_pairs, load_pairs
+from cxrseg.dataset import find_pairs, load_pairs
 from cxrseg.errors import DataError
 from cxrseg.imaging import image_size, read_image
 
