@@ -24,6 +24,7 @@ from cxrseg.config import InferenceSettings
 from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR
 from cxrseg.dicom import read_xray
 from cxrseg.errors import CxrsegError, DataError
+from cxrseg.files import output_error
 from cxrseg.imaging import MAX_PIXELS
 from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
 from cxrseg.inference.quality import (
@@ -32,6 +33,7 @@ from cxrseg.inference.quality import (
     empty_row,
     measure,
     midline_contrast,
+    printable,
     read_rows,
     write_rows,
 )
@@ -204,7 +206,7 @@ class _Writer(threading.Thread):
 
 def _is_done(job: Job, out_dir: Path, previous: dict[str, dict], options: PredictOptions) -> bool:
     """Resume rule: every output this run asks for exists and the previous CSV holds an ok row for the mask."""
-    row = previous.get(job.name + MASK)
+    row = previous.get(printable(job.name + MASK))
     wanted = [MASK] + [OVERLAY] * options.overlay + [PROBABILITY] * options.probabilities
     return row is not None and row["status"] == "ok" and all((out_dir / (job.name + s)).is_file() for s in wanted)
 
@@ -228,7 +230,10 @@ def predict_paths(
     plan: Plan = plan_inputs(inputs, options.recursive)
     check_output(out_dir, plan, options.recursive)
     model, info = load_checkpoint(checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, or a file where a folder should be (--out afile/sub)
+        raise output_error(out_dir, exc) from exc
     csv_path = out_dir / CSV_NAME
     previous = read_rows(csv_path) if options.skip_existing else {}
     rows: list[dict[str, Any] | None] = [None] * len(plan.jobs)
@@ -237,7 +242,7 @@ def predict_paths(
         if job.error:
             rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
-            rows[index] = previous[job.name + MASK] | {"input": str(job.source)}
+            rows[index] = previous[printable(job.name + MASK)] | {"input": str(job.source)}
         else:
             todo.append(index)
     skipped = len(plan.jobs) - len(todo) - sum(bool(job.error) for job in plan.jobs)
