@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.errors import OutputError
+from cxrseg.errors import CheckpointError, OutputError
 from cxrseg.inference.predict import PredictOptions, predict_paths
 
 
@@ -85,3 +85,15 @@ def test_item2_out_below_a_file_is_one_red_line(tmp_path: Path, checkpoint: Path
     )
     assert result.exit_code == 1 and isinstance(result.exception, OutputError)
     assert "afile/sub: Not a directory (ENOTDIR)" in str(result.exception)
+
+
+def test_item5_a_model_too_large_for_memory_is_refused_before_inference(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxrseg.inference.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "available_bytes", lambda device: 1024)
+    src, out = xrays(tmp_path / "in", "a.png"), tmp_path / "out"
+    with pytest.raises(CheckpointError, match=r"needs about .* GiB per image .* use a smaller model"):
+        predict([src], out, checkpoint)
+    assert not (out / "a.png.mask.png").exists()

@@ -18,6 +18,7 @@ from cxrseg.dataset import Pair, check_sizes
 from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.metrics import METRICS, Scores, score, summarize
 from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
@@ -102,7 +103,8 @@ def evaluate_model(
     size = settings.preprocess.image_size
     rows: list[ImageScore] = []
     done = 0
-    for batch in prefetched_batches(pairs, size, cfg.batch_size):
+    batch_size, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(device))
+    for batch in prefetched_batches(pairs, size, batch_size):
         images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
         valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
         scores = score_batch(model, images, valid, [b[2] for b in batch], [b[1] for b in batch], cfg, device, dtype)

@@ -39,6 +39,7 @@ from cxrseg.inference.quality import (
 )
 from cxrseg.inference.render import overlay, save_png, to_uint8
 from cxrseg.inputs import Job, Plan, check_output, plan_inputs
+from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.png", ".prob.png"
@@ -294,7 +295,8 @@ def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writ
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     size, ahead = settings.preprocess.image_size, max(1, options.prefetch)
-    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    step, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(device))  # refuses a model too big for one
+    batches = [todo[i : i + step] for i in range(0, len(todo), step)]
     with ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="cxrseg-decode") as pool:
         pending: deque[list[Future]] = deque()
         try:
