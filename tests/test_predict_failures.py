@@ -97,3 +97,9 @@ def test_item5_a_model_too_large_for_memory_is_refused_before_inference(
     with pytest.raises(CheckpointError, match=r"needs about .* GiB per image .* use a smaller model"):
         predict([src], out, checkpoint)
     assert not (out / "a.png.mask.png").exists()
+
+
+def test_item9_evaluate_csv_given_a_folder_is_one_line_before_any_work(tmp_path: Path, checkpoint: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--csv", str(tmp_path), "--checkpoint", str(checkpoint)])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "is a folder; give a file name" in text

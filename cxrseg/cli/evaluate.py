@@ -32,8 +32,15 @@ def evaluate(
     from cxrseg.checkpoint import default_checkpoint, load_checkpoint
     from cxrseg.dataset import select_pairs
     from cxrseg.inference.evaluate import evaluate_model, write_csv
+
+    if csv is not None and csv.is_dir():  # found before the evaluation, not after it
+        raise typer.BadParameter(
+            f"{csv} is a folder; give a file name such as {csv / 'scores.csv'}", param_hint="--csv"
+        )
     from cxrseg.metrics import DISTANCE_METRICS
 
+    if csv is not None and csv.is_dir():  # found before the evaluation, not after it
+        raise typer.BadParameter(f"{csv} is a folder; give a file name such as {csv / 'scores.csv'}", param_hint="--csv")
     if split not in ("test", "train", "all"):
         raise typer.BadParameter("use test, train or all", param_hint="--split")
     settings = flag_settings(
