@@ -173,9 +173,9 @@ def test_corrupt_state_falls_back_then_fails_clearly(tmp_path: Path, data: Path)
 
 @pytest.mark.slow
 def test_item3_full_disk_keeps_the_state_resumable(tmp_path: Path, data: Path, monkeypatch) -> None:
-    import cxrseg.checkpoint as checkpoint
     from safetensors import SafetensorError
 
+    import cxrseg.checkpoint as checkpoint
     from cxrseg.errors import OutputError
     from cxrseg.training.state import STATE_FILE
 

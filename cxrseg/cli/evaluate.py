@@ -40,7 +40,8 @@ def evaluate(
     from cxrseg.metrics import DISTANCE_METRICS
 
     if csv is not None and csv.is_dir():  # found before the evaluation, not after it
-        raise typer.BadParameter(f"{csv} is a folder; give a file name such as {csv / 'scores.csv'}", param_hint="--csv")
+        example = csv / "scores.csv"
+        raise typer.BadParameter(f"{csv} is a folder; give a file name such as {example}", param_hint="--csv")
     if split not in ("test", "train", "all"):
         raise typer.BadParameter("use test, train or all", param_hint="--split")
     settings = flag_settings(
