@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ class Xray:
 
 
 def has_dicom_preamble(path: Path) -> bool:
-    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
+    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name). Only regular files are
+    opened: opening a FIFO would block until something writes to it."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
@@ -49,10 +53,15 @@ def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     Raises DataError with a one-line reason for empty, truncated, oversized or undecodable files.
     """
     try:
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
+        info = path.stat()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found.") from exc
+    except OSError as exc:  # e.g. a symlink loop
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check or remove it.") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket); remove it from the inputs.")
+    if info.st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
     if is_dicom(path):
         return read_dicom(path, max_pixels)
     return Xray(read_picture(path, max_pixels))

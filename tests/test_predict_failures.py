@@ -103,3 +103,15 @@ def test_item9_evaluate_csv_given_a_folder_is_one_line_before_any_work(tmp_path:
     result = CliRunner().invoke(app, ["evaluate", "--csv", str(tmp_path), "--checkpoint", str(checkpoint)])
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "is a folder; give a file name" in text
+
+
+def test_item6_fifo_and_self_link_become_error_rows_without_blocking(tmp_path: Path, checkpoint: Path) -> None:
+    src = xrays(tmp_path / "in", "a.png")
+    os.mkfifo(src / "pipe")  # no suffix: only the DICOM preamble probe could pick it up
+    os.mkfifo(src / "named.png")
+    (src / "loop.png").symlink_to(src / "loop.png")
+    result = predict([src / "a.png", src / "named.png", src / "loop.png", src], tmp_path / "out", checkpoint)
+    by_input = {Path(row["input"]).name: row for row in result.rows}
+    assert by_input["a.png"]["status"] == "ok" and "pipe" not in by_input
+    assert "not a regular file" in by_input["named.png"]["message"]
+    assert by_input["loop.png"]["status"] == "error"
