@@ -86,7 +86,7 @@ def train_step(case: Case, tensors, settings: Settings, device, generator, optim
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, case.dtype):
         logits = case.model(x)
-    loss = segmentation_loss(logits, masks.to(device), settings.train.dice_weight)
+    loss = segmentation_loss(logits, masks.to(device), valid.to(device), settings.train.dice_weight)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()

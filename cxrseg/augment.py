@@ -1,4 +1,4 @@
-"""Batched tensor augmentation: one random affine warp and intensity change per image, no vertical flip."""
+"""Batched tensor augmentation for films in the wild: framing, intensity, acquisition, burnt-in marks, opacities."""
 
 from __future__ import annotations
 
@@ -7,20 +7,142 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cxrseg.augment_overlays import add_opacities, burn_in_marks
 from cxrseg.config import AugmentSettings
 
 
-def _uniform(n: int, spread: float, generator: torch.Generator | None) -> torch.Tensor:
-    return (torch.rand(n, generator=generator) * 2 - 1) * spread
+def uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(n,) draws from U(low, high)."""
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def chance(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(n,) booleans, each True with probability p."""
+    return torch.rand(n, generator=generator) < p
 
 
 def random_affine(n: int, cfg: AugmentSettings, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(N, 2, 3) affine matrices for F.affine_grid: rotation, isotropic scale, shift."""
-    angle = _uniform(n, math.radians(cfg.rotate_degrees), generator)
-    scale = 1 + _uniform(n, cfg.scale, generator)
-    shift = _uniform(2 * n, 2 * cfg.shift, generator).view(n, 2)  # grid units span 2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    """(N, 2, 3) output-to-input matrices for F.affine_grid: rotation, zoom in or out, aspect change, shift.
+
+    A zoom above 1 magnifies (crops away apices or bases), below 1 shrinks the film inside wide borders.
+    """
+    angle = uniform(n, -1, 1, generator) * math.radians(cfg.rotate_degrees)
+    zoom = torch.exp(uniform(n, math.log(cfg.zoom_min), math.log(cfg.zoom_max), generator))
+    aspect = torch.exp(uniform(n, -cfg.aspect, cfg.aspect, generator))
+    sx, sy = 1 / (zoom * aspect.sqrt()), aspect.sqrt() / zoom  # input units per output unit
+    shift = uniform(2 * n, -2 * cfg.shift, 2 * cfg.shift, generator).view(n, 2)  # grid units span 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    row_x = torch.stack([cos * sx, -sin * sx, shift[:, 0]], 1)
+    row_y = torch.stack([sin * sy, cos * sy, shift[:, 1]], 1)
+    return torch.stack([row_x, row_y], 1)
+
+
+def frame(
+    images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing."""
+    n, _, size, _ = images.shape
+    theta = random_affine(n, cfg, generator).to(images)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all three: (N, 3, S, S)
+    warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = warped[:, 2:3].clamp(0, 1)
+    images, masks = warped[:, :1], (warped[:, 1:2] > 0.5).float()
+    # A film scanned with wide margins: the border is image (dark, grey or bright), not padding.
+    as_film = chance(n, cfg.border_p, generator).view(n, 1, 1, 1)
+    fill = torch.where(chance(n, 0.7, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.5, 1, generator))
+    filled = images + (1 - inside) * fill.view(n, 1, 1, 1)
+    images = torch.where(as_film, filled, images)
+    valid = torch.where(as_film, valid, (inside > 0.5).float())
+    # A film of another aspect ratio, fitted with padding: blank a band at two opposite sides.
+    letterbox = chance(n, cfg.letterbox_p, generator)
+    keep = uniform(n, 0.6, 0.95, generator)
+    start = uniform(n, 0, 1, generator) * (1 - keep)
+    coords = (torch.arange(size, dtype=images.dtype) + 0.5) / size
+    band = (coords.view(1, -1) >= start.view(-1, 1)) & (coords.view(1, -1) < (start + keep).view(-1, 1))  # (N, S)
+    vertical = chance(n, 0.5, generator).view(n, 1, 1)
+    band2d = torch.where(
+        vertical, band.view(n, size, 1).expand(n, size, size), band.view(n, 1, size).expand(n, size, size)
+    )
+    band2d = torch.where(letterbox.view(n, 1, 1), band2d, torch.ones_like(band2d)).unsqueeze(1).to(images)
+    valid = valid * band2d
+    return images * valid, masks * valid, valid
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image separable Gaussian blur; sigma (N,) in pixels."""
+    n, _, size, _ = images.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(x.view(1, -1) ** 2) / (2 * sigma.clamp_min(1e-3).view(-1, 1) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, K)
+    flat = images.reshape(1, n, size, size)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(n, 1, 1, -1), groups=n)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(n, 1, -1, 1), groups=n)
+    return flat.view(n, 1, size, size)
+
+
+def low_frequency(n: int, size: int, cells: int, generator) -> torch.Tensor:
+    """(N, 1, S, S) smooth random field in [0, 1]: random cells upsampled bicubically."""
+    coarse = torch.rand(n, 1, cells, cells, generator=generator)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def cumulative_histogram(images: torch.Tensor, valid: torch.Tensor, bins: int = 64) -> torch.Tensor:
+    """(N, 1, S, S): the share of each film's valid pixels at or below each pixel's value (64 bins)."""
+    index = (images.clamp(0, 1) * (bins - 1)).round().long().flatten(1)
+    counts = torch.zeros(images.shape[0], bins).scatter_add_(1, index, valid.flatten(1))
+    cdf = counts.cumsum(1) / counts.sum(1, keepdim=True).clamp_min(1)
+    return cdf.gather(1, index).view_as(images)
+
+
+def _where(selected: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.where(selected.view(-1, 1, 1, 1), changed, images)
+
+
+def intensity(images: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, generator) -> torch.Tensor:
+    """Non-linear remaps that survive the per-image z-score: gamma, sigmoid window, local contrast, equalisation."""
+    n, _, size, _ = images.shape
+    p = cfg.intensity_p
+    gamma = torch.exp(uniform(n, -cfg.gamma, cfg.gamma, generator)).view(n, 1, 1, 1)
+    images = _where(chance(n, p, generator), images.clamp(0, 1) ** gamma, images)
+    centre, width = uniform(n, 0.3, 0.7, generator).view(n, 1, 1, 1), uniform(n, 0.08, 0.3, generator).view(n, 1, 1, 1)
+    low, high = torch.sigmoid((0 - centre) / width), torch.sigmoid((1 - centre) / width)
+    window = (torch.sigmoid((images - centre) / width) - low) / (high - low)
+    images = _where(chance(n, p / 3, generator), window, images)
+    # Local contrast: add or remove a share of the difference to a coarse background (CLAHE-like or flattening).
+    background = F.interpolate(F.avg_pool2d(images, size // 8), size=(size, size), mode="bilinear", align_corners=False)
+    amount = uniform(n, -0.5, 1.2, generator).view(n, 1, 1, 1)
+    images = _where(chance(n, p / 2, generator), images + amount * (images - background), images)
+    # Histogram equalisation blended in: each pixel mapped through its film's cumulative histogram.
+    alpha = uniform(n, 0.3, 1, generator).view(n, 1, 1, 1)
+    equalised = (1 - alpha) * images + alpha * cumulative_histogram(images, valid)
+    images = _where(chance(n, p / 4, generator), equalised, images)
+    return images.clamp(0, 1)
+
+
+def acquisition(images: torch.Tensor, cfg: AugmentSettings, generator) -> torch.Tensor:
+    """Low resolution, blur and noise as from an old detector, a phone photo of a film or a small journal figure."""
+    n, _, size, _ = images.shape
+    p = cfg.acquisition_p
+    factor = uniform(n, 0.2, 0.6, generator)
+    low_res = torch.cat(
+        [
+            F.interpolate(
+                F.interpolate(images[i : i + 1], size=max(8, int(size * float(factor[i]))), mode="area"),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            for i in range(n)
+        ]
+    )
+    images = _where(chance(n, p / 2, generator), low_res, images)
+    images = _where(chance(n, p / 2, generator), _blur(images, uniform(n, 0.4, 1.6, generator)), images)
+    sigma = uniform(n, 0.01, 0.07, generator).view(n, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=generator) * sigma * (0.5 + images.clamp(0, 1))
+    images = _where(chance(n, p / 2, generator), images + noise, images)
+    return images.clamp(0, 1)
 
 
 def augment_batch(
@@ -30,21 +152,18 @@ def augment_batch(
     cfg: AugmentSettings,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Warp images, masks and valid regions alike, then jitter intensity of the images.
+    """Augment a training batch; the lung mask stays anatomical (lung under an opacity or a mark is still lung).
 
-    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks in {0, 1}.
+    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}.
+    Order: opacities on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
     """
-    n = images.shape[0]
-    theta = random_affine(n, cfg, generator).to(images.device, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all three: (N, 3, S, S)
-    warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    images, masks, valid = warped[:, :1], (warped[:, 1:2] > 0.5).float(), (warped[:, 2:3] > 0.5).float()
-
-    gamma = torch.exp(_uniform(n, cfg.gamma, generator)).view(n, 1, 1, 1).to(images)
-    contrast = (1 + _uniform(n, cfg.contrast, generator)).view(n, 1, 1, 1).to(images)
-    brightness = _uniform(n, cfg.brightness, generator).view(n, 1, 1, 1).to(images)
-    images = images.clamp(0, 1) ** gamma
-    mean = images.mean(dim=(2, 3), keepdim=True)
-    images = ((images - mean) * contrast + mean + brightness).clamp(0, 1) * valid
-    return images, masks, valid
+    if cfg.pathology_p > 0:
+        images = add_opacities(images, masks, valid, cfg.pathology_p, generator)
+    images, masks, valid = frame(images, masks, valid, cfg, generator)
+    if cfg.intensity_p > 0:
+        images = intensity(images, valid, cfg, generator)
+    if cfg.acquisition_p > 0:
+        images = acquisition(images, cfg, generator)
+    if cfg.marks_p > 0:
+        images = burn_in_marks(images, valid, cfg.marks_p, generator)
+    return images * valid, masks, valid

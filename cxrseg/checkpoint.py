@@ -69,7 +69,12 @@ def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> None:
     """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
-    metadata = {
+    atomic_save(strip_prefixes(unwrap(model).state_dict()), checkpoint_metadata(info), path)
+
+
+def checkpoint_metadata(info: Checkpoint) -> dict[str, str]:
+    """The string metadata every cxrseg model file carries (safetensors header, ONNX metadata_props)."""
+    return {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "cxrseg_version": __version__,
@@ -77,7 +82,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, info: Checkpoint) -> Non
         "epoch": str(info.epoch),
         "metrics": json.dumps(info.metrics),
     }
-    atomic_save(strip_prefixes(unwrap(model).state_dict()), metadata, path)
 
 
 def _open(path: Path) -> Any:
@@ -111,10 +115,11 @@ def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]
     return shapes, metadata
 
 
-def _parse_info(path: Path, metadata: dict[str, str]) -> Checkpoint:
-    """Validate untrusted metadata; every malformed value becomes one CheckpointError."""
+def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> Checkpoint:
+    """Validate and parse what checkpoint_metadata wrote (untrusted: every malformed value becomes one
+    CheckpointError); `kind` names the file type in messages."""
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
+        raise CheckpointError(f"{path} is {kind} but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
     try:
         version = int(metadata.get("format_version", "0"))
         if version > FORMAT_VERSION:
@@ -171,14 +176,14 @@ def _check_shapes(path: Path, stored: dict[str, tuple[int, ...]], settings: Sett
 def read_info(path: Path) -> Checkpoint:
     """The checkpoint's metadata, validated, without reading any weights."""
     _, metadata = _read_header(path)
-    return _parse_info(path, metadata)
+    return checkpoint_from_metadata(metadata, path, "a safetensors file")
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Checkpoint]:
     """Weights and metadata of a cxrseg checkpoint, validated: the metadata and the stored tensor shapes are
     checked against each other before any weight is read or any model is built."""
     shapes, metadata = _read_header(path)
-    info = _parse_info(path, metadata)
+    info = checkpoint_from_metadata(metadata, path, "a safetensors file")
     _check_shapes(path, shapes, info.settings)
     tensors, _ = _read(path)
     return strip_prefixes(tensors), info

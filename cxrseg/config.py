@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from cxrseg.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Backend = Literal["auto", "torch", "onnxruntime"]
 
 
 class Section(BaseModel):
@@ -24,9 +25,16 @@ class Section(BaseModel):
 class DataSettings(Section):
     """Where the dataset lives and how it is split."""
 
-    root: Path = Path("data/chest-segmentation-image")
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="used only without test_image/")
+    root: Annotated[list[Path], NoDecode] = Field(
+        [Path("data/chest-segmentation-image")], min_length=1, description="one or more dataset folders"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each folder's image/ kept for validation")
     split_seed: int = 0
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
 
 
 class PreprocessSettings(Section):
@@ -51,15 +59,21 @@ class ModelSettings(Section):
 
 
 class AugmentSettings(Section):
-    """Batched tensor augmentation applied during training."""
+    """Batched tensor augmentation applied during training; a probability of 0 switches a group off."""
 
     enabled: bool = True
-    rotate_degrees: float = Field(10.0, ge=0, le=45)
-    scale: float = Field(0.1, ge=0, lt=0.5)
-    shift: float = Field(0.06, ge=0, lt=0.5)
-    brightness: float = Field(0.1, ge=0, lt=1)
-    contrast: float = Field(0.2, ge=0, lt=1)
-    gamma: float = Field(0.25, ge=0, lt=1)
+    rotate_degrees: float = Field(15.0, ge=0, le=45)
+    zoom_min: float = Field(0.7, gt=0.2, le=1, description="below 1: the film shrunk inside wide borders")
+    zoom_max: float = Field(1.4, ge=1, le=3, description="above 1: crops that cut off apices or bases")
+    aspect: float = Field(0.15, ge=0, lt=1, description="log-range of the height/width stretch")
+    shift: float = Field(0.1, ge=0, lt=0.5)
+    border_p: float = Field(0.5, ge=0, le=1, description="zoom-out borders drawn as film rather than padding")
+    letterbox_p: float = Field(0.2, ge=0, le=1, description="films of another aspect ratio, fitted with padding")
+    intensity_p: float = Field(0.8, ge=0, le=1, description="gamma, sigmoid window, local contrast, equalisation")
+    gamma: float = Field(0.6, ge=0, lt=2, description="log-range of the gamma")
+    acquisition_p: float = Field(0.5, ge=0, le=1, description="low resolution, blur, noise")
+    marks_p: float = Field(0.4, ge=0, le=1, description="burnt-in text, arrows, lines, rulers, ECG leads; JPEG")
+    pathology_p: float = Field(0.5, ge=0, le=1, description="consolidation, effusion, ground glass in the lung")
 
 
 class TrainSettings(Section):
@@ -80,6 +94,7 @@ class TrainSettings(Section):
     patience: int | None = Field(None, ge=1)
     max_time: float | None = Field(None, gt=0, description="seconds; accepts 90s, 30m, 2h, 1h30m")
     deterministic: bool = False
+    init_from: str | None = Field(None, description="start from `pretrained` (the bundled model) or a checkpoint file")
 
     @field_validator("max_time", mode="before")
     @classmethod
@@ -104,6 +119,7 @@ class InferenceSettings(Section):
     min_component_fraction: float = Field(0.002, ge=0, lt=1)
     tta: bool = False
     device: Device = "auto"
+    backend: Backend = Field("auto", description="torch, onnxruntime (CPU), or auto: see cxrseg.backend")
 
 
 class DownloadSettings(Section):

@@ -16,7 +16,7 @@ from cxrseg.errors import DataError
 from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
 from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
-Split = Literal["train", "test", "all"]
+Split = Literal["train", "val", "test", "all"]
 IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
 TEST_IMAGE_DIR, TEST_MASK_DIR = "test_image", "test_mask"  # the held-out split, when the dataset has one
 LAYOUT = (IMAGE_DIR, MASK_DIR, TEST_IMAGE_DIR, TEST_MASK_DIR)
@@ -86,30 +86,43 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
 
 
 def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[Pair]]:
-    """Train and validation pairs: test_image/+test_mask/ when present, else a seeded split of image/+mask/."""
+    """The three splits of a dataset folder.
+
+    `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair);
+    `test` is test_image/+test_mask/ when present, else empty. Training reads only `train` and `val`.
+    """
     if not root.is_dir():
         raise DataError(
             f"Dataset folder {root} not found; pass --data DIR, set CXRSEG_DATA__ROOT, or run `cxrseg download`."
         )
-    train = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
-    if (root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir():
-        return {"train": train, "test": find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR)}
-    if len(train) < 2:
-        raise DataError(f"{root}: need at least 2 pairs to split off a validation set, found {len(train)}.")
-    shuffled = list(train)
+    pairs = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
+    if len(pairs) < 2:
+        raise DataError(
+            f"{root / IMAGE_DIR}: {len(pairs)} pair found; at least 2 are needed, one to train on and one to validate."
+        )
+    shuffled = list(pairs)
     random.Random(seed).shuffle(shuffled)
     n_val = min(len(shuffled) - 1, max(1, round(len(shuffled) * val_fraction)))
+    has_test = (root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir()
     return {
         "train": sorted(shuffled[n_val:], key=lambda p: p.name),
-        "test": sorted(shuffled[:n_val], key=lambda p: p.name),
+        "val": sorted(shuffled[:n_val], key=lambda p: p.name),
+        "test": find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR) if has_test else [],
     }
+
+
+def default_split(root: Path) -> Split:
+    """What `cxrseg evaluate` scores by default: `test` when the folder has test_image/, else `val`."""
+    return "test" if (root / TEST_IMAGE_DIR).is_dir() else "val"
 
 
 def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
     """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder)."""
     splits = dataset_splits(root, val_fraction, seed)
     if split == "all":
-        return sorted(splits["train"] + splits["test"], key=lambda p: p.name)
+        return sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)
+    if split == "test" and not splits["test"]:
+        raise DataError(f"{root} has no {TEST_IMAGE_DIR}/ and {TEST_MASK_DIR}/; use --split val, train or all.")
     return splits[split]
 
 

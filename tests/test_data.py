@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrseg.dataset import dataset_splits, find_pairs, load_pairs, select_pairs
+from cxrseg.dataset import dataset_splits, default_split, find_pairs, load_pairs, select_pairs
 from cxrseg.errors import DataError
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.preprocess import fit_to_square, normalize, restore
@@ -74,9 +74,30 @@ def test_split_without_test_folders_is_seeded(tmp_path: Path) -> None:
     for folder in ("test_image", "test_mask"):
         (root / folder).rmdir()
     a, b = dataset_splits(root, 0.3, seed=1), dataset_splits(root, 0.3, seed=1)
-    assert a == b and len(a["test"]) == 3 and len(a["train"]) == 7
-    assert not {p.name for p in a["train"]} & {p.name for p in a["test"]}
-    assert len(select_pairs(root, "all")) == 10
+    assert a == b and len(a["val"]) == 3 and len(a["train"]) == 7 and a["test"] == []
+    assert not {p.name for p in a["train"]} & {p.name for p in a["val"]}
+    assert dataset_splits(root, 0.3, seed=2)["val"] != a["val"]
+
+
+def test_validation_is_carved_from_image_even_with_a_test_folder(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", n_train=10, n_test=3)
+    splits = dataset_splits(root, 0.2, seed=0)
+    assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
+    assert all(p.image.parent.name == "image" for p in splits["train"] + splits["val"])
+    assert all(p.image.parent.name == "test_image" for p in splits["test"])
+    assert select_pairs(root, "all", 0.2) == sorted(
+        splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name
+    )
+    assert default_split(root) == "test"
+
+
+def test_test_split_of_a_folder_without_one_says_what_to_use(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", n_train=4, n_test=0)
+    for folder in ("test_image", "test_mask"):
+        (root / folder).rmdir()
+    assert default_split(root) == "val"
+    with pytest.raises(DataError, match="--split val"):
+        select_pairs(root, "test")
 
 
 def test_missing_dataset_says_how_to_fix(tmp_path: Path) -> None:

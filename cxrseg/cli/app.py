@@ -13,6 +13,7 @@ from cxrseg import __version__
 from cxrseg.cli.common import console, stdout
 from cxrseg.cli.download import download
 from cxrseg.cli.evaluate import evaluate
+from cxrseg.cli.export import export
 from cxrseg.cli.predict import predict
 from cxrseg.cli.train import train
 from cxrseg.config import load_settings
@@ -46,7 +47,7 @@ def root(
     _debug["on"] = _debug["on"] or ctx.obj.debug
 
 
-for command in (download, train, evaluate, predict):
+for command in (download, train, evaluate, predict, export):
     app.command()(command)
 
 

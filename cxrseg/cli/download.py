@@ -47,7 +47,7 @@ def download(
 
         result = download_dataset(
             settings.download,
-            settings.data.root,
+            settings.data.root[0],
             url=url,
             archive=archive,
             sha256=sha256,

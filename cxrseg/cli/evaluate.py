@@ -10,16 +10,23 @@ import typer
 from rich.table import Table
 
 from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
-from cxrseg.config import Device
+from cxrseg.config import Backend, Device
+from cxrseg.dataset import Split
 
 
 def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
+        Path | None, typer.Option(help="Checkpoint (.safetensors or .onnx); default: newest run's best, else bundled.")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: settings data.root).")] = None,
-    split: Annotated[str, typer.Option(help="test (validation), train, or all pairs found.")] = "test",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder (default: the folder(s) the checkpoint was trained on, else data.root)."),
+    ] = None,
+    split: Annotated[
+        Split | None,
+        typer.Option(help="test, val, train or all; default test when the folder has test_image/, else val."),
+    ] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run.")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write per-image rows to this CSV file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
@@ -27,38 +34,48 @@ def evaluate(
     postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Clean masks.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="torch, onnxruntime (CPU) or auto.")] = None,
 ) -> None:
     """Score a checkpoint: Dice, IoU, precision, recall, HD95, ASSD per image at the mask's own resolution."""
-    from cxrseg.checkpoint import default_checkpoint, load_checkpoint
-    from cxrseg.dataset import select_pairs
+    from cxrseg.assets import BUNDLED_MODEL
+    from cxrseg.checkpoint import default_checkpoint
+    from cxrseg.dataset import default_split, select_pairs
+    from cxrseg.inference.backend import load_model
     from cxrseg.inference.evaluate import evaluate_model, write_csv
-
-    if csv is not None and csv.is_dir():  # found before the evaluation, not after it
-        raise typer.BadParameter(
-            f"{csv} is a folder; give a file name such as {csv / 'scores.csv'}", param_hint="--csv"
-        )
     from cxrseg.metrics import DISTANCE_METRICS
 
     if csv is not None and csv.is_dir():  # found before the evaluation, not after it
         example = csv / "scores.csv"
         raise typer.BadParameter(f"{csv} is a folder; give a file name such as {example}", param_hint="--csv")
-    if split not in ("test", "train", "all"):
-        raise typer.BadParameter("use test, train or all", param_hint="--split")
     settings = flag_settings(
         ctx,
         {
-            "data": {"root": data},
+            "data": {"root": [data] if data else None},
             "train": {"runs_dir": runs_dir},
-            "inference": {"tta": tta, "postprocess": postprocess, "batch_size": batch_size, "device": device},
+            "inference": {
+                "tta": tta,
+                "postprocess": postprocess,
+                "batch_size": batch_size,
+                "device": device,
+                "backend": backend,
+            },
         },
     )
     if checkpoint is None:
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
         console.print(why, markup=False, highlight=False)
-    model, info = load_checkpoint(checkpoint)
+    model, info = load_model(checkpoint, settings.inference)
     # the checkpoint's own split rule, so a seeded split never scores images the model was trained on
     trained = info.settings.data
-    pairs = select_pairs(settings.data.root, split, trained.val_fraction, trained.split_seed)
+    roots = settings.data.root
+    if data is None and checkpoint.resolve() != BUNDLED_MODEL.resolve() and trained.root != roots:
+        roots = trained.root
+        console.print(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on", markup=False)
+    pairs = []
+    for root in roots:
+        chosen = split or default_split(root)
+        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
+    split = split or default_split(roots[0])
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
         result = evaluate_model(

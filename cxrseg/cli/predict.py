@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from cxrseg.cli.common import console, flag_settings, progress_bar, stdout
-from cxrseg.config import Device
+from cxrseg.config import Backend, Device
 
 if TYPE_CHECKING:
     from cxrseg.inference.predict import PredictResult
@@ -20,13 +21,15 @@ MAX_SHOWN = 10
 
 def predict(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (must not be an input folder).")
+    ] = None,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(metavar="INPUT", help="X-ray files, folders or glob patterns (PNG, JPEG, TIFF, BMP, DICOM)."),
     ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint; default: newest run's best, else bundled.")
+        Path | None, typer.Option(help="Checkpoint (.safetensors or .onnx); default: newest run's best, else bundled.")
     ] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Add the sample X-rays shipped with cxrseg.")] = False,
     runs_dir: Annotated[Path | None, typer.Option(help="Where to look for the newest run's checkpoint.")] = None,
@@ -51,13 +54,34 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding and writing threads (default: up to 4).")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="torch, onnxruntime (CPU) or auto.")] = None,
+    shard: Annotated[str | None, typer.Option(help="K/N: do only shard K of N; writes predictions.K-of-N.csv.")] = None,
+    merge: Annotated[
+        Path | None, typer.Option(help="Merge the finished shards in this folder into predictions.csv.")
+    ] = None,
 ) -> None:
-    """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed."""
+    """Segment lungs; writes masks, overlays and predictions.csv. Exit code 1 when any input failed.
+
+    Under torchrun, each rank does its own shard (one GPU per rank on CUDA) and rank 0 merges the table.
+    """
+    import torch
+
     from cxrseg.checkpoint import default_checkpoint
     from cxrseg.inference.predict import PredictOptions, predict_paths, sample_inputs
+    from cxrseg.inference.shard import Shard, barrier_then_merge, merge_shards, parse_shard
+    from cxrseg.training.distributed import from_torchrun
 
+    if merge is not None:
+        _report_merge(*merge_shards(merge))
+        return
+    if out is None:
+        raise typer.BadParameter("give the output folder", param_hint="--out")
     if not inputs and not sample:
         raise typer.BadParameter("give X-ray files or folders, or --sample", param_hint="INPUT")
+    ranks = from_torchrun(os.environ)
+    if ranks.enabled and shard:
+        raise typer.BadParameter("under torchrun each rank takes its own shard; drop --shard", param_hint="--shard")
+    part = Shard(ranks.rank + 1, ranks.world_size) if ranks.enabled else parse_shard(shard or "1/1")
     settings = flag_settings(
         ctx,
         {
@@ -68,9 +92,12 @@ def predict(
                 "threshold": threshold,
                 "batch_size": batch_size,
                 "device": device,
+                "backend": backend,
             },
         },
     )
+    if ranks.enabled and settings.inference.device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(ranks.local_rank)  # one GPU per rank: "cuda" now means this rank's GPU
     if checkpoint is None:
         checkpoint, why = default_checkpoint(settings.train.runs_dir)
         console.print(why, markup=False, highlight=False)
@@ -81,6 +108,7 @@ def predict(
         probabilities=probabilities,
         skip_existing=skip_existing,
         write_json=as_json,
+        shard=part,
         **({"workers": workers} if workers else {}),
     )
     progress = progress_bar()  # started once the inputs are found and the output folder is accepted
@@ -100,8 +128,24 @@ def predict(
     _summarize(result)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
-    if result.failed:
+    failed = result.failed
+    if ranks.enabled:
+        merged = barrier_then_merge(out, part)
+        if merged is None:
+            return  # rank 0 reports the merged table and the exit code
+        _report_merge(*merged)
+        failed = merged[2]
+    if failed:
         raise typer.Exit(1)
+
+
+def _report_merge(path: Path, rows: int, failed: int) -> None:
+    colour = "red" if failed else "green"
+    console.print(
+        f"[{colour}]Merged {rows} rows, {failed} failed[/{colour}] into {escape(str(path))}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _summarize(result: PredictResult) -> None:

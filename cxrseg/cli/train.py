@@ -19,7 +19,13 @@ RESUMABLE = {"epochs", "max_time", "patience", "device"}
 
 def train(
     ctx: typer.Context,
-    data: Annotated[Path | None, typer.Option(help="Dataset folder: image/ mask/ [test_image/ test_mask/].")] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Dataset folder with image/ and mask/ (test_image/ and test_mask/ are never read); repeat the flag "
+            "to combine folders, each keeping its own validation split."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 3).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step and process (default 16).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW.")] = None,
@@ -35,6 +41,10 @@ def train(
     deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Bit-reproducible on CPU.")] = None,
     no_augment: Annotated[bool | None, typer.Option("--no-augment", help="Switch augmentation off.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder after its last saved step.")] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(help="Fine-tune: start from `pretrained` (the bundled model) or a checkpoint file, in its shape."),
+    ] = None,
 ) -> None:
     """Train a lung U-Net; writes checkpoints, metrics.jsonl, progress.png and previews to a run folder.
 
@@ -45,7 +55,7 @@ def train(
     from cxrseg.training.state import resumed_settings
 
     flags = {
-        "data": {"root": data},
+        "data": {"root": data or None},
         "preprocess": {"image_size": image_size},
         "model": {"base_channels": base_channels, "depth": depth},
         "augment": {"enabled": False if no_augment else None},
@@ -60,6 +70,7 @@ def train(
             "patience": patience,
             "max_time": max_time,
             "deterministic": deterministic,
+            "init_from": init_from,
         },
     }
     if resume is None:

@@ -17,10 +17,12 @@ from cxrseg.config import InferenceSettings, Settings
 from cxrseg.dataset import Pair, check_sizes
 from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
-from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.backend import place
+from cxrseg.inference.engine import forward_probabilities, probabilities_to_masks
 from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.metrics import METRICS, Scores, score, summarize
 from cxrseg.preprocess import Geometry, fit_to_square, valid_region
+from cxrseg.runtime import OnnxModel
 
 
 @dataclass(frozen=True)
@@ -87,27 +89,27 @@ def score_batch(
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: torch.nn.Module | OnnxModel,
     settings: Settings,
     pairs: Sequence[Pair],
     cfg: InferenceSettings,
     on_advance: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's)."""
+    """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's).
+
+    `model` is the torch U-Net or an OnnxModel (see cxrseg.inference.backend.load_model).
+    """
     check_sizes(pairs)
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, settings.train.precision)
-    model = model.to(device).eval()
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    placed = place(model, settings, cfg)
     size = settings.preprocess.image_size
     rows: list[ImageScore] = []
     done = 0
-    batch_size, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(device))
+    batch_size, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(placed.device))
     for batch in prefetched_batches(pairs, size, batch_size):
         images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
         valid = torch.from_numpy(np.stack([valid_region(b[2]) for b in batch]))[:, None]
-        scores = score_batch(model, images, valid, [b[2] for b in batch], [b[1] for b in batch], cfg, device, dtype)
+        geometries, truths = [b[2] for b in batch], [b[1] for b in batch]
+        scores = score_batch(placed.model, images, valid, geometries, truths, cfg, placed.device, placed.dtype)
         for pair, item in zip(pairs[done : done + len(batch)], scores, strict=True):
             rows.append(ImageScore(pair.name, pair.image, item))
         done += len(batch)

@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 
 from cxrseg import assets
-from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings
 from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR
 from cxrseg.dicom import read_xray
 from cxrseg.errors import CxrsegError, DataError
 from cxrseg.files import output_error
 from cxrseg.imaging import MAX_PIXELS
-from cxrseg.inference.engine import amp_dtype, forward_probabilities, probabilities_to_masks, resolve_device
+from cxrseg.inference.backend import load_model, place
+from cxrseg.inference.engine import forward_probabilities, probabilities_to_masks
 from cxrseg.inference.quality import (
     border_confidence,
     columns,
@@ -38,13 +38,13 @@ from cxrseg.inference.quality import (
     write_rows,
 )
 from cxrseg.inference.render import overlay, save_png, to_uint8
+from cxrseg.inference.shard import Shard, select, write_manifest
 from cxrseg.inputs import Job, Plan, check_output, plan_inputs
 from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.png", ".prob.png"
 OVERLAY_MAX_SIDE = 1024  # overlays of larger X-rays are downscaled: enough to check a mask, 10x cheaper
-CSV_NAME, JSON_NAME = "predictions.csv", "predictions.json"
 
 
 @dataclass
@@ -61,6 +61,7 @@ class PredictOptions:
     prefetch: int = 2  # batches decoded ahead of the model
     write_queue: int = 2  # batches waiting for the writer thread
     save_every: float = 10.0  # seconds between checkpoints of predictions.csv during a run
+    shard: Shard = field(default_factory=Shard)  # this process's share of the inputs (see cxrseg.inference.shard)
 
 
 @dataclass
@@ -226,29 +227,33 @@ def predict_paths(
     Writes <name>.mask.png (0/255, original size), <name>.overlay.png, optional <name>.prob.png and
     predictions.csv: a row per input, failed ones included. Callbacks, called from this thread:
     on_start(inputs, inputs kept from a previous run), on_advance(inputs done, images per second).
+    With `options.shard` K/N, only that shard's inputs are done, into predictions.K-of-N.csv, and a manifest
+    written last marks the shard complete for merge_shards.
     """
     cfg, options = cfg or InferenceSettings(), options or PredictOptions()
     plan: Plan = plan_inputs(inputs, options.recursive)
     check_output(out_dir, plan, options.recursive)
-    model, info = load_checkpoint(checkpoint)
+    chosen = select([job.name or str(job.source) for job in plan.jobs], options.shard)
+    jobs = [plan.jobs[i] for i in chosen]
+    model, info = load_model(checkpoint, cfg, len(jobs))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # read-only, or a file where a folder should be (--out afile/sub)
         raise output_error(out_dir, exc) from exc
-    csv_path = out_dir / CSV_NAME
+    csv_path = out_dir / options.shard.csv_name()
     previous = read_rows(csv_path) if options.skip_existing else {}
-    rows: list[dict[str, Any] | None] = [None] * len(plan.jobs)
+    rows: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
-    for index, job in enumerate(plan.jobs):
+    for index, job in enumerate(jobs):
         if job.error:
             rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
             rows[index] = previous[printable(job.name + MASK)] | {"input": str(job.source)}
         else:
             todo.append(index)
-    skipped = len(plan.jobs) - len(todo) - sum(bool(job.error) for job in plan.jobs)
+    skipped = len(jobs) - len(todo) - sum(bool(job.error) for job in jobs)
     if on_start:
-        on_start(len(plan.jobs), len(plan.jobs) - len(todo))
+        on_start(len(jobs), len(jobs) - len(todo))
 
     def save() -> None:
         write_rows([row for row in rows if row is not None], csv_path)
@@ -258,7 +263,7 @@ def predict_paths(
     writer.start()
     report = _Reporter(on_advance, start)
     try:
-        _infer(model, info.settings, plan.jobs, todo, cfg, options, writer, report)
+        _infer(model, info.settings, jobs, todo, cfg, options, writer, report)
         writer.finish()
         report(writer.completed)
     except BaseException:  # Ctrl-C or a failure: finish the queued batches and keep their rows for a resume
@@ -269,9 +274,11 @@ def predict_paths(
         raise
     seconds = time.perf_counter() - start
     final = [row for row in rows if row is not None]
-    assert len(final) == len(plan.jobs), "every input gets a row"
+    assert len(final) == len(jobs), "every input gets a row"
     write_rows(final, csv_path)
-    json_path = write_rows(final, out_dir / JSON_NAME, as_json=True) if options.write_json else None
+    json_path = write_rows(final, csv_path.with_suffix(".json"), as_json=True) if options.write_json else None
+    if options.shard.enabled:
+        write_manifest(out_dir, options.shard, chosen, len(plan.jobs))
     return PredictResult(final, csv_path, json_path, plan.ignored, skipped, seconds)
 
 
@@ -289,13 +296,11 @@ class _Reporter:
 
 def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writer: _Writer, report) -> None:
     """Decode `prefetch` batches ahead in a thread pool, run the model here, queue the outputs to the writer."""
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, settings.train.precision)
-    model = model.to(device).eval()
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    placed = place(model, settings, cfg)
     size, ahead = settings.preprocess.image_size, max(1, options.prefetch)
-    step, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(device))  # refuses a model too big for one
+    step, _ = fit_batch_size(
+        settings, cfg.batch_size, available_bytes(placed.device)
+    )  # refuses a model too big for one
     batches = [todo[i : i + step] for i in range(0, len(todo), step)]
     with ThreadPoolExecutor(max(1, options.workers), thread_name_prefix="cxrseg-decode") as pool:
         pending: deque[list[Future]] = deque()
@@ -309,7 +314,7 @@ def _infer(model, settings, jobs: list[Job], todo: list[int], cfg, options, writ
                 if good:  # (N, 1, S, S) fitted images and their non-padding regions
                     images = torch.from_numpy(np.stack([item.fitted for item in good]))[:, None]
                     valid = torch.from_numpy(np.stack([valid_region(item.geometry) for item in good]))[:, None]
-                    probs = forward_probabilities(model, images, valid, device, dtype, tta=cfg.tta)
+                    probs = forward_probabilities(placed.model, images, valid, placed.device, placed.dtype, tta=cfg.tta)
                 writer.put((batch, [jobs[i] for i in batch], decoded, probs))
                 report(writer.completed)
         finally:

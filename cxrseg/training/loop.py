@@ -16,16 +16,16 @@ from torch.utils.data import DistributedSampler
 from cxrseg.augment import augment_batch
 from cxrseg.checkpoint import Checkpoint, build_model, save_checkpoint
 from cxrseg.config import Settings
-from cxrseg.dataset import CachedSet, dataset_splits, load_pairs
 from cxrseg.errors import DataError, TrainingError, TrainingInterrupted
 from cxrseg.files import write_text
-from cxrseg.imaging import read_mask
 from cxrseg.inference.engine import amp_dtype, autocast, forward_probabilities, resolve_device
 from cxrseg.inference.evaluate import score_batch
 from cxrseg.inference.render import preview_sheet, save_png
 from cxrseg.losses import segmentation_loss
 from cxrseg.preprocess import normalize
+from cxrseg.training.data import TrainingData, load_training_data
 from cxrseg.training.distributed import Distributed, all_sum, broadcast_object, gather_objects, setup, sync_buffers
+from cxrseg.training.init import apply_init
 from cxrseg.training.schedule import epoch_batches, lr_factor, new_run_dir, seed_everything, stop_on_signals
 from cxrseg.training.state import (
     Position,
@@ -49,6 +49,7 @@ class EpochReport:
     lr: float
     images_per_s: float
     seconds: float
+    val_dice_by_folder: dict[str, float] | None = None
 
 
 @dataclass
@@ -72,18 +73,28 @@ class TrainCallbacks:
     def on_epoch(self, report: EpochReport) -> None: ...
 
 
-def validate(model, val: CachedSet, truths, settings: Settings, device, dtype, ctx: Distributed):
-    """Mean Dice and IoU over all ranks' shards, at the masks' own resolution; plus preview rows."""
+def validate(model, data: TrainingData, settings: Settings, device, dtype, ctx: Distributed):
+    """Mean Dice and IoU over all ranks' shards at the masks' own resolution, Dice per folder, and preview rows."""
     model.eval()
     sync_buffers(model, ctx)
+    val = data.val
     cfg = settings.inference.model_copy(update={"tta": False})
     scores, bs = [], settings.inference.batch_size
     for start in range(0, len(val.pairs), bs):
         sl = slice(start, start + bs)
+        truths = data.truths[sl]
         scores += score_batch(
-            model, val.images[sl], val.valid[sl], val.geometries[sl], truths[sl], cfg, device, dtype, with_hd95=False
+            model, val.images[sl], val.valid[sl], val.geometries[sl], truths, cfg, device, dtype, with_hd95=False
         )
-    dice_sum, iou_sum, n = all_sum([sum(s.dice for s in scores), sum(s.iou for s in scores), len(scores)], ctx, device)
+    n_folders = len(data.folders)
+    sums = [0.0] * (3 * n_folders)  # per folder: Dice sum, IoU sum, count
+    for folder, item in zip(data.val_folder, scores, strict=True):
+        sums[3 * folder] += item.dice
+        sums[3 * folder + 1] += item.iou
+        sums[3 * folder + 2] += 1
+    sums = all_sum(sums, ctx, device)
+    n = max(sum(sums[2::3]), 1)
+    by_folder = {str(f): sums[3 * i] / max(sums[3 * i + 2], 1) for i, f in enumerate(data.folders)}
     k = min(settings.train.previews, len(val.pairs)) if ctx.is_main else 0
     previews = []
     if k:
@@ -91,7 +102,7 @@ def validate(model, val: CachedSet, truths, settings: Settings, device, dtype, c
         previews = [
             (val.images[i, 0].numpy(), val.masks[i, 0].numpy() > 0.5, probs[i, 0].numpy() > 0.5) for i in range(k)
         ]
-    return dice_sum / max(n, 1), iou_sum / max(n, 1), previews
+    return sum(sums[0::3]) / n, sum(sums[1::3]) / n, by_folder, previews
 
 
 def train(
@@ -101,30 +112,26 @@ def train(
     resume_dir: Path | None = None,
     ctx: Distributed | None = None,
 ) -> TrainResult:
-    """Train a U-Net on settings.data.root into a new run folder (or continue `resume_dir`)."""
+    """Train a U-Net on the train split of each settings.data.root folder, choosing on their val split.
+
+    The folders' test pairs are never read. Writes a new run folder (or continues `resume_dir`).
+    """
     ctx = ctx or Distributed()
     cb = callbacks if callbacks is not None and ctx.is_main else TrainCallbacks()
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
     device = setup(ctx, resolve_device(cfg.device))
     dtype = amp_dtype(device, cfg.precision)
-    splits = dataset_splits(settings.data.root, settings.data.val_fraction, settings.data.split_seed)
-    size = settings.preprocess.image_size
-
-    cb.on_status(f"Decoding {len(splits['train'])} train and {len(splits['test'])} validation pairs at {size}px")
+    settings, init_weights = apply_init(settings)
     started = time.perf_counter()
-    train_set = load_pairs(splits["train"], size)
-    if len(splits["test"]) < ctx.world_size or len(splits["train"]) < 2 * ctx.world_size:
-        raise DataError(
-            f"{settings.data.root}: {len(splits['train'])} train and {len(splits['test'])} validation pairs are too "
-            f"few for {ctx.world_size} processes; each needs 2 train pairs and 1 validation pair."
-        )
-    val_pairs = splits["test"][ctx.rank :: ctx.world_size]  # each rank validates a shard
-    val_set = load_pairs(val_pairs, size)
-    truths = [read_mask(p.mask) for p in val_pairs]
+    data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
+    train_set = data.train
     load_seconds = time.perf_counter() - started
 
-    model = build_model(settings).to(device)
+    model = build_model(settings)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = (
@@ -138,7 +145,7 @@ def train(
     )
     steps_per_epoch = len(epoch_batches(sampler, 0, cfg.batch_size))
     if steps_per_epoch == 0:
-        raise DataError(f"{settings.data.root}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
+        raise DataError(f"{data.folders[0]}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
     total_steps = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
@@ -164,7 +171,7 @@ def train(
     note = "; ".join(
         filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
     )
-    cb.on_start(run_dir, steps_per_epoch, len(train_set.pairs), len(splits["test"]), note)
+    cb.on_start(run_dir, steps_per_epoch, len(train_set.pairs), data.n_val, note)
 
     def save_state_now() -> None:
         states = gather_objects(generator.get_state(), ctx)
@@ -187,7 +194,7 @@ def train(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, dtype):
                     logits = net(x)
-                loss = segmentation_loss(logits, masks.to(device), cfg.dice_weight)
+                loss = segmentation_loss(logits, masks.to(device), valid.to(device), cfg.dice_weight)
                 loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
                 if not math.isfinite(loss_sum):
                     last = run_dir / "last.safetensors"
@@ -215,7 +222,7 @@ def train(
                     )
             train_seconds = time.perf_counter() - epoch_started
 
-            val_dice, val_iou, previews = validate(model, val_set, truths, settings, device, dtype, ctx)
+            val_dice, val_iou, by_folder, previews = validate(model, data, settings, device, dtype, ctx)
             is_best = val_dice > position.best_dice
             if is_best:
                 position.best_dice, position.best_epoch = val_dice, epoch
@@ -232,12 +239,13 @@ def train(
                 optimizer.param_groups[0]["lr"],
                 seen / train_seconds,
                 time.perf_counter() - epoch_started,
+                by_folder if len(by_folder) > 1 else None,
             )
             if ctx.is_main:
                 info = Checkpoint(
                     settings=settings,
                     epoch=epoch,
-                    metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss},
+                    metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
                 )
                 save_checkpoint(run_dir / "last.safetensors", model, info)
                 if is_best:

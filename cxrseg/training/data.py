@@ -1,0 +1,72 @@
+"""What training reads: each dataset folder's train and validation pairs, decoded once; never its test pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrseg.config import Settings
+from cxrseg.dataset import CachedSet, Pair, dataset_splits, load_pairs
+from cxrseg.errors import DataError
+from cxrseg.imaging import read_mask
+
+FEW_VALIDATION_IMAGES = 10
+
+
+@dataclass
+class TrainingData:
+    """Training pairs of every folder, and this rank's shard of the validation pairs with their folder."""
+
+    train: CachedSet
+    val: CachedSet
+    truths: list[np.ndarray]  # full-resolution validation masks
+    val_folder: list[int]  # index into `folders` of each validation pair
+    folders: list[Path]
+    n_val: int  # over all ranks
+
+
+def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]]]:
+    """Train pairs of all folders, and (folder index, pair) for validation; each folder keeps its own split."""
+    train: list[Pair] = []
+    val: list[tuple[int, Pair]] = []
+    for index, root in enumerate(settings.data.root):
+        splits = dataset_splits(root, settings.data.val_fraction, settings.data.split_seed)
+        train += splits["train"]
+        val += [(index, pair) for pair in splits["val"]]
+    return train, val
+
+
+def load_training_data(
+    settings: Settings, rank: int = 0, world_size: int = 1, on_status: Callable[[str], None] | None = None
+) -> TrainingData:
+    """Decode the train pairs and this rank's validation shard at the model size."""
+    train_pairs, val_items = split_folders(settings)
+    folders = list(settings.data.root)
+    where = ", ".join(str(f) for f in folders)
+    if len(val_items) < world_size or len(train_pairs) < 2 * world_size:
+        raise DataError(
+            f"{where}: {len(train_pairs)} train and {len(val_items)} validation pairs are too few for "
+            f"{world_size} processes; each needs 2 train pairs and 1 validation pair."
+        )
+    if on_status:
+        size = settings.preprocess.image_size
+        on_status(f"Decoding {len(train_pairs)} train and {len(val_items)} validation pairs at {size}px")
+        if len(val_items) < FEW_VALIDATION_IMAGES:
+            on_status(
+                f"Warning: only {len(val_items)} validation images (data.val_fraction "
+                f"{settings.data.val_fraction} of {where}): the best checkpoint and --patience rest on very few "
+                "films; add data or raise data.val_fraction."
+            )
+    shard = val_items[rank::world_size]  # each rank validates a shard
+    size = settings.preprocess.image_size
+    return TrainingData(
+        train=load_pairs(train_pairs, size),
+        val=load_pairs([pair for _, pair in shard], size),
+        truths=[read_mask(pair.mask) for _, pair in shard],
+        val_folder=[index for index, _ in shard],
+        folders=folders,
+        n_val=len(val_items),
+    )

@@ -1,0 +1,136 @@
+"""ONNX export and the ONNX Runtime backend: parity with torch, metadata round-trip, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
+from cxrseg.checkpoint import load_checkpoint
+from cxrseg.cli.app import app
+from cxrseg.config import InferenceSettings
+from cxrseg.errors import CheckpointError, ConfigError
+from cxrseg.inference.backend import load_model
+from cxrseg.inference.predict import PredictOptions, predict_paths
+from cxrseg.runtime import OnnxModel, load_onnx
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model exported once per session by `cxrseg export` with no model flag (from an empty folder)."""
+    folder = tmp_path_factory.mktemp("export")
+    out = folder / "lung.onnx"
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--runs-dir", str(folder / "no-runs")])
+    assert result.exit_code == 0, result.output
+    assert "largest probability difference" in result.output
+    return out
+
+
+def predict(out: Path, model: Path, backend: str) -> list[dict[str, str]]:
+    cfg = InferenceSettings(device="cpu", backend=backend)
+    result = predict_paths([SAMPLE_DIR / "image", SAMPLE_DIR / "test_image"], out, model, cfg, PredictOptions())
+    assert result.failed == 0
+    with result.csv_path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_onnx_runtime_masks_and_flags_match_torch(tmp_path: Path, exported: Path) -> None:
+    torch_rows = predict(tmp_path / "torch", BUNDLED_MODEL, "torch")
+    ort_rows = predict(tmp_path / "ort", exported, "auto")  # a .onnx file: auto means ONNX Runtime
+    assert [r["mask"] for r in ort_rows] == [r["mask"] for r in torch_rows] and len(torch_rows) == 24
+    equal = total = 0
+    for row in torch_rows:
+        a = np.asarray(Image.open(tmp_path / "torch" / row["mask"]))
+        b = np.asarray(Image.open(tmp_path / "ort" / row["mask"]))
+        equal, total = equal + int((a == b).sum()), total + a.size
+    assert equal / total >= 0.9999
+    assert [r["flags"] for r in ort_rows] == [r["flags"] for r in torch_rows]
+
+
+def test_metadata_round_trip(exported: Path) -> None:
+    _, info = load_checkpoint(BUNDLED_MODEL)
+    model = load_onnx(exported)
+    assert model.info.settings == info.settings
+    assert (model.info.epoch, model.info.metrics) == (info.epoch, info.metrics)
+    assert model.metadata["precision"] == "fp32"
+    assert float(model.metadata["threshold"]) == info.settings.inference.threshold
+    assert json.loads(model.metadata["preprocessing"])["image_size"] == info.settings.preprocess.image_size
+
+
+def test_batch_dimension_is_dynamic(exported: Path) -> None:
+    model = load_onnx(exported)
+    size = model.image_size
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 1, size, size)).astype(np.float32)
+        assert model.logits(x).shape == (batch, 1, size, size)
+
+
+def test_evaluate_accepts_an_onnx_file(exported: Path) -> None:
+    runner = CliRunner()
+    scores = {}
+    for model in (BUNDLED_MODEL, exported):
+        result = runner.invoke(
+            app, ["evaluate", "--checkpoint", str(model), "--data", str(SAMPLE_DIR), "--device", "cpu", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        scores[model.suffix] = json.loads(result.stdout[result.stdout.index("{") :])["dice"]
+    assert scores[".onnx"] == pytest.approx(scores[".safetensors"], abs=1e-4)
+
+
+def test_a_checkpoint_runs_on_onnx_runtime_when_asked(exported: Path) -> None:
+    model, info = load_model(BUNDLED_MODEL, InferenceSettings(device="cpu", backend="onnxruntime"))
+    assert isinstance(model, OnnxModel) and info.path == BUNDLED_MODEL
+    x = np.zeros((2, 1, model.image_size, model.image_size), dtype=np.float32)
+    np.testing.assert_allclose(model.logits(x), load_onnx(exported).logits(x), atol=1e-4)
+
+
+def test_an_onnx_file_not_written_by_cxrseg_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logits"])],
+        "foreign",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 32, 32])],
+    )
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.onnx is an ONNX model but not a cxrseg checkpoint"):
+        load_onnx(foreign)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match=r"garbage\.onnx cannot be opened as an ONNX model"):
+        load_onnx(garbage)
+
+
+def test_torch_backend_refuses_an_onnx_file(exported: Path) -> None:
+    with pytest.raises(ConfigError, match="--backend onnxruntime or auto"):
+        load_model(exported, InferenceSettings(backend="torch"))
+
+
+def test_missing_onnxruntime_says_how_to_install_it(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(ConfigError, match=r'pip install "cxrseg\[onnx\]"'):
+        load_onnx(exported)
+
+
+@pytest.mark.slow
+def test_int8_export_keeps_the_masks(tmp_path: Path) -> None:
+    from cxrseg.export import export_onnx
+
+    result = export_onnx(BUNDLED_MODEL, tmp_path / "int8.onnx", int8=True, calibration=SAMPLE_DIR)
+    assert result.precision == "int8" and result.calibration_images == 20
+    assert result.mask_agreement >= 0.999
+    model = load_onnx(result.path)
+    assert model.metadata["precision"] == "int8" and "20 images" in model.metadata["calibration"]
