@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cxrseg import __version__
 from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.config import Settings, settings_from_json
-from cxrseg.errors import CheckpointError
+from cxrseg.errors import CheckpointError, OutputError
 from cxrseg.files import atomic_path
 from cxrseg.model import UNet
 
@@ -36,7 +38,14 @@ class CheckpointInfo:
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write safetensors to a temporary name in the same folder, fsync, then rename over `path`."""
     with atomic_path(path, fsync=True) as tmp:
+        _write(tensors, metadata, tmp, path)
+
+
+def _write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tmp: Path, path: Path) -> None:
+    try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    except SafetensorError as exc:  # the Rust writer reports a full disk as SafetensorError, not OSError
+        raise OutputError(f"cannot write {path}: {exc}; free some space or choose another folder.") from exc
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -49,7 +58,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     clean = {}
     for key, value in state.items():
         for prefix in STRIP_PREFIXES:
@@ -76,41 +85,107 @@ def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:
     }
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _open(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} not found; pass --checkpoint PATH to a .safetensors file.")
+    return safe_open(str(path), framework="pt")
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"Checkpoint {path} is truncated or corrupt ({exc}); use another checkpoint.")
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with _open(path) as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({exc}); use another checkpoint.") from exc
+        raise _corrupt(path, exc) from exc
     return tensors, metadata
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
-    """Weights and metadata of a cxrseg checkpoint, validated."""
-    tensors, metadata = _read(path)
-    return strip_prefixes(tensors), checkpoint_from_metadata(metadata, path, "a safetensors file")
+def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata from the header alone: no tensor data is read."""
+    try:
+        with _open(path) as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _corrupt(path, exc) from exc
+    return shapes, metadata
 
 
 def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) -> CheckpointInfo:
-    """Validate and parse what checkpoint_metadata wrote; `kind` names the file type in messages."""
+    """Validate and parse what checkpoint_metadata wrote (untrusted: every malformed value becomes one
+    CheckpointError); `kind` names the file type in messages."""
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is {kind} but not a cxrseg checkpoint (no '{FORMAT}' metadata).")
-    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} uses checkpoint format {metadata['format_version']}, newer than this cxrseg "
-            f"({__version__}) reads; upgrade cxrseg."
-        )
     try:
+        version = int(metadata.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} uses checkpoint format {version}, newer than this cxrseg ({__version__}) reads; "
+                "upgrade cxrseg."
+            )
+        metrics = json.loads(metadata.get("metrics", "{}"))
+        if not isinstance(metrics, dict):
+            raise ValueError(f"metrics must be a JSON object, got {type(metrics).__name__}")
         return CheckpointInfo(
             settings=settings_from_json(json.loads(metadata["settings"])),
             epoch=int(metadata.get("epoch", 0)),
-            metrics=json.loads(metadata.get("metrics", "{}")),
+            metrics=metrics,
         )
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        reason = _reason(exc)
+        raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({reason}); use another checkpoint.") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ValidationError):
+        return "; ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors(include_url=False))
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def expected_shapes(settings: Settings) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer shapes of the U-Net `settings` describe, from a model on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(settings)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _check_shapes(path: Path, stored: dict[str, tuple[int, ...]], settings: Settings) -> None:
+    expected = expected_shapes(settings)
+    stored = strip_prefixes(stored)
+    count, want = sum(math.prod(s) for s in stored.values()), sum(math.prod(s) for s in expected.values())
+    wrong = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    if count != want or wrong or missing or unexpected:
+        first = (wrong + missing + unexpected)[0] if wrong or missing or unexpected else "(sizes)"
+        raise CheckpointError(
+            f"{path}: weights do not fit the U-Net its settings describe (depth {settings.model.depth}, "
+            f"base channels {settings.model.base_channels}: {want:,} values expected, {count:,} stored; "
+            f"{len(wrong)} wrong shapes, {len(missing)} missing, {len(unexpected)} unexpected, first {first}); "
+            "use another checkpoint."
+        )
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    """The checkpoint's metadata, validated, without reading any weights."""
+    _, metadata = _read_header(path)
+    return checkpoint_from_metadata(metadata, path, "a safetensors file")
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """Weights and metadata of a cxrseg checkpoint, validated: the metadata and the stored tensor shapes are
+    checked against each other before any weight is read or any model is built."""
+    shapes, metadata = _read_header(path)
+    info = checkpoint_from_metadata(metadata, path, "a safetensors file")
+    _check_shapes(path, shapes, info.settings)
+    tensors, _ = _read(path)
+    return strip_prefixes(tensors), info
 
 
 def checkpoint_metrics(path: Path) -> dict[str, Any]:
@@ -159,9 +234,10 @@ def save_state(
         "optimizer_scalars": json.dumps(scalars),
         "extra": json.dumps(extra),
     }
-    if path.is_file():
-        os.replace(path, previous_state(path))
-    atomic_save(flat, metadata, path)
+    with atomic_path(path, fsync=True) as tmp:
+        _write(flat, metadata, tmp, path)  # on a full disk this fails and the current state stays as it is
+        if path.is_file():
+            os.replace(path, previous_state(path))
 
 
 def previous_state(path: Path) -> Path:
@@ -197,11 +273,18 @@ def load_state(
 
 
 def newest_run_checkpoint(runs_dir: Path) -> Path | None:
-    """best.safetensors of the most recently modified run in `runs_dir`, if any."""
+    """best.safetensors of the most recently modified run in `runs_dir` whose metadata is readable, if any:
+    one broken run never hides the runs before it or the bundled model."""
     if not runs_dir.is_dir():
         return None
     candidates = [p for p in runs_dir.glob("*/best.safetensors") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            read_info(candidate)
+        except CheckpointError:
+            continue
+        return candidate
+    return None
 
 
 def default_checkpoint(runs_dir: Path) -> tuple[Path, str]:

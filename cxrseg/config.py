@@ -14,6 +14,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -25,7 +26,8 @@ Backend = Literal["auto", "torch", "onnxruntime"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan are never a sensible setting, and a saved `inf` becomes JSON null that no later run can read
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSettings(Section):
@@ -142,7 +144,9 @@ class DownloadSettings(Section):
 class Settings(BaseSettings):
     """Every knob of cxrseg. Precedence: CLI flags > CXRSEG_* env > config file > defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+    )
 
     data: DataSettings = DataSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
@@ -231,6 +235,9 @@ def load_settings(config_file: Path | None = None) -> Settings:
         raise ConfigError(f"Config file {config_file} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
+    except SettingsError as exc:  # e.g. CXRSEG_TRAIN='{bad': a section variable that is not JSON
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigError(f"Invalid settings (CXRSEG_* environment): {exc}{cause}; fix or unset it.") from exc
     return Settings.model_validate(loaded.model_dump())
 
 
@@ -243,8 +250,12 @@ def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         raise ConfigError(_describe(exc, "command-line flags")) from exc
 
 
-def settings_from_json(values: dict[str, Any]) -> Settings:
-    """Rebuild Settings saved in a checkpoint, ignoring keys this version no longer knows."""
+def settings_from_json(values: object) -> Settings:
+    """Rebuild Settings saved in a checkpoint, ignoring keys this version no longer knows.
+
+    Raises ValueError (pydantic's ValidationError is one) when `values` is not a settings object."""
+    if not isinstance(values, dict):
+        raise ValueError(f"settings must be a JSON object, got {type(values).__name__}")
     known = {k: v for k, v in values.items() if k in Settings.model_fields}
     for name, field in Settings.model_fields.items():
         section = known.get(name)

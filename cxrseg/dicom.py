@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import stat
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,10 @@ class Xray:
 
 
 def has_dicom_preamble(path: Path) -> bool:
-    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
+    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name). Only regular files are
+    opened: opening a FIFO would block until something writes to it."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
@@ -46,10 +53,15 @@ def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     Raises DataError with a one-line reason for empty, truncated, oversized or undecodable files.
     """
     try:
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
+        info = path.stat()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found.") from exc
+    except OSError as exc:  # e.g. a symlink loop
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check or remove it.") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket); remove it from the inputs.")
+    if info.st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
     if is_dicom(path):
         return read_dicom(path, max_pixels)
     return Xray(read_picture(path, max_pixels))
@@ -61,6 +73,9 @@ def _pydicom(path: Path) -> Any:
         import pydicom.pixels  # noqa: F401
     except ImportError as exc:
         raise DataError(f"{path}: is a DICOM file but pydicom is not installed; run {INSTALL_HINT}.") from exc
+    # pydicom reports oddities it reads past as warnings and log records; cxrseg reports what fails, once
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     return pydicom
 
 
@@ -95,12 +110,21 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
 def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     """Decode one DICOM frame: Rescale Slope/Intercept, VOI LUT or window, MONOCHROME1 inverted, min-max to [0, 1]."""
     pydicom = _pydicom(path)
+    unreadable = (pydicom.errors.InvalidDicomError, pydicom.errors.BytesLengthException, OSError, ValueError)
+    try:
+        return _read_dicom(pydicom, path, max_pixels)
+    except DataError:
+        raise
+    # elements are parsed lazily, so a corrupt one can fail at any access, not only in dcmread
+    except (*unreadable, EOFError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not a readable DICOM file ({reason}); export it again or remove it.") from exc
+
+
+def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable DICOM file ({exc}); export it again or remove it.") from exc
+    ds = pydicom.dcmread(path, force=True)
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(
             f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "

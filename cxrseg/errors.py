@@ -29,6 +29,10 @@ class DownloadError(CxrsegError):
     """A dataset could not be fetched or extracted."""
 
 
+class OutputError(CxrsegError):
+    """An output cannot be written: disk full, read-only folder, or a path that is not a folder."""
+
+
 class TrainingError(CxrsegError):
     """Training cannot go on (for example, the loss became NaN)."""
 

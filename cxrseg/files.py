@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxrseg.errors import OutputError
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'No space left on device (ENOSPC)' and the like: what the user can act on."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason} ({code})" if code else reason
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another output path"
+    return OutputError(f"cannot write {path}: {describe_os_error(exc)}; {hint}.")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds, give it the usual permissions
     (0666 less the umask, not mkstemp's 0600), optionally fsync it, and rename it over `path`.
-    A killed process leaves at most a hidden `.NAME.*.tmp` file, never a half-written `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    A killed process leaves at most a hidden `.NAME.*.tmp` file, never a half-written `path`.
+    OSErrors (disk full, read-only folder, a file where a folder should be) become one OutputError naming `path`."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name instead.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     tmp = Path(name)
     try:
         yield tmp
@@ -28,6 +49,9 @@ def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

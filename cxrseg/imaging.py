@@ -51,6 +51,7 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():  # catch_warnings is not thread-safe; open only reads a header
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            warnings.simplefilter("ignore", UserWarning)  # corrupt TIFF/EXIF tags: decoding decides below
             image = Image.open(path)
         with image:
             check_pixels(path, *image.size, max_pixels)
@@ -70,10 +71,9 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an X-ray as float32 (H, W) in [0, 1]: 8/16-bit grayscale, RGB(A), palette, float TIFF."""
     image = load_picture(path, max_pixels)
-    gray = pil_to_gray(image)
-    if image.mode in FLOAT_MODES and not np.isfinite(gray).all():
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # checked before stretching hides them
         raise DataError(f"{path}: image holds NaN or infinite values; export it again.")
-    return gray
+    return pil_to_gray(image)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -92,10 +92,15 @@ def read_mask(path: Path) -> np.ndarray:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding pixels (EXIF rotation taken into account)."""
     try:
-        with Image.open(path) as image:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file.") from exc
     return height, width

@@ -33,7 +33,11 @@ class Plan:
     _seen: set[Path] = field(default_factory=set)
 
     def add(self, path: Path, base: Path) -> None:
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop: one error row, the run goes on
+            self.jobs.append(Job(path, "", f"{path}: cannot be read ({exc}); remove this link."))
+            return
         if resolved in self._seen:
             return  # the same file reached twice (a folder and a file in it): one row
         self._seen.add(resolved)

@@ -39,3 +39,20 @@ def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_image_size_must_fit_the_depth() -> None:
     with pytest.raises(ConfigError, match="--image-size 64"):
         with_overrides(Settings(), {"model": {"depth": 5}, "preprocess": {"image_size": 48}})
+
+
+@pytest.mark.parametrize("text", ["lr = inf", "lr = nan", "weight_decay = -inf", "max_time = inf"])
+def test_item4_non_finite_floats_are_refused(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[train]\n{text}\n")
+    with pytest.raises(ConfigError, match="finite"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="inference.threshold: Input should be a finite number"):
+        with_overrides(Settings(), {"inference": {"threshold": float("nan")}})
+
+
+def test_item9_section_env_variable_that_is_not_json_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRSEG_TRAIN", "{bad")
+    with pytest.raises(ConfigError, match="CXRSEG_") as caught:
+        load_settings()
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)

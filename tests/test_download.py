@@ -156,14 +156,16 @@ def assert_clean(dest: Path, present: bool) -> None:
     entries = sorted(p.name for p in parent.iterdir()) if parent.exists() else []
     assert entries == ([dest.name] if present else [])
     if present:
-        assert sorted(p.name for p in dest.iterdir()) == ["image", "mask", "test_image", "test_mask"]
+        assert sorted(p.name for p in dest.iterdir()) == [extract.MARKER, "image", "mask", "test_image", "test_mask"]
 
 
 def assert_dataset(result: DownloadResult, dest: Path, counts: dict[str, int] = FULL_COUNTS) -> None:
     assert result.dest == dest and not result.already_present
     assert result.counts == counts
     assert (dest / "image" / "0.png").is_file() and (dest / "test_mask" / "1.jpeg").is_file()
-    assert len(dataset_splits(dest)["train"]) == counts["image"]
+    splits = dataset_splits(dest)
+    assert len(splits["train"]) + len(splits["val"]) == counts["image"]  # every installed pair is found
+    assert len(splits["test"]) == counts["test_image"]
     assert_clean(dest, present=True)
 
 
@@ -420,3 +422,49 @@ def test_non_empty_destination_refused(settings, dest, tmp_path):
     with pytest.raises(DownloadError, match="not empty and holds no image/ and mask/"):
         download_dataset(settings, dest, archive=archive, force=True)
     assert (dest / "notes.txt").read_text() == "mine"
+
+
+def test_item1_force_keeps_unrelated_files(settings, dest, tmp_path):
+    for folder in ("image", "mask", "src"):
+        (dest / folder).mkdir(parents=True)
+    (dest / "src" / "train.py").write_text("code")
+    archive = tmp_path / "good.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    with pytest.raises(DownloadError, match="did not install .* move your files out or pick another --dest"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "src" / "train.py").read_text() == "code"
+    (dest / "src" / "train.py").unlink()
+    (dest / "src").rmdir()
+    (dest / "image" / "a.png").write_bytes(b"x")  # exactly the dataset layout: replaceable without a marker
+    assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
+    (dest / "notes.txt").write_text("mine")  # installed by cxrseg (marker): replaced as a whole
+    assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
+    assert_clean(dest, present=True)
+
+
+def test_item8_stale_staging_and_partial_are_cleaned(settings, dest, tmp_path):
+    stale = dest.parent / f".{dest.name}.tmp-abc123"
+    (stale / "unpacked" / "image").mkdir(parents=True)
+    (dest / extract.PARTIAL_DIR).mkdir(parents=True)
+    (dest / extract.PARTIAL_DIR / "ds.zip").write_bytes(b"half")
+    archive = tmp_path / "good.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    assert_dataset(download_dataset(settings, dest, archive=archive), dest)
+    assert not stale.exists()
+    archive.unlink()
+    assert_clean(dest, present=True)
+
+
+def test_item8_sigterm_stops_the_download_and_cleans_up(server, settings, dest, monkeypatch):
+    import os
+    import signal
+
+    url = server.serve("/ds.zip", zip_bytes(dataset_files()))
+
+    def progress(done: int, total: int | None) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(DownloadError, match="stopped by SIGTERM") as caught:
+        download_dataset(settings, dest, url=url, on_progress=progress)
+    assert caught.value.exit_code == 143
+    assert_clean(dest, present=False)

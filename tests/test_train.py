@@ -188,3 +188,32 @@ def test_corrupt_state_falls_back_then_fails_clearly(tmp_path: Path, data: Path)
     previous.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="state.safetensors is truncated or corrupt"):
         train(tiny_settings(tmp_path, data, epochs=4), resume_dir=result.run_dir)
+
+
+@pytest.mark.slow
+def test_item3_full_disk_keeps_the_state_resumable(tmp_path: Path, data: Path, monkeypatch) -> None:
+    from safetensors import SafetensorError
+
+    import cxrseg.checkpoint as checkpoint
+    from cxrseg.errors import OutputError
+    from cxrseg.training.state import STATE_FILE
+
+    real, calls = checkpoint.save_file, {"n": 0}
+
+    def filling(tensors, filename, metadata=None) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:  # epoch 1 writes last, best and state; the disk is full from epoch 2 on
+            Path(filename).write_bytes(b"half")
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling)
+    with pytest.raises(OutputError, match="cannot write .*StorageFull.*; free some space") as caught:
+        train(tiny_settings(tmp_path, data, epochs=3))
+    assert "\n" not in str(caught.value)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    assert checkpoint.load_state(run / STATE_FILE)[0]["position"]["epochs_done"] == 1
+    resumed = train(tiny_settings(tmp_path, data, epochs=2), resume_dir=run)
+    assert resumed.epochs_run == 2

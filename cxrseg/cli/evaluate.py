@@ -73,6 +73,9 @@ def evaluate(
     from cxrseg.inference.evaluate import evaluate_model, write_csv
     from cxrseg.report import ErrorMaps, write_evaluate_report
 
+    if csv is not None and csv.is_dir():  # found before the evaluation, not after it
+        example = csv / "scores.csv"
+        raise typer.BadParameter(f"{csv} is a folder; give a file name such as {example}", param_hint="--csv")
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/")
     inference = {"tta": tta, "postprocess": postprocess, "batch_size": batch_size, "device": device, "backend": backend}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import re
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -17,6 +19,7 @@ from cxrseg.errors import DownloadError
 SKIPPED_TOP = ("__MACOSX",)  # macOS resource forks mirror the real tree; never a dataset
 CHUNK_BYTES = 1 << 20
 PARTIAL_DIR = ".partial"  # DEST/.partial holds the archive while it downloads
+MARKER = ".cxrseg-dataset.json"  # written into every dataset `cxrseg download` installs; --force replaces only those
 
 
 class _Budget:
@@ -164,12 +167,40 @@ def is_present(dest: Path) -> bool:
     return (dest / IMAGE_DIR).is_dir() and (dest / MASK_DIR).is_dir()
 
 
-def check_destination(dest: Path) -> None:
-    """Refuse a file, or a non-empty folder that holds no dataset (never delete what the user keeps there)."""
+def _only_dataset_layout(dest: Path) -> bool:
+    """True when `dest` holds nothing but the dataset folders, and those hold nothing but image files."""
+    for entry in dest.iterdir():
+        if entry.name in (PARTIAL_DIR, MARKER):
+            continue
+        if entry.name not in LAYOUT or entry.is_symlink() or not entry.is_dir():
+            return False
+        files = list(entry.iterdir())
+        if any(f.is_symlink() or not f.is_file() for f in files) or len(list_images(entry)) != len(files):
+            return False
+    return True
+
+
+def check_destination(dest: Path, force: bool = False) -> None:
+    """Refuse a file, a non-empty folder that holds no dataset, and (with `force`) a folder that cxrseg did not
+    install and that holds more than the dataset layout: never delete what the user keeps there."""
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"{dest} is a file, not a folder; pick another --dest.")
     if dest.is_dir() and not is_present(dest) and any(p.name != PARTIAL_DIR for p in dest.iterdir()):
         raise DownloadError(f"{dest} is not empty and holds no image/ and mask/; pick an empty or new --dest.")
+    if force and is_present(dest) and not (dest / MARKER).is_file() and not _only_dataset_layout(dest):
+        raise DownloadError(
+            f"--force would replace {dest}, which `cxrseg download` did not install (no {MARKER}) and which holds "
+            "more than image/, mask/, test_image/ and test_mask/ with images; move your files out or pick "
+            "another --dest."
+        )
+
+
+def remove_stale_staging(dest: Path) -> None:
+    """Delete what a killed run left: `.DEST.tmp-*` staging folders beside `dest` and `dest/.partial`."""
+    stale = [*dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"), dest / PARTIAL_DIR]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def install(root: Path, dest: Path, staging: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import http.client
+import json
 import re
 import shutil
+import signal
 import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,14 +21,24 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cxrseg import __version__
 from cxrseg.config import DownloadSettings
 from cxrseg.dataset import dataset_splits
-from cxrseg.download.extract import PARTIAL_DIR, check_destination, count_images, extract_dataset, install, is_present
+from cxrseg.download.extract import (
+    MARKER,
+    PARTIAL_DIR,
+    check_destination,
+    count_images,
+    extract_dataset,
+    install,
+    is_present,
+    remove_stale_staging,
+)
 from cxrseg.download.kaggle import http_message, kaggle_credentials
 from cxrseg.errors import DataError, DownloadError
+from cxrseg.files import write_text
 
 Progress = Callable[[int, int | None], None]
 backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it
@@ -165,6 +179,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stops_on_sigterm(function: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
+    """SIGTERM raises inside `function` (main thread only), so its clean-up runs as it does for Ctrl-C."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
+        if threading.current_thread() is not threading.main_thread():
+            return function(*args, **kwargs)
+
+        def stop(signum: int, frame: object) -> None:
+            error = DownloadError("Download stopped by SIGTERM; its partial files were removed. Run it again.")
+            error.exit_code = 128 + signum
+            raise error
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+@_stops_on_sigterm
 def download_dataset(
     settings: DownloadSettings,
     dest: Path,
@@ -220,7 +257,8 @@ def download_dataset(
 
     if is_present(dest) and not force:
         return DownloadResult(dest, True, count_images(dest), source)
-    check_destination(dest)
+    check_destination(dest, force)
+    remove_stale_staging(dest)
     headers = {}
     if kaggle_dataset is not None:
         user, key = kaggle_credentials(env or {}, kaggle_json)
@@ -252,6 +290,7 @@ def download_dataset(
         except DataError as exc:
             raise DownloadError(f"{source} unpacked, but the dataset is unusable: {exc}") from exc
         counts = count_images(root)
+        write_text(root / MARKER, json.dumps({"source": source, "counts": counts}) + "\n")
         shutil.rmtree(partial_dir, ignore_errors=True)
         install(root, dest, staging)
     except OSError as exc:

@@ -15,6 +15,7 @@ from cxrseg.checkpoint import CheckpointInfo
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.device import amp_dtype, autocast, resolve_device, use_channels_last
 from cxrseg.inference.backend import load_model
+from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.postprocess import clean_mask
 from cxrseg.preprocess import Geometry, fit_to_square, normalize, restore, valid_region
 from cxrseg.runtime import OnnxModel
@@ -131,6 +132,9 @@ def engine_for(
         if device is None:
             device = resolve_device(cfg.device)
             model = prepare_model(model, device)
+            # refuses a model too big for one image; lowers the batch to what fits in free memory
+            batch_size, _ = fit_batch_size(settings, cfg.batch_size, available_bytes(device))
+            cfg = cfg.model_copy(update={"batch_size": batch_size})
         dtype = amp_dtype(device, settings.train.precision)
     forward = partial(forward_probabilities, model, device=device, dtype=dtype, tta=cfg.tta)
     return Engine(forward, settings.preprocess.image_size, cfg, device)

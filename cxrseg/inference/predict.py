@@ -19,6 +19,7 @@ from cxrseg.config import InferenceSettings
 from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR
 from cxrseg.dicom import read_xray
 from cxrseg.errors import CxrsegError, DataError
+from cxrseg.files import output_error
 from cxrseg.imaging import MAX_PIXELS
 from cxrseg.inference.engine import Fitted, finish, fit_image, load_engine
 from cxrseg.inference.evaluate import default_workers
@@ -29,6 +30,7 @@ from cxrseg.inference.quality import (
     empty_row,
     measure,
     midline_contrast,
+    printable,
     read_rows,
     write_rows,
 )
@@ -151,7 +153,7 @@ def _write_one(
 
 def _is_done(job: Job, out_dir: Path, previous: dict[str, dict], options: PredictOptions) -> bool:
     """Resume rule: every output this run asks for exists and the previous CSV holds an ok row for the mask."""
-    row = previous.get(job.name + MASK)
+    row = previous.get(printable(job.name + MASK))
     wanted = [MASK] + [OVERLAY] * options.overlay + [PROBABILITY] * options.probabilities
     return row is not None and row["status"] == "ok" and all((out_dir / (job.name + s)).is_file() for s in wanted)
 
@@ -165,7 +167,7 @@ def _triage(plan: Plan, out_dir: Path, csv_path: Path, options: PredictOptions) 
         if job.error:
             rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
-            rows[index], kept = previous[job.name + MASK] | {"input": str(job.source)}, kept + 1
+            rows[index], kept = previous[printable(job.name + MASK)] | {"input": str(job.source)}, kept + 1
         else:
             todo.append(index)
     return rows, todo, kept
@@ -195,7 +197,10 @@ def predict_paths(
     chosen = select([job.name or str(job.source) for job in everything.jobs], options.shard)
     plan = dataclasses.replace(everything, jobs=[everything.jobs[i] for i in chosen])
     engine, _ = load_engine(checkpoint, cfg, len(plan.jobs))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, or a file where a folder should be (--out afile/sub)
+        raise output_error(out_dir, exc) from exc
     csv_path = out_dir / options.shard.csv_name()
     rows, todo, skipped = _triage(plan, out_dir, csv_path, options)
     if on_start:

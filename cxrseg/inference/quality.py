@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +194,15 @@ def empty_row() -> dict[str, Any]:
     return {name: "" if kind is str else None for name, kind in COLUMNS.items()}
 
 
+def printable(text: str) -> str:
+    """A file name as valid UTF-8: bytes that are not UTF-8 (kept by os.fsdecode as surrogates) become \\xNN."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def write_rows(rows: Sequence[dict[str, Any]], path: Path, as_json: bool = False) -> Path:
-    """Rows as CSV (empty cell for a missing value) or as a JSON list (null), written atomically."""
-    full = [{name: row.get(name) for name in COLUMNS} for row in rows]
+    """Rows as CSV (empty cell for a missing value) or as a JSON list (null), written atomically; names that are
+    not valid UTF-8 are written escaped."""
+    full = [{name: _clean(row.get(name)) for name in COLUMNS} for row in rows]
     if as_json:
         write_text(path, json.dumps(full, indent=1) + "\n")
         return path
@@ -205,6 +212,10 @@ def write_rows(rows: Sequence[dict[str, Any]], path: Path, as_json: bool = False
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in full)
     write_text(path, buffer.getvalue())
     return path
+
+
+def _clean(value: Any) -> Any:
+    return printable(value) if isinstance(value, str) else value
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def parse_shard(text: str) -> Shard:
 
 def shard_of(key: str, count: int) -> int:
     """0-based shard of an input key: a hash, so neither listing order nor other inputs change it."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = hashlib.sha256(os.fsencode(key)).digest()  # UTF-8 for valid names; names that are not UTF-8 too
     return int.from_bytes(digest[:8], "big") % count
 
 
