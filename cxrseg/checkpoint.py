@@ -68,9 +68,15 @@ def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
-    """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics."""
-    atomic_save(strip_prefixes(unwrap(model).state_dict()), checkpoint_metadata(info), path)
+def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo, *, half: bool = False) -> None:
+    """Weights of the unwrapped model plus metadata: format, versions, full settings, epoch, metrics.
+
+    `half` stores floating-point weights as float16 (half the file; loading casts them back to float32).
+    """
+    state = strip_prefixes(unwrap(model).state_dict())
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save(state, checkpoint_metadata(info), path)
 
 
 def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:

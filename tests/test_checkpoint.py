@@ -229,3 +229,20 @@ def test_item3_full_disk_keeps_the_previous_state_valid(
         save_state(path, optimizer, {"epoch": 2})
     assert load_state(path)[0] == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.safetensors"]
+
+
+def test_half_precision_checkpoint_loads_back_as_float32_with_the_same_predictions(
+    tmp_path: Path, settings: Settings
+) -> None:
+    model = build_model(settings).eval()
+    torch.manual_seed(0)
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.1)
+    save_checkpoint(tmp_path / "full.safetensors", model, CheckpointInfo(settings=settings))
+    save_checkpoint(tmp_path / "half.safetensors", model, CheckpointInfo(settings=settings), half=True)
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * (tmp_path / "full.safetensors").stat().st_size
+    loaded, _ = load_checkpoint(tmp_path / "half.safetensors")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(2, 1, settings.preprocess.image_size, settings.preprocess.image_size)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=2e-2)
