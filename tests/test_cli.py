@@ -132,3 +132,22 @@ def test_sample_ships_with_licence() -> None:
     folders = ("image", "mask", "test_image", "test_mask")
     counts = {name: len(list((SAMPLE_DIR / name).glob("*.png"))) for name in folders}
     assert counts == {"image": 20, "mask": 20, "test_image": 4, "test_mask": 4}
+
+
+def test_evaluate_spacing_reports_surface_distances_in_mm(runner: CliRunner) -> None:
+    from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
+
+    def scores(*extra: str) -> dict:
+        args = ["evaluate", "--checkpoint", str(BUNDLED_MODEL), "--data", str(SAMPLE_DIR), "--split", "test"]
+        result = runner.invoke(app, [*args, "--json", "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout[result.stdout.index("{") :])
+
+    px, mm = scores(), scores("--spacing", "0.5")
+    assert px["distance_unit"] == "px" and mm["distance_unit"] == "mm"
+    assert mm["hd95"] == pytest.approx(0.5 * px["hd95"]) and mm["assd"] == pytest.approx(0.5 * px["assd"])
+    assert mm["dice"] == px["dice"]
+    bad = runner.invoke(
+        app, ["evaluate", "--checkpoint", str(BUNDLED_MODEL), "--data", str(SAMPLE_DIR), "--spacing", "x"]
+    )
+    assert bad.exit_code == 2

@@ -61,6 +61,13 @@ def evaluate(
         Path | None,
         option("--report", help="Write an HTML review report (error maps, worst first) here.", default="none"),
     ] = None,
+    spacing: Annotated[
+        str | None,
+        option(
+            help="Pixel spacing of the masks in mm, 'MM' or 'ROW,COL': HD95 and ASSD in mm instead of px.",
+            default="none (px)",
+        ),
+    ] = None,
     tta: TtaOption = None,
     postprocess: PostprocessOption = None,
     batch_size: BatchSizeOption = None,
@@ -88,7 +95,13 @@ def evaluate(
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(pairs), info="")
         result = evaluate_model(
-            model, info.settings, pairs, settings.inference, lambda n: progress.advance(task, n), on_image=maps
+            model,
+            info.settings,
+            pairs,
+            settings.inference,
+            lambda n: progress.advance(task, n),
+            on_image=maps,
+            spacing=_spacing(spacing),
         )
     if csv:
         write_csv(result, csv)
@@ -121,6 +134,19 @@ def _pairs(
     return pairs, split or default_split(roots[0])
 
 
+def _spacing(text: str | None) -> tuple[float, float] | None:
+    """'0.14' or '0.14,0.15' (row, column mm per pixel) -> (row_mm, col_mm); refuses anything else."""
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < 100 for v in values):
+        raise typer.BadParameter(f"{text!r}: give mm per pixel, e.g. 0.14 or 0.14,0.15", param_hint="--spacing")
+    return (values[0], values[-1])
+
+
 def _print_table(result: Evaluation, checkpoint: Path, split: str) -> None:
     from cxrseg.metrics import DISTANCE_METRICS
 
@@ -132,7 +158,7 @@ def _print_table(result: Evaluation, checkpoint: Path, split: str) -> None:
         distance = name in DISTANCE_METRICS
         digits = 2 if distance else 4
         table.add_row(
-            name + (" (px)" if distance else ""),
+            name + (f" ({result.distance_unit})" if distance else ""),
             f"{stats['mean']:.{digits}f}",
             f"{stats['sd']:.{digits}f}",
             f"{stats['median']:.{digits}f}",

@@ -21,7 +21,7 @@ from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.engine import Engine, Fitted, engine_for, finish, fit_image
 from cxrseg.inference.pipeline import run_pipeline
-from cxrseg.metrics import METRICS, Scores, score, summarize
+from cxrseg.metrics import METRICS, Scores, distance_unit, score, summarize
 from cxrseg.preprocess import Geometry
 from cxrseg.runtime import OnnxModel
 
@@ -41,6 +41,7 @@ class Evaluation:
     rows: list[ImageScore]  # scored pairs: the summary's population
     summary: dict[str, dict[str, float]]
     failed: list[ImageScore] = field(default_factory=list)  # unreadable pairs, left out of the summary
+    distance_unit: str = "px"  # of HD95 and ASSD: mm when the pixel spacing was given
 
     def as_json(self) -> dict[str, object]:
         """Means per metric, n_images, failures and the full summary; undefined values (NaN) become None (null)."""
@@ -51,6 +52,7 @@ class Evaluation:
         out: dict[str, object] = {name: clean(stats["mean"]) for name, stats in self.summary.items()}
         out["n_images"] = len(self.rows)
         out["n_failed"] = len(self.failed)
+        out["distance_unit"] = self.distance_unit
         out["failed"] = [{"name": r.name, "image": str(r.image), "error": r.error} for r in self.failed]
         out["summary"] = {n: {k: clean(v) for k, v in stats.items()} for n, stats in self.summary.items()}
         return out
@@ -79,13 +81,18 @@ Scored = tuple[ImageScore, np.ndarray | None, np.ndarray | None]  # the row; wit
 
 
 def _score(
-    pair: Pair, loaded: LoadedPair | str, prob: np.ndarray | None, cfg: InferenceSettings, keep_masks: bool = False
+    pair: Pair,
+    loaded: LoadedPair | str,
+    prob: np.ndarray | None,
+    cfg: InferenceSettings,
+    keep_masks: bool = False,
+    spacing: tuple[float, float] | None = None,
 ) -> Scored:
     """Restore, clean and score one prediction (in a worker process)."""
     if isinstance(loaded, str):
         return ImageScore(pair.name, pair.image, None, loaded), None, None
     _, mask = finish(prob, loaded.fitted.geometry, cfg)
-    row = ImageScore(pair.name, pair.image, score(mask, loaded.truth))
+    row = ImageScore(pair.name, pair.image, score(mask, loaded.truth, spacing=spacing))
     return (row, loaded.truth, mask) if keep_masks else (row, None, None)
 
 
@@ -121,18 +128,20 @@ def evaluate_model(
     on_advance: Callable[[int], None] | None = None,
     workers: int | None = None,
     on_image: Callable[[ImageScore, np.ndarray, np.ndarray], None] | None = None,
+    spacing: tuple[float, float] | None = None,
 ) -> Evaluation:
     """Dice, IoU, precision, recall, HD95 and ASSD (px) per pair; preprocessing from `settings` (the checkpoint's).
 
     `model` is the torch U-Net or an OnnxModel (see cxrseg.inference.backend.load_model). A pair that cannot be
     read, or whose image and mask sizes differ, gets an error row and the run goes on. on_image(row, truth,
     predicted mask), called here as each image is scored, can draw it (e.g. a report's error map); the masks
-    are not kept, so memory does not grow with the number of images.
+    are not kept, so memory does not grow with the number of images. With `spacing` (row_mm, col_mm) of the
+    masks' pixels, HD95 and ASSD are in mm.
     """
     engine = engine_for(model, settings, cfg)
     workers = default_workers() if workers is None else workers
     decode = partial(load_pair, size=engine.size)
-    score_one = partial(_score, cfg=cfg, keep_masks=on_image is not None)
+    score_one = partial(_score, cfg=cfg, keep_masks=on_image is not None, spacing=spacing)
     rows: list[ImageScore] = []
     for row, truth, mask in run_pipeline(engine, list(pairs), decode, score_one, workers):
         rows.append(row)
@@ -141,7 +150,8 @@ def evaluate_model(
         if on_advance:
             on_advance(1)
     scored = [row for row in rows if row.scores is not None]
-    return Evaluation(scored, summarize([r.scores for r in scored]), [row for row in rows if row.error])
+    unit = distance_unit(spacing)
+    return Evaluation(scored, summarize([r.scores for r in scored]), [row for row in rows if row.error], unit)
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> None:
