@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cxrseg.assets import SAMPLE_DIR
 from cxrseg.cli.app import app
+from cxrseg.dataset import dataset_splits
 from tests.conftest import tiny_args
 
 BUNDLED = SAMPLE_DIR.parent / "lung-unet.safetensors"
@@ -56,7 +57,8 @@ def test_train_save_images_writes_the_best_checkpoints_validation_pictures(tmp_p
     assert result.exit_code == 0, result.output
     [run] = list(runs.iterdir())
     saved = run / "saved_images"
-    names = sorted(p.name for p in (dataset / "test_image").iterdir())
+    # validation is the seeded split carved from image/, never test_image/
+    names = sorted(pair.image.name for pair in dataset_splits(dataset, 0.1, 0)["val"])
     assert sorted(p.name for p in saved.glob("*.overlay.png")) == [f"{Path(n).stem}.overlay.png" for n in names]
     assert sorted(p.name for p in saved.glob("*.error.png")) == [f"{Path(n).stem}.error.png" for n in names]
     html = (saved / "report.html").read_text(encoding="utf-8")
