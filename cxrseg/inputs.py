@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ class Plan:
 
     jobs: list[Job] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)  # folders that were listed
+    trees: list[Path] = field(default_factory=list)  # folders a `**` pattern walks through, subfolders included
     ignored: list[Path] = field(default_factory=list)  # files in those folders that are not X-rays
     _taken: set[str] = field(default_factory=set)
     _seen: set[Path] = field(default_factory=set)
@@ -83,6 +85,56 @@ def _static_base(pattern: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
+def _part_matches(pattern: str, name: str) -> bool:
+    """One path part against one pattern part; like glob, wildcards skip hidden names."""
+    return (pattern.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, pattern)
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool) -> bool:
+    """True when `parts` match `pattern` (with `prefix`, when some longer path below them could)."""
+    if not parts:
+        return prefix or all(p == "**" for p in pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        below = not parts[0].startswith(".") and _matches(pattern, parts[1:], prefix)
+        return below or _matches(pattern[1:], parts, prefix)
+    return _part_matches(pattern[0], parts[0]) and _matches(pattern[1:], parts[1:], prefix)
+
+
+def walk_pattern(pattern: str) -> list[Path]:
+    """Sorted matches of a glob pattern. Links to folders are followed, but each folder is listed once (by device
+    and inode), so a link to `..` or to itself ends the walk instead of repeating it until the kernel refuses."""
+    if "**" not in pattern:
+        return sorted(Path(m) for m in glob.glob(pattern))
+    base = _static_base(pattern)
+    rest = Path(pattern).parts[len(base.parts) :]
+    matches, seen, pending = [base] if _matches(rest, (), False) else [], set(), [(base, ())]
+    while pending:
+        folder, parts = pending.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                children = [(entry.name, entry.is_dir()) for entry in entries]
+        except OSError:
+            continue  # unreadable or gone: glob.glob skips it too
+        for name, is_dir in children:
+            path, below = folder / name, (*parts, name)
+            if _matches(rest, below, False):
+                matches.append(path)
+            if is_dir and _matches(rest, below, True):
+                pending.append((path, below))
+    return sorted(matches)
+
+
+def pattern_trees(inputs: Sequence[str | Path]) -> list[Path]:
+    """The folders that `**` patterns among `inputs` walk (with their subfolders): --out must stay outside."""
+    return [_static_base(str(raw)) for raw in inputs if "**" in str(raw) and not Path(raw).exists()]
+
+
 def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
     """Expand files, folders (subfolders with `recursive`) and glob patterns into jobs with unique names.
 
@@ -99,7 +151,8 @@ def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
             plan.add(path, path.parent)
         elif any(char in text for char in "*?["):
             base = _static_base(text)
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            matches = walk_pattern(text)
+            plan.trees.extend(pattern_trees([text]))
             if not matches:
                 plan.jobs.append(Job(path, "", f"{text}: no file matches this pattern."))
             for match in matches:
@@ -128,7 +181,7 @@ def missing_inputs(inputs: Sequence[str | Path]) -> list[str]:
         text = str(raw)
         if Path(text).exists():
             continue
-        if any(char in text for char in "*?[") and next(glob.iglob(text, recursive=True), None) is not None:
+        if any(char in text for char in "*?[") and walk_pattern(text):
             continue
         missing.append(text)
     return missing
@@ -148,6 +201,7 @@ def check_out_folder(out_dir: Path, folders: Sequence[Path], recursive: bool) ->
 def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
     """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
     check_out_folder(out_dir, plan.folders, recursive)
+    check_out_folder(out_dir, plan.trees, recursive=True)
     out = out_dir.resolve()
     input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
     output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.errors import CheckpointError, OutputError
+from cxrseg.errors import CheckpointError, InputPathError, OutputError
 from cxrseg.inference.predict import PredictOptions, predict_paths
 
 
@@ -115,3 +117,36 @@ def test_item6_fifo_and_self_link_become_error_rows_without_blocking(tmp_path: P
     assert by_input["a.png"]["status"] == "ok" and "pipe" not in by_input
     assert "not a regular file" in by_input["named.png"]["message"]
     assert by_input["loop.png"]["status"] == "error"
+
+
+def _plan_in_child(pattern: str, cwd: Path) -> list[str]:
+    """Job names of `plan_inputs([pattern])`, planned in a child process that is killed after 20 s."""
+    code = "import sys; from cxrseg.inputs import plan_inputs; print(*[j.name for j in plan_inputs(sys.argv[1:]).jobs])"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, pattern], cwd=cwd, env=env, capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_recursive_glob_over_link_cycles_finishes_with_each_file_once(tmp_path: Path) -> None:
+    src = xrays(tmp_path / "in", "a.png")
+    xrays(src / "sub", "b.png")
+    (src / "up").symlink_to("..")  # in/up/in/up/...: a cycle through the parent
+    (src / "sub" / "self").symlink_to(".")  # two through the folder itself: 2**40 paths for glob.glob
+    (src / "sub" / "again").symlink_to(".")
+    assert sorted(_plan_in_child("in/**/*.png", tmp_path)) == ["a.png", "sub/b.png"]
+
+
+def test_recursive_glob_refuses_an_out_inside_its_tree(tmp_path: Path, checkpoint: Path) -> None:
+    src = xrays(tmp_path / "in", "a.png")
+    out = src / "predictions"
+    args = ["predict", f"{src}/**/*.png", "--out", str(out), "--checkpoint", str(checkpoint)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, InputPathError) and result.exception.exit_code == 2  # before loading a model
+    assert str(out) in str(result.exception) and f"input folder {src} " in str(result.exception)
+    with pytest.raises(InputPathError, match="or inside it"):
+        predict([f"{src}/**/*.png"], out, checkpoint)
+    assert not out.exists()

@@ -150,7 +150,7 @@ def _check_usage(
 ) -> None:
     """Wrong usage stops here, exit code 2, before a model is loaded or a bar drawn."""
     from cxrseg.errors import InputPathError
-    from cxrseg.inputs import check_out_folder, missing_inputs
+    from cxrseg.inputs import check_out_folder, missing_inputs, pattern_trees
 
     if out is None:
         raise typer.BadParameter("give the output folder", param_hint="--out")
@@ -163,6 +163,7 @@ def _check_usage(
         )
         raise InputPathError(f"INPUT {shown}: no such file or folder, or no file matches the pattern; check the path.")
     check_out_folder(out, [Path(text) for text in inputs or [] if Path(text).is_dir()], recursive)
+    check_out_folder(out, pattern_trees(inputs or []), recursive=True)
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
 
 
