@@ -136,8 +136,19 @@ class DownloadSettings(Section):
 
     kaggle_dataset: str = "newra008/chest-segmentation-image"
     retries: int = Field(5, ge=0)
-    timeout: float = Field(30.0, gt=0)
-    max_extract_bytes: int = Field(20 * 1024**3, gt=0)
+    timeout: float = Field(30.0, gt=0, description="seconds one connection or read may wait for the server")
+    min_speed: int = Field(
+        1024, ge=0, description="bytes/s a download must average over each speed_window, else it is retried"
+    )
+    speed_window: float = Field(60.0, gt=0, description="seconds over which min_speed is averaged")
+    deadline: float = Field(6 * 3600.0, gt=0, description="seconds the whole download may take, retries included")
+    max_download_bytes: int = Field(
+        2 * 1024**3, gt=0, description="largest archive fetched, with or without a Content-Length"
+    )
+    max_extract_bytes: int = Field(8 * 1024**3, gt=0, description="largest total size unpacked from an archive")
+    max_extract_ratio: float = Field(
+        50.0, ge=1, description="largest unpacked size as a multiple of the archive's size (X-rays barely compress)"
+    )
     max_extract_files: int = Field(200_000, gt=0)
 
 

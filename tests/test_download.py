@@ -12,6 +12,7 @@ import socket
 import stat
 import tarfile
 import threading
+import time
 import types
 import zipfile
 from functools import cache
@@ -467,4 +468,85 @@ def test_item8_sigterm_stops_the_download_and_cleans_up(server, settings, dest, 
     with pytest.raises(DownloadError, match="stopped by SIGTERM") as caught:
         download_dataset(settings, dest, url=url, on_progress=progress)
     assert caught.value.exit_code == 143
+    assert_clean(dest, present=False)
+
+
+def trickle(data: bytes, every: float, size: int = 1, announce: bool = True):
+    """A route that sends `size` bytes every `every` seconds, with or without a Content-Length."""
+
+    def route(handler: Handler) -> None:
+        handler.send_response(200)
+        if announce:
+            handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        try:
+            for start in range(0, len(data), size):
+                handler.wfile.write(data[start : start + size])
+                handler.wfile.flush()
+                time.sleep(every)
+        except ConnectionError:  # the client gave up, as it should
+            pass
+
+    return route
+
+
+def test_a_trickling_server_is_abandoned_below_the_minimum_speed(server, dest):
+    server.routes["/slow.zip"] = trickle(zip_bytes(dataset_files()), every=0.2)  # 5 B/s, each read well in time
+    settings = DownloadSettings(retries=1, timeout=5, min_speed=1000, speed_window=0.5)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"slower than 1000 bytes/s, the download.min_speed limit"):
+        download_dataset(settings, dest, url=server.url("/slow.zip"))
+    assert time.monotonic() - start < 3 and len(server.requests) == 2  # a retry, then no fresh retries for trickles
+    assert_clean(dest, present=False)
+
+
+def test_the_overall_deadline_ends_a_download_that_keeps_its_speed(server, dest):
+    server.routes["/long.zip"] = trickle(zip_bytes(dataset_files()), every=0.05, size=200)  # 4 kB/s, for seconds
+    settings = DownloadSettings(retries=3, timeout=5, min_speed=100, speed_window=0.2, deadline=0.6)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"not finished after 0.6 s, the download.deadline"):
+        download_dataset(settings, dest, url=server.url("/long.zip"))
+    assert time.monotonic() - start < 2
+    assert_clean(dest, present=False)
+
+
+def test_a_download_larger_than_the_cap_is_refused_announced_or_not(server, dest):
+    data = zip_bytes(dataset_files())
+    server.serve("/big.zip", data)
+    server.routes["/unannounced.zip"] = trickle(data, every=0, size=500, announce=False)  # ends when closed
+    settings = DownloadSettings(retries=0, timeout=5, max_download_bytes=2000)
+    for path in ("/big.zip", "/unannounced.zip"):
+        seen: list[int] = []
+        with pytest.raises(DownloadError, match=r"more than 2000 bytes, the download.max_download_bytes limit"):
+            download_dataset(
+                settings, dest, url=server.url(path), on_progress=lambda done, total, log=seen: log.append(done)
+            )
+        assert (not seen) if path == "/big.zip" else (0 < max(seen) <= 2000)  # announced: before the body
+        assert_clean(dest, present=False)
+
+
+def test_extraction_stops_at_a_ratio_of_the_archive_size(dest, tmp_path):
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(zip_bytes({**dataset_files(), "image/zeros.png": bytes(2_000_000)}))
+    with pytest.raises(DownloadError, match=r"more than 50 times its own size .*download.max_extract_ratio"):
+        download_dataset(DownloadSettings(), dest, archive=archive)
+    assert_clean(dest, present=False)
+    assert DownloadSettings().max_extract_bytes <= 8 * 1024**3
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [(b"<!DOCTYPE html><html>Sign in</html>", "<!DOCTYPE html>"), (b"", "an empty file"), (b"\x00" * 600, r"\\x00")],
+)
+def test_a_file_that_is_no_archive_is_named_before_any_scan(dest, tmp_path, monkeypatch, body, shown):
+    archive = tmp_path / "download.zip"
+    archive.write_bytes(body)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scanned as an archive")
+
+    monkeypatch.setattr(zipfile, "is_zipfile", never)
+    monkeypatch.setattr(tarfile, "open", never)
+    with pytest.raises(DownloadError, match=rf"is not a zip or tar archive \(it starts with .*{shown}"):
+        download_dataset(DownloadSettings(), dest, archive=archive)
     assert_clean(dest, present=False)

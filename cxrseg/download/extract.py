@@ -20,13 +20,18 @@ SKIPPED_TOP = ("__MACOSX",)  # macOS resource forks mirror the real tree; never 
 CHUNK_BYTES = 1 << 20
 PARTIAL_DIR = ".partial"  # DEST/.partial holds the archive while it downloads
 MARKER = ".cxrseg-dataset.json"  # written into every dataset `cxrseg download` installs; --force replaces only those
+# first bytes of a zip (a member or an empty archive), gzip, bzip2 and xz; a plain tar says "ustar" at offset 257
+MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
 class _Budget:
-    """Counts files and bytes written against the zip-bomb limits of DownloadSettings."""
+    """Counts files and bytes written against the zip-bomb limits of DownloadSettings: a file count, and a size of
+    max_extract_ratio times the archive's, at most max_extract_bytes."""
 
-    def __init__(self, settings: DownloadSettings, source: str):
-        self.max_bytes, self.max_files = settings.max_extract_bytes, settings.max_extract_files
+    def __init__(self, settings: DownloadSettings, source: str, archive_bytes: int):
+        self.ratio, self.max_files = settings.max_extract_ratio, settings.max_extract_files
+        self.by_ratio = int(self.ratio * archive_bytes) < settings.max_extract_bytes
+        self.max_bytes = min(settings.max_extract_bytes, int(self.ratio * archive_bytes))
         self.source = source
         self.bytes = self.files = 0
 
@@ -35,6 +40,11 @@ class _Budget:
             raise DownloadError(
                 f"{self.source} holds more than {self.max_files} files, the download.max_extract_files limit; "
                 "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_FILES if you trust this archive."
+            )
+        if self.bytes + extra_bytes > self.max_bytes and self.by_ratio:
+            raise DownloadError(
+                f"{self.source} unpacks to more than {self.ratio:g} times its own size ({self.max_bytes} bytes), "
+                "the download.max_extract_ratio limit; raise CXRSEG_DOWNLOAD__MAX_EXTRACT_RATIO if you trust it."
             )
         if self.bytes + extra_bytes > self.max_bytes:
             raise DownloadError(
@@ -116,6 +126,19 @@ def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                 budget.copy(src, target)
 
 
+def _check_magic(archive: Path, source: str) -> None:
+    """Refuse, from its first bytes, a file that is no archive (a web page, an error text) before any scan."""
+    with open(archive, "rb") as f:
+        head = f.read(512)
+    if head.startswith(MAGIC) or head[257:262] == b"ustar":
+        return
+    start = repr(head[:20]) if head else "an empty file"
+    raise DownloadError(
+        f"{source} is not a zip or tar archive (it starts with {start}); check the --url or --archive, "
+        "or fetch the file again."
+    )
+
+
 def _is_tar(path: Path) -> bool:
     try:
         return tarfile.is_tarfile(path)
@@ -145,7 +168,8 @@ def extract_dataset(archive: Path, into: Path, settings: DownloadSettings, sourc
     Raises:
         DownloadError: the archive is unsafe, too large, corrupt or holds no dataset.
     """
-    budget = _Budget(settings, source)
+    _check_magic(archive, source)
+    budget = _Budget(settings, source, archive.stat().st_size)
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, into, budget, source)

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic  # a name of its own: tests replace `time` to record the backoff sleeps
 from typing import Any, BinaryIO
 
 from cxrseg import __version__
@@ -67,6 +68,11 @@ class _Retryable(Exception):
     """A failure worth another attempt: connection error, timeout, HTTP 5xx/429 or a body cut short."""
 
 
+class _Stalled(_Retryable):
+    """Slower than download.min_speed: retried, but never counted as progress (a trickle would earn fresh
+    retries forever)."""
+
+
 class _Transfer:
     """One file streamed to disk across attempts; `done` bytes are on disk, `total` is None when unknown."""
 
@@ -75,13 +81,14 @@ class _Transfer:
         url: str,
         out: BinaryIO,
         headers: Mapping[str, str],
-        timeout: float,
+        settings: DownloadSettings,
         on_progress: Progress | None,
         kaggle_dataset: str | None,
     ):
-        self.url, self.out, self.headers, self.timeout = url, out, headers, timeout
+        self.url, self.out, self.headers, self.settings = url, out, headers, settings
         self.on_progress, self.kaggle_dataset = on_progress, kaggle_dataset
         self.done, self.total = 0, None
+        self.deadline = monotonic() + settings.deadline
 
     def _restart(self) -> None:
         self.out.seek(0)
@@ -95,7 +102,7 @@ class _Transfer:
         if self.done:
             request.add_header("Range", f"bytes={self.done}-")
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
+            return urllib.request.urlopen(request, timeout=self.settings.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code >= 500 or exc.code == 429:
@@ -114,9 +121,45 @@ class _Transfer:
                 "the partial file was deleted, run again."
             )
         self.total = total if total is not None else self.total
+        self._check_size(self.total or 0)
+
+    def _check_size(self, size: int) -> None:
+        if size > (cap := self.settings.max_download_bytes):
+            raise DownloadError(
+                f"{self.url} is more than {cap} bytes, the download.max_download_bytes limit; the partial file was "
+                "deleted. Raise CXRSEG_DOWNLOAD__MAX_DOWNLOAD_BYTES if you expect a file this large."
+            )
+
+    def check_deadline(self) -> None:
+        if monotonic() > self.deadline:
+            got = f" of {self.total}" if self.total else ""
+            raise DownloadError(
+                f"Download of {self.url} not finished after {self.settings.deadline:g} s, the download.deadline limit "
+                f"({self.done}{got} bytes); the partial file was deleted. Check your connection or raise "
+                "CXRSEG_DOWNLOAD__DEADLINE."
+            )
+
+    def _stream(self, response: http.client.HTTPResponse) -> None:
+        """Copy the body to disk; stops at the size cap and the deadline, and below the minimum speed."""
+        window_start, window_done = monotonic(), self.done
+        while chunk := response.read1(CHUNK_BYTES):  # read1: whatever arrived, so a trickle is seen
+            self.out.write(chunk)
+            self.done += len(chunk)
+            self._check_size(self.done)
+            self.check_deadline()
+            if (elapsed := monotonic() - window_start) >= self.settings.speed_window:
+                if (speed := (self.done - window_done) / elapsed) < self.settings.min_speed:
+                    raise _Stalled(
+                        f"{speed:.0f} bytes/s over {elapsed:.1f} s, slower than {self.settings.min_speed} bytes/s, "
+                        "the download.min_speed limit; lower CXRSEG_DOWNLOAD__MIN_SPEED for a slow link"
+                    )
+                window_start, window_done = monotonic(), self.done
+            if self.on_progress:
+                self.on_progress(self.done, self.total)
 
     def attempt(self) -> None:
         """Fetch what is missing; returns when complete, raises _Retryable when worth another try."""
+        self.check_deadline()
         with self._open() as response:
             length = response.headers.get("Content-Length")
             if self.done and response.status == 206:
@@ -131,11 +174,7 @@ class _Transfer:
             if self.on_progress:  # tells the bar the total, or that a restart went back to 0
                 self.on_progress(self.done, self.total)
             try:
-                while chunk := response.read(CHUNK_BYTES):
-                    self.out.write(chunk)
-                    self.done += len(chunk)
-                    if self.on_progress:
-                        self.on_progress(self.done, self.total)
+                self._stream(response)
             except (TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
                 raise _Retryable(f"connection lost after {self.done} bytes ({exc!r})") from exc
         if self.total is not None and self.done < self.total:  # http.client reads short bodies without error
@@ -153,15 +192,15 @@ def _fetch(
     """Stream `url` to `target`: exponential backoff on transient failures, resume with Range."""
     failures = 0
     with open(target, "wb") as out:
-        transfer = _Transfer(url, out, headers, settings.timeout, on_progress, kaggle_dataset)
+        transfer = _Transfer(url, out, headers, settings, on_progress, kaggle_dataset)
         while True:
             before = transfer.done
             try:
                 transfer.attempt()
                 return
             except _Retryable as exc:
-                reason = str(exc)
-            failures = 0 if transfer.done > before else failures + 1  # progress earns fresh retries
+                reason, stalled = str(exc), isinstance(exc, _Stalled)
+            failures = 0 if transfer.done > before and not stalled else failures + 1  # progress earns fresh retries
             if failures > settings.retries:
                 got = f" at {transfer.done} of {transfer.total} bytes" if transfer.total else ""
                 raise DownloadError(
@@ -169,6 +208,7 @@ def _fetch(
                     "the partial file was deleted. Check your network connection and run again."
                 )
             time.sleep(min(backoff_seconds * 2 ** (failures - 1), MAX_BACKOFF_SECONDS))
+            transfer.check_deadline()
 
 
 def _sha256(path: Path) -> str:
