@@ -18,6 +18,11 @@ from cxrseg.preprocess import Geometry, fit_to_square, valid_region
 
 Split = Literal["train", "val", "test", "all"]
 IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
+MIN_TRAIN_PAIRS, MIN_VAL_PAIRS = 2, 1  # per training process
+TRAINING_NEEDS = (
+    f"training needs {MIN_TRAIN_PAIRS + MIN_VAL_PAIRS} pairs or more: {MIN_TRAIN_PAIRS} to train on and "
+    f"{MIN_VAL_PAIRS} to validate"
+)
 TEST_IMAGE_DIR, TEST_MASK_DIR = "test_image", "test_mask"  # the held-out split, when the dataset has one
 LAYOUT = (IMAGE_DIR, MASK_DIR, TEST_IMAGE_DIR, TEST_MASK_DIR)
 MAX_LISTED = 10
@@ -88,7 +93,8 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
 def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[Pair]]:
     """The three splits of a dataset folder.
 
-    `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair);
+    `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair, and never
+    fewer than MIN_TRAIN_PAIRS left to train on when there are enough);
     `test` is test_image/+test_mask/ when present, else empty. Training reads only `train` and `val`.
     """
     if not root.is_dir():
@@ -97,18 +103,20 @@ def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict
         )
     pairs = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
     if len(pairs) < 2:
-        raise DataError(
-            f"{root / IMAGE_DIR}: {len(pairs)} pair found; at least 2 are needed, one to train on and one to validate."
-        )
+        raise DataError(f"{root / IMAGE_DIR}: {count_pairs(len(pairs))} found; {TRAINING_NEEDS}; add pairs.")
     shuffled = list(pairs)
     random.Random(seed).shuffle(shuffled)
-    n_val = min(len(shuffled) - 1, max(1, round(len(shuffled) * val_fraction)))
+    n_val = max(1, min(len(shuffled) - MIN_TRAIN_PAIRS, round(len(shuffled) * val_fraction)))  # keeps 2 to train
     has_test = (root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir()
     return {
         "train": sorted(shuffled[n_val:], key=lambda p: p.name),
         "val": sorted(shuffled[:n_val], key=lambda p: p.name),
         "test": find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR) if has_test else [],
     }
+
+
+def count_pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
 
 
 def default_split(root: Path) -> Split:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,12 @@ main()
 """
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment with this checkout first on the path, so children run the code under test."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def start_cli(tmp_path: Path, args: list[str], delay: float = 0.0) -> subprocess.Popen:
     """`cxrseg ARGS` in the background, each training step slowed by `delay` s; read it with communicate()."""
     script = tmp_path / "slow_runner.py"
@@ -44,6 +51,7 @@ def start_cli(tmp_path: Path, args: list[str], delay: float = 0.0) -> subprocess
     return subprocess.Popen(
         [sys.executable, str(script), str(delay), *args],
         cwd=tmp_path,
+        env=checkout_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -54,7 +62,12 @@ def run_cli(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
     script = tmp_path / "slow_runner.py"
     script.write_text(SLOW_RUNNER)
     return subprocess.run(
-        [sys.executable, str(script), "0", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), "0", *args],
+        cwd=tmp_path,
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -217,3 +230,15 @@ def test_item3_full_disk_keeps_the_state_resumable(tmp_path: Path, data: Path, m
     assert checkpoint.load_state(run / STATE_FILE)[0]["position"]["epochs_done"] == 1
     resumed = train(tiny_settings(tmp_path, data, epochs=2), resume_dir=run)
     assert resumed.epochs_run == 2
+
+
+def test_a_second_train_of_a_running_run_stops_at_once(tmp_path: Path, data: Path) -> None:
+    with start_cli(tmp_path, tiny_args(data, tmp_path / "busy", epochs=100), delay=0.1) as first:
+        run = wait_for_epoch(tmp_path / "busy", 1)
+        second = run_cli(tmp_path, ["train", "--resume", str(run)])
+        still_running = first.poll() is None
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    assert still_running and first.returncode == 143, stderr  # the first run went on, undisturbed
+    assert second.returncode == 1 and f"{run} is in use by another `cxrseg train`" in " ".join(second.stderr.split())
+    assert "Epoch" not in second.stdout

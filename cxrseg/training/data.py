@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from cxrseg.config import Settings
-from cxrseg.dataset import CachedSet, Pair, dataset_splits, load_pairs
+from cxrseg.dataset import (
+    MIN_TRAIN_PAIRS,
+    MIN_VAL_PAIRS,
+    TRAINING_NEEDS,
+    CachedSet,
+    Pair,
+    count_pairs,
+    dataset_splits,
+    load_pairs,
+)
 from cxrseg.errors import DataError
 from cxrseg.imaging import read_mask
 
@@ -46,10 +55,12 @@ def load_training_data(
     train_pairs, val_items = split_folders(settings)
     folders = list(settings.data.root)
     where = ", ".join(str(f) for f in folders)
-    if len(val_items) < world_size or len(train_pairs) < 2 * world_size:
+    if len(val_items) < MIN_VAL_PAIRS * world_size or len(train_pairs) < MIN_TRAIN_PAIRS * world_size:
+        each = f" for each of {world_size} processes" if world_size > 1 else ""
+        fix = "add pairs" if len(val_items) >= MIN_VAL_PAIRS * world_size else "add pairs or raise data.val_fraction"
         raise DataError(
-            f"{where}: {len(train_pairs)} train and {len(val_items)} validation pairs are too few for "
-            f"{world_size} processes; each needs 2 train pairs and 1 validation pair."
+            f"{where}: {count_pairs(len(train_pairs) + len(val_items))} ({len(train_pairs)} to train on, "
+            f"{len(val_items)} to validate); {TRAINING_NEEDS}{each}; {fix}."
         )
     if on_status:
         size = settings.preprocess.image_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -34,6 +35,7 @@ from cxrseg.training.state import (
     append_metrics,
     environment,
     load_resume_state,
+    lock_run,
     save_resume_state,
     trim_metrics,
 )
@@ -115,9 +117,20 @@ def train(
 ) -> TrainResult:
     """Train a U-Net on the train split of each settings.data.root folder, choosing on their val split.
 
-    The folders' test pairs are never read. Writes a new run folder (or continues `resume_dir`).
+    The folders' test pairs are never read. Writes a new run folder (or continues `resume_dir`), holding its
+    lock file until it returns, so that no second `train` of the same run can write beside it.
     """
-    ctx = ctx or Distributed()
+    with contextlib.ExitStack() as held:
+        return _train(settings, callbacks, resume_dir, ctx or Distributed(), held)
+
+
+def _train(
+    settings: Settings,
+    callbacks: TrainCallbacks | None,
+    resume_dir: Path | None,
+    ctx: Distributed,
+    held: contextlib.ExitStack,
+) -> TrainResult:
     cb = callbacks if callbacks is not None and ctx.is_main else TrainCallbacks()
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
@@ -154,8 +167,13 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     position, note = Position(), ""
-    if resume_dir is not None:
+    if resume_dir is None:
+        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
+    else:
         run_dir = resume_dir
+    if ctx.is_main:
+        held.enter_context(lock_run(run_dir))
+    if resume_dir is not None:
         position, generator_state, note = load_resume_state(
             run_dir, model, optimizer, scheduler, ctx.rank, ctx.world_size, scaler
         )
@@ -164,8 +182,6 @@ def train(
         schedule.stretch(scheduler.last_epoch, total_steps)  # a new --epochs continues the decay, no warm restart
         if ctx.is_main:
             trim_metrics(run_dir, position.epochs_done)
-    else:
-        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
     if ctx.is_main:
         write_text(run_dir / "settings.json", settings.model_dump_json(indent=2))
         write_text(run_dir / "environment.json", json.dumps(environment(device, dtype, ctx.world_size), indent=2))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import platform
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ import torch
 from cxrseg import __version__
 from cxrseg.checkpoint import load_state, previous_state, save_state, strip_prefixes, unwrap
 from cxrseg.config import Settings, settings_from_json
-from cxrseg.errors import CheckpointError
+from cxrseg.errors import CheckpointError, TrainingError
 from cxrseg.files import write_text
 from cxrseg.inference.render import plot_progress, save_png
 
 STATE_FILE = "state.safetensors"
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -61,6 +64,25 @@ def save_resume_state(
     save_state(run_dir / STATE_FILE, optimizer, extra, tensors)
 
 
+@contextlib.contextmanager
+def lock_run(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir/.lock inside the block, so a second `cxrseg train` of the same run stops at once.
+
+    The operating system releases the lock when the file is closed or the process ends, however it ends.
+    """
+    with open(run_dir / LOCK_FILE, "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise TrainingError(
+                f"{run_dir} is in use by another `cxrseg train` (it holds {run_dir / LOCK_FILE}); wait for it to "
+                "end or stop it, then resume."
+            ) from exc
+        except OSError:
+            pass  # a file system without locks (some network mounts): train unguarded rather than not at all
+        yield
+
+
 def load_resume_state(
     run_dir: Path,
     model: torch.nn.Module,
@@ -76,6 +98,8 @@ def load_resume_state(
     """
     path = run_dir / STATE_FILE
     if not path.is_file() and not previous_state(path).is_file():
+        if (run_dir / "settings.json").is_file():  # killed before its first epoch ended: nothing to lose
+            return Position(), None, f"No epoch of {run_dir} was saved; starting it from the beginning"
         raise CheckpointError(f"No {STATE_FILE} in {run_dir}; --resume needs a run folder written by `cxrseg train`.")
     note = f"Resuming from {path}"
     try:
