@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,14 +102,26 @@ def _matches(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool) -> 
     return _part_matches(pattern[0], parts[0]) and _matches(pattern[1:], parts[1:], prefix)
 
 
-def walk_pattern(pattern: str) -> list[Path]:
-    """Sorted matches of a glob pattern. Links to folders are followed, but each folder is listed once (by device
-    and inode), so a link to `..` or to itself ends the walk instead of repeating it until the kernel refuses."""
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link to itself (ELOOP): planned as a file, it becomes an error row
+        return False
+
+
+def iter_pattern(pattern: str) -> Iterator[Path]:
+    """Matches of a glob pattern, unordered. Links to folders are followed, but each folder is listed once (by
+    device and inode), so a link to `..` or to itself ends the walk instead of repeating it until the kernel
+    refuses (2**40 paths for two such links, with glob.glob)."""
     if "**" not in pattern:
-        return sorted(Path(m) for m in glob.glob(pattern))
+        yield from (Path(m) for m in glob.iglob(pattern))
+        return
     base = _static_base(pattern)
     rest = Path(pattern).parts[len(base.parts) :]
-    matches, seen, pending = [base] if _matches(rest, (), False) else [], set(), [(base, ())]
+    if _matches(rest, (), False):
+        yield base
+    seen: set[tuple[int, int]] = set()
+    pending: list[tuple[Path, tuple[str, ...]]] = [(base, ())]
     while pending:
         folder, parts = pending.pop()
         try:
@@ -118,16 +130,15 @@ def walk_pattern(pattern: str) -> list[Path]:
                 continue
             seen.add((info.st_dev, info.st_ino))
             with os.scandir(folder) as entries:
-                children = [(entry.name, entry.is_dir()) for entry in entries]
+                children = [(entry.name, _is_folder(entry)) for entry in entries]
         except OSError:
             continue  # unreadable or gone: glob.glob skips it too
         for name, is_dir in children:
             path, below = folder / name, (*parts, name)
             if _matches(rest, below, False):
-                matches.append(path)
+                yield path
             if is_dir and _matches(rest, below, True):
                 pending.append((path, below))
-    return sorted(matches)
 
 
 def pattern_trees(inputs: Sequence[str | Path]) -> list[Path]:
@@ -151,14 +162,14 @@ def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
             plan.add(path, path.parent)
         elif any(char in text for char in "*?["):
             base = _static_base(text)
-            matches = walk_pattern(text)
+            matches = sorted(iter_pattern(text))
             plan.trees.extend(pattern_trees([text]))
             if not matches:
                 plan.jobs.append(Job(path, "", f"{text}: no file matches this pattern."))
             for match in matches:
                 if match.is_dir():
                     plan.add_folder(match, base, recursive)
-                elif match.is_file():
+                else:  # files, and links or FIFOs that become error rows as in a listed folder
                     plan.add(match, base)
         else:
             plan.jobs.append(Job(path, "", f"{text}: no such file or folder; check the INPUT path."))
@@ -181,7 +192,7 @@ def missing_inputs(inputs: Sequence[str | Path]) -> list[str]:
         text = str(raw)
         if Path(text).exists():
             continue
-        if any(char in text for char in "*?[") and walk_pattern(text):
+        if any(char in text for char in "*?[") and next(iter_pattern(text), None) is not None:
             continue
         missing.append(text)
     return missing

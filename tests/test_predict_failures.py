@@ -19,7 +19,7 @@ from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
 from cxrseg.errors import CheckpointError, InputPathError, OutputError
 from cxrseg.inference.predict import PredictOptions, predict_paths
-from cxrseg.inputs import plan_inputs
+from cxrseg.inputs import Plan, plan_inputs
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_item6_fifo_and_self_link_become_error_rows_without_blocking(tmp_path: P
     assert by_input["loop.png"]["status"] == "error"
 
 
-def _plan_within(seconds: int, pattern: str) -> list[str]:
-    """Job names of `plan_inputs([pattern])`, or TimeoutError after `seconds` (a walk that never ends)."""
+def _plan_within(seconds: int, pattern: str) -> Plan:
+    """`plan_inputs([pattern])`, or TimeoutError after `seconds` (a walk that never ends)."""
 
     def give_up(signum: int, frame: object) -> None:
         raise TimeoutError(f"planning {pattern} took over {seconds} s")
@@ -128,7 +128,7 @@ def _plan_within(seconds: int, pattern: str) -> list[str]:
     previous = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(seconds)
     try:
-        return [job.name for job in plan_inputs([pattern]).jobs]
+        return plan_inputs([pattern])
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -140,7 +140,10 @@ def test_recursive_glob_over_link_cycles_finishes_with_each_file_once(tmp_path: 
     (src / "up").symlink_to("..")  # in/up/in/up/...: a cycle through the parent
     (src / "sub" / "self").symlink_to(".")  # two through the folder itself: 2**40 paths for glob.glob
     (src / "sub" / "again").symlink_to(".")
-    assert sorted(_plan_within(10, f"{src}/**/*.png")) == ["a.png", "sub/b.png"]
+    (src / "loop.png").symlink_to("loop.png")  # a link to itself beside them hides nothing
+    plan = _plan_within(10, f"{src}/**/*.png")
+    assert sorted(job.name for job in plan.jobs if not job.error) == ["a.png", "sub/b.png"]
+    assert [Path(job.source).name for job in plan.jobs if job.error] == ["loop.png"]
 
 
 def test_recursive_glob_refuses_an_out_inside_its_tree(tmp_path: Path, checkpoint: Path) -> None:

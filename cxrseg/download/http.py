@@ -6,12 +6,10 @@ import base64
 import errno
 import functools
 import hashlib
-import http.client
 import json
 import re
 import shutil
 import signal
-import ssl
 import tempfile
 import threading
 import time
@@ -21,10 +19,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from time import monotonic  # a name of its own: tests replace `time` to record the backoff sleeps
-from typing import Any, BinaryIO
+from typing import Any
 
-from cxrseg import __version__
 from cxrseg.config import DownloadSettings
 from cxrseg.dataset import dataset_splits
 from cxrseg.download.extract import (
@@ -37,14 +33,13 @@ from cxrseg.download.extract import (
     is_present,
     remove_stale_staging,
 )
-from cxrseg.download.kaggle import http_message, kaggle_credentials
+from cxrseg.download.kaggle import kaggle_credentials
+from cxrseg.download.transfer import Progress, Retryable, Stalled, Transfer
 from cxrseg.errors import DataError, DownloadError
 from cxrseg.files import write_text
 
-Progress = Callable[[int, int | None], None]
 backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it
 MAX_BACKOFF_SECONDS = 60.0
-CHUNK_BYTES = 1 << 16
 
 
 @dataclass
@@ -64,123 +59,6 @@ class DownloadResult:
     source: str
 
 
-class _Retryable(Exception):
-    """A failure worth another attempt: connection error, timeout, HTTP 5xx/429 or a body cut short."""
-
-
-class _Stalled(_Retryable):
-    """Slower than download.min_speed: retried, but never counted as progress (a trickle would earn fresh
-    retries forever)."""
-
-
-class _Transfer:
-    """One file streamed to disk across attempts; `done` bytes are on disk, `total` is None when unknown."""
-
-    def __init__(
-        self,
-        url: str,
-        out: BinaryIO,
-        headers: Mapping[str, str],
-        settings: DownloadSettings,
-        on_progress: Progress | None,
-        kaggle_dataset: str | None,
-    ):
-        self.url, self.out, self.headers, self.settings = url, out, headers, settings
-        self.on_progress, self.kaggle_dataset = on_progress, kaggle_dataset
-        self.done, self.total = 0, None
-        self.deadline = monotonic() + settings.deadline
-
-    def _restart(self) -> None:
-        self.out.seek(0)
-        self.out.truncate()
-        self.done = 0
-
-    def _open(self) -> http.client.HTTPResponse:
-        request = urllib.request.Request(self.url, headers={"User-Agent": f"cxrseg/{__version__}"})
-        for name, value in self.headers.items():
-            request.add_unredirected_header(name, value)  # never forward credentials to a storage redirect
-        if self.done:
-            request.add_header("Range", f"bytes={self.done}-")
-        try:
-            return urllib.request.urlopen(request, timeout=self.settings.timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code >= 500 or exc.code == 429:
-                raise _Retryable(f"HTTP {exc.code}") from exc
-            if exc.code == 416 and self.done:  # our range is past the end: start over
-                self._restart()
-                raise _Retryable("HTTP 416 on resume") from exc
-            raise DownloadError(http_message(exc.code, self.url, self.kaggle_dataset)) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-            raise _Retryable(str(getattr(exc, "reason", exc)) or type(exc).__name__) from exc
-
-    def _announce(self, total: int | None) -> None:
-        if self.total is not None and total is not None and total != self.total:
-            raise DownloadError(
-                f"{self.url} changed size during the download ({self.total} then {total} bytes); "
-                "the partial file was deleted, run again."
-            )
-        self.total = total if total is not None else self.total
-        self._check_size(self.total or 0)
-
-    def _check_size(self, size: int) -> None:
-        if size > (cap := self.settings.max_download_bytes):
-            raise DownloadError(
-                f"{self.url} is more than {cap} bytes, the download.max_download_bytes limit; the partial file was "
-                "deleted. Raise CXRSEG_DOWNLOAD__MAX_DOWNLOAD_BYTES if you expect a file this large."
-            )
-
-    def check_deadline(self) -> None:
-        if monotonic() > self.deadline:
-            got = f" of {self.total}" if self.total else ""
-            raise DownloadError(
-                f"Download of {self.url} not finished after {self.settings.deadline:g} s, the download.deadline limit "
-                f"({self.done}{got} bytes); the partial file was deleted. Check your connection or raise "
-                "CXRSEG_DOWNLOAD__DEADLINE."
-            )
-
-    def _stream(self, response: http.client.HTTPResponse) -> None:
-        """Copy the body to disk; stops at the size cap and the deadline, and below the minimum speed."""
-        window_start, window_done = monotonic(), self.done
-        while chunk := response.read1(CHUNK_BYTES):  # read1: whatever arrived, so a trickle is seen
-            self.out.write(chunk)
-            self.done += len(chunk)
-            self._check_size(self.done)
-            self.check_deadline()
-            if (elapsed := monotonic() - window_start) >= self.settings.speed_window:
-                if (speed := (self.done - window_done) / elapsed) < self.settings.min_speed:
-                    raise _Stalled(
-                        f"{speed:.0f} bytes/s over {elapsed:.1f} s, slower than {self.settings.min_speed} bytes/s, "
-                        "the download.min_speed limit; lower CXRSEG_DOWNLOAD__MIN_SPEED for a slow link"
-                    )
-                window_start, window_done = monotonic(), self.done
-            if self.on_progress:
-                self.on_progress(self.done, self.total)
-
-    def attempt(self) -> None:
-        """Fetch what is missing; returns when complete, raises _Retryable when worth another try."""
-        self.check_deadline()
-        with self._open() as response:
-            length = response.headers.get("Content-Length")
-            if self.done and response.status == 206:
-                match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
-                if not match or int(match[1]) != self.done:
-                    self._restart()
-                    raise _Retryable("the server sent an unexpected range")
-                self._announce(None if match[2] == "*" else int(match[2]))
-            else:  # 200: a full body, also when the server ignored our Range
-                self._restart()
-                self._announce(int(length) if length and length.isdigit() else None)
-            if self.on_progress:  # tells the bar the total, or that a restart went back to 0
-                self.on_progress(self.done, self.total)
-            try:
-                self._stream(response)
-            except (TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
-                raise _Retryable(f"connection lost after {self.done} bytes ({exc!r})") from exc
-        if self.total is not None and self.done < self.total:  # http.client reads short bodies without error
-            raise _Retryable(f"connection closed after {self.done} of {self.total} bytes")
-
-
 def _fetch(
     url: str,
     target: Path,
@@ -192,14 +70,14 @@ def _fetch(
     """Stream `url` to `target`: exponential backoff on transient failures, resume with Range."""
     failures = 0
     with open(target, "wb") as out:
-        transfer = _Transfer(url, out, headers, settings, on_progress, kaggle_dataset)
+        transfer = Transfer(url, out, headers, settings, on_progress, kaggle_dataset)
         while True:
             before = transfer.done
             try:
                 transfer.attempt()
                 return
-            except _Retryable as exc:
-                reason, stalled = str(exc), isinstance(exc, _Stalled)
+            except Retryable as exc:
+                reason, stalled = str(exc), isinstance(exc, Stalled)
             failures = 0 if transfer.done > before and not stalled else failures + 1  # progress earns fresh retries
             if failures > settings.retries:
                 got = f" at {transfer.done} of {transfer.total} bytes" if transfer.total else ""
