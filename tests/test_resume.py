@@ -10,7 +10,7 @@ import torch
 
 from cxrseg.checkpoint import build_model
 from cxrseg.config import Settings
-from cxrseg.errors import DataError, TrainingError
+from cxrseg.errors import CheckpointError, DataError, TrainingError
 from cxrseg.training.data import load_training_data
 from cxrseg.training.loop import train
 from cxrseg.training.state import Position, load_resume_state, lock_run
@@ -42,6 +42,8 @@ def test_a_run_folder_in_use_is_refused_before_anything_is_written(tmp_path: Pat
         pass  # a lock belongs to an open file: a second holder in the same process is refused too
     with lock_run(run):
         pass  # released at the end of the block
+    with pytest.raises(CheckpointError, match="missing not found; --resume takes a run folder"):
+        train(settings, resume_dir=tmp_path / "missing")
 
 
 def test_a_run_killed_before_its_first_saved_epoch_resumes_from_the_start(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_a_run_killed_before_its_first_saved_epoch_resumes_from_the_start(tmp_pa
     assert position == Position() and generator_state is None
     assert "No epoch of" in note and "starting it from the beginning" in note
     (run / "settings.json").unlink()
-    with pytest.raises(Exception, match="not written by|written by `cxrseg train`"):
+    with pytest.raises(CheckpointError, match="needs a run folder written by `cxrseg train`"):
         load_resume_state(run, model, optimizer, scheduler)  # a folder that never was a run
 
 

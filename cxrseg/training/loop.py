@@ -131,6 +131,8 @@ def _train(
     ctx: Distributed,
     held: contextlib.ExitStack,
 ) -> TrainResult:
+    if resume_dir is not None and ctx.is_main:
+        held.enter_context(lock_run(resume_dir))  # before the data is decoded: a second train stops at once
     cb = callbacks if callbacks is not None and ctx.is_main else TrainCallbacks()
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
@@ -167,13 +169,8 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     position, note = Position(), ""
-    if resume_dir is None:
-        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
-    else:
-        run_dir = resume_dir
-    if ctx.is_main:
-        held.enter_context(lock_run(run_dir))
     if resume_dir is not None:
+        run_dir = resume_dir
         position, generator_state, note = load_resume_state(
             run_dir, model, optimizer, scheduler, ctx.rank, ctx.world_size, scaler
         )
@@ -182,6 +179,10 @@ def _train(
         schedule.stretch(scheduler.last_epoch, total_steps)  # a new --epochs continues the decay, no warm restart
         if ctx.is_main:
             trim_metrics(run_dir, position.epochs_done)
+    else:
+        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
+        if ctx.is_main:
+            held.enter_context(lock_run(run_dir))
     if ctx.is_main:
         write_text(run_dir / "settings.json", settings.model_dump_json(indent=2))
         write_text(run_dir / "environment.json", json.dumps(environment(device, dtype, ctx.world_size), indent=2))

@@ -18,7 +18,7 @@ import torch
 from cxrseg import __version__
 from cxrseg.checkpoint import load_state, previous_state, save_state, strip_prefixes, unwrap
 from cxrseg.config import Settings, settings_from_json
-from cxrseg.errors import CheckpointError, TrainingError
+from cxrseg.errors import CheckpointError, OutputError, TrainingError
 from cxrseg.files import write_text
 from cxrseg.inference.render import plot_progress, save_png
 
@@ -70,7 +70,13 @@ def lock_run(run_dir: Path) -> Iterator[None]:
 
     The operating system releases the lock when the file is closed or the process ends, however it ends.
     """
-    with open(run_dir / LOCK_FILE, "ab") as handle:
+    try:
+        handle = open(run_dir / LOCK_FILE, "ab")  # noqa: SIM115 (closed by the `with` below)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{run_dir} not found; --resume takes a run folder written by `cxrseg train`.") from exc
+    except OSError as exc:
+        raise OutputError(f"{run_dir}: cannot write there ({exc.strerror}); check its permissions.") from exc
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
