@@ -42,11 +42,13 @@ segments = st.one_of(
 
 @st.composite
 def member_names(draw: st.DrawFn) -> str:
-    """Relative, absolute (pointing at ESCAPE), drive-letter or backslash names made of odd segments."""
+    """Relative, absolute (pointing at ESCAPE), drive-letter or backslash names made of odd segments; three `..`
+    lead from the unpacking folder (DEST's parent/.DEST.tmp-*/unpacked) to the folder the test watches."""
     parts = draw(st.lists(segments, min_size=1, max_size=4))
     separator = draw(st.sampled_from(["/", "/", "\\"]))
     name = separator.join(parts)
-    prefix = draw(st.sampled_from(["", "", "", f"{ESCAPE}/", "C:\\", "/", "../"]))
+    unsafe = [f"{ESCAPE}/", "C:\\", "/", "../", "../../../", "a/../../../../"]
+    prefix = draw(st.sampled_from([""] * len(unsafe) + unsafe))
     return prefix + name + draw(st.sampled_from(["", "", "/"]))
 
 
@@ -55,6 +57,7 @@ cases = st.fixed_dictionaries(
     {
         "pack": st.sampled_from(["zip", "tar", "tar.gz"]),
         "with_dataset": st.booleans(),
+        "odd_first": st.booleans(),  # the odd members before the dataset's, or after it
         "members": members,
         "cut": st.none() | st.floats(0, 1),
         "max_bytes": st.sampled_from([2_000, 200_000, 10**9]),
@@ -63,39 +66,44 @@ cases = st.fixed_dictionaries(
 )
 
 
-def _zip(files: dict[str, bytes], extra: list[tuple[str, str, int, str]]) -> bytes:
+def _zip(files: dict[str, bytes], extra: list[tuple[str, str, int, str]], odd_first: bool) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
+        for name, data in files.items() if not odd_first else ():
             zf.writestr(name, data)
         for name, kind, size, link in extra:
             info = zipfile.ZipInfo(name)
             info.create_system, info.external_attr = 3, (ZIP_MODES[kind] | 0o644) << 16
             zf.writestr(info, link.encode() if kind in ("symlink", "hardlink") else bytes(size))
+        for name, data in files.items() if odd_first else ():
+            zf.writestr(name, data)
     return buffer.getvalue()
 
 
-def _tar(files: dict[str, bytes], extra: list[tuple[str, str, int, str]], compress: bool) -> bytes:
+def _tar(files: dict[str, bytes], extra: list[tuple[str, str, int, str]], odd_first: bool, compress: bool) -> bytes:
+    infos = []
+    for name, data in files.items():
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        infos.append((info, data))
+    for name, kind, size, link in extra:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = TAR_TYPES[kind], link
+        info.size = size if kind == "file" else 0
+        infos.insert(len(infos) if not odd_first else 0, (info, bytes(info.size)))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        for name, kind, size, link in extra:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = TAR_TYPES[kind], link
-            info.size = size if kind == "file" else 0
-            tf.addfile(info, io.BytesIO(bytes(size)) if info.size else None)
+        for info, data in infos:
+            tf.addfile(info, io.BytesIO(data) if info.size else None)
     return buffer.getvalue()
 
 
 def _pack(case: dict) -> bytes:
     files = dataset_files() if case["with_dataset"] else {}
     if case["pack"] == "zip":
-        data = _zip(files, case["members"])
+        data = _zip(files, case["members"], case["odd_first"])
     else:
-        data = _tar(files, case["members"], compress=case["pack"] == "tar.gz")
+        data = _tar(files, case["members"], case["odd_first"], compress=case["pack"] == "tar.gz")
     return data if case["cut"] is None else data[: int(len(data) * case["cut"])]
 
 
