@@ -25,13 +25,14 @@ from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.config import InferenceSettings, with_overrides
 from cxrseg.dataset import select_pairs
+from cxrseg.device import cpu_has_bf16
 from cxrseg.export import export_onnx, load_onnx
 from cxrseg.export.calibration import model_inputs, sample_images
 from cxrseg.inference.backend import place
-from cxrseg.inference.engine import cpu_has_bf16, forward_probabilities
+from cxrseg.inference.engine import forward_probabilities
 from cxrseg.inference.evaluate import evaluate_model
 
-DATA = Path("/work/shared/data/cxr-lungs")
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs"
 MAX_INT8_LOSS = 0.002
 
 

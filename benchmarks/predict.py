@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import header, row, verdict, write_json
 
-DEFAULT_SOURCE = Path("/work/shared/data/cxr-lungs/image")
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs/image"
 REFERENCE = Path(__file__).with_name("predict_masks.json")  # masks made before the engine rewrite
 
 

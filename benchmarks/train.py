@@ -49,10 +49,10 @@ from cxrseg.device import amp_dtype, autocast, resolve_device
 from cxrseg.losses import segmentation_loss
 from cxrseg.model import UNet
 from cxrseg.preprocess import normalize
-from cxrseg.training.loop import lr_factor, seed_everything
+from cxrseg.training.schedule import lr_factor, seed_everything
 
 SEED = 0
-SHARED_DATA = Path("/work/shared/data/cxr-lungs")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs"
 
 
 @dataclass
