@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 OPTIONAL = {"check_hd95_monai": "monai"}  # development tools, not dependencies
 
 
+@pytest.mark.slow  # imports torch-heavy scripts
 @pytest.mark.parametrize("name", sorted(p.stem for p in BENCHMARKS.glob("*.py")))
 def test_benchmark_script_imports(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if name in OPTIONAL:

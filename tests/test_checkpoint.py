@@ -55,7 +55,14 @@ class DataParallelLike(torch.nn.Module):
         self.module = model
 
 
-@pytest.mark.parametrize("wrap", [DataParallelLike, torch.compile, lambda m: DataParallelLike(torch.compile(m))])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        DataParallelLike,
+        pytest.param(torch.compile, marks=pytest.mark.slow),
+        pytest.param(lambda m: DataParallelLike(torch.compile(m)), marks=pytest.mark.slow),
+    ],
+)
 def test_wrapped_models_are_saved_under_the_plain_key_names(tmp_path: Path, settings: Settings, wrap) -> None:
     """The file itself holds the bare names (read raw: load_checkpoint would strip prefixes and hide a bug)."""
     model = build_model(settings)

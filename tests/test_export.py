@@ -44,6 +44,7 @@ def predict(out: Path, model: Path, backend: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_onnx_runtime_masks_and_flags_match_torch(tmp_path: Path, exported: Path) -> None:
     torch_rows = predict(tmp_path / "torch", BUNDLED_MODEL, "torch")
     ort_rows = predict(tmp_path / "ort", exported, "auto")  # a .onnx file: auto means ONNX Runtime
@@ -57,6 +58,7 @@ def test_onnx_runtime_masks_and_flags_match_torch(tmp_path: Path, exported: Path
     assert [r["flags"] for r in ort_rows] == [r["flags"] for r in torch_rows]
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_metadata_round_trip(exported: Path) -> None:
     _, info = load_checkpoint(BUNDLED_MODEL)
     model = load_onnx(exported)
@@ -67,6 +69,7 @@ def test_metadata_round_trip(exported: Path) -> None:
     assert json.loads(model.metadata["preprocessing"])["image_size"] == info.settings.preprocess.image_size
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_batch_dimension_is_dynamic(exported: Path) -> None:
     model = load_onnx(exported)
     size = model.image_size
@@ -75,6 +78,7 @@ def test_batch_dimension_is_dynamic(exported: Path) -> None:
         assert model.logits(x).shape == (batch, 1, size, size)
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_evaluate_accepts_an_onnx_file(exported: Path) -> None:
     runner = CliRunner()
     scores = {}
@@ -87,6 +91,7 @@ def test_evaluate_accepts_an_onnx_file(exported: Path) -> None:
     assert scores[".onnx"] == pytest.approx(scores[".safetensors"], abs=1e-4)
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_a_checkpoint_runs_on_onnx_runtime_when_asked(exported: Path) -> None:
     model, info = load_model(BUNDLED_MODEL, InferenceSettings(device="cpu", backend="onnxruntime"))
     assert isinstance(model, OnnxModel) and info.settings == load_checkpoint(BUNDLED_MODEL)[1].settings
@@ -114,11 +119,13 @@ def test_an_onnx_file_not_written_by_cxrseg_is_refused(tmp_path: Path) -> None:
         load_onnx(garbage)
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_torch_backend_refuses_an_onnx_file(exported: Path) -> None:
     with pytest.raises(ConfigError, match="--backend onnxruntime or auto"):
         load_model(exported, InferenceSettings(backend="torch"))
 
 
+@pytest.mark.slow  # exports the bundled model to ONNX
 def test_missing_onnxruntime_says_how_to_install_it(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ConfigError, match=r'pip install "cxrseg\[onnx\]"'):

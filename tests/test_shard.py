@@ -112,6 +112,7 @@ def single_run_table(out: Path) -> str:
     return (out / "predictions.csv").read_text()
 
 
+@pytest.mark.slow  # three predict runs of the bundled model
 def test_shards_of_a_predict_run_merge_into_the_single_process_table(tmp_path: Path) -> None:
     cfg = InferenceSettings(device="cpu", backend="torch")
     counts = []
