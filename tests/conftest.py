@@ -66,13 +66,18 @@ def dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data")
 
 
-@pytest.fixture
-def tiny_settings(tmp_path: Path, dataset: Path) -> Settings:
+def tiny_config(runs_dir: Path, data: Path, **train: object) -> Settings:
+    """Settings of a U-Net small enough to train in a second on `data`; `train` overrides the train section."""
     return Settings.model_validate(
         {
-            "data": {"root": dataset},
+            "data": {"root": data},
             "preprocess": {"image_size": 32},
             "model": {"base_channels": 4, "depth": 2},
-            "train": {"epochs": 2, "batch_size": 4, "runs_dir": tmp_path / "runs", "previews": 2, "lr": 1e-2},
+            "train": {"epochs": 2, "batch_size": 4, "runs_dir": runs_dir, "previews": 0, **train},
         }
     )
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, dataset: Path) -> Settings:
+    return tiny_config(tmp_path / "runs", dataset, previews=2, lr=1e-2)

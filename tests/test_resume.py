@@ -14,18 +14,11 @@ from cxrseg.errors import CheckpointError, DataError, TrainingError
 from cxrseg.training.data import load_training_data
 from cxrseg.training.loop import train
 from cxrseg.training.state import Position, load_resume_state, lock_run
-from tests.conftest import write_dataset
+from tests.conftest import tiny_config, write_dataset
 
 
 def tiny_settings(tmp_path: Path, data: Path, **train: object) -> Settings:
-    return Settings.model_validate(
-        {
-            "data": {"root": data},
-            "preprocess": {"image_size": 32},
-            "model": {"base_channels": 4, "depth": 2},
-            "train": {"epochs": 1, "batch_size": 4, "runs_dir": tmp_path / "runs", "previews": 0, **train},
-        }
-    )
+    return tiny_config(tmp_path / "runs", data, **{"epochs": 1, **train})
 
 
 def test_a_run_folder_in_use_is_refused_before_anything_is_written(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError, TrainingError
 from cxrseg.training import loop as train_module
 from cxrseg.training.loop import train
-from tests.conftest import tiny_args, write_dataset
+from tests.conftest import tiny_args, tiny_config, write_dataset
 
 pytestmark = pytest.mark.slow  # every test here trains, most in subprocesses
 
@@ -149,14 +149,7 @@ def test_ctrl_c_exits_130_with_the_resume_command(tmp_path: Path, data: Path) ->
 
 
 def tiny_settings(tmp_path: Path, data: Path, **train: object) -> Settings:
-    return Settings.model_validate(
-        {
-            "data": {"root": data},
-            "preprocess": {"image_size": 32},
-            "model": {"base_channels": 4, "depth": 2},
-            "train": {"epochs": 5, "batch_size": 4, "runs_dir": tmp_path / "runs", "previews": 0, **train},
-        }
-    )
+    return tiny_config(tmp_path / "runs", data, **{"epochs": 5, **train})
 
 
 def test_patience_stops_early(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
