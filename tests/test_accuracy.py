@@ -99,6 +99,7 @@ def test_the_gastric_bubble_below_the_left_diaphragm_is_not_lung(predicted: tupl
     assert np.count_nonzero(far) <= 200, np.count_nonzero(far)
 
 
+@pytest.mark.slow  # a second full predict of the sample
 def test_tta_masks_match_the_expert_masks(tmp_path: Path) -> None:
     """Averaging with the flipped image's prediction only helps if that prediction is flipped back."""
     out = tmp_path / "tta"
@@ -107,6 +108,7 @@ def test_tta_masks_match_the_expert_masks(tmp_path: Path) -> None:
     assert min(scores) >= IMAGE_DICE_FLOOR, scores
 
 
+@pytest.mark.slow  # a full evaluate of the sample
 def test_evaluate_all_sample_pairs_scores_above_the_floor() -> None:
     args = ["evaluate", "--checkpoint", str(BUNDLED_MODEL), "--data", str(SAMPLE_DIR), "--split", "all", "--json"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--backend", "torch"])

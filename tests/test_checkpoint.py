@@ -74,6 +74,7 @@ def test_wrapped_models_are_saved_under_the_plain_key_names(tmp_path: Path, sett
     assert all(torch.equal(saved[key], value) for key, value in model.state_dict().items())
 
 
+@pytest.mark.slow  # torch.compile
 def test_resume_state_holds_the_plain_key_names(tmp_path: Path, settings: Settings) -> None:
     from cxrseg.training.schedule import LRSchedule
     from cxrseg.training.state import save_resume_state
