@@ -19,14 +19,14 @@ from cxrseg.errors import DataError
 from cxrseg.files import write_text
 from cxrseg.postprocess import EIGHT, LEFT, RIGHT, count_components, lung_sides
 
-# Thresholds, set from the 566 expert masks of the Shenzhen set (docs/predict.md gives the figures).
+# Thresholds, checked against the Shenzhen `train` masks and `val` predictions only (figures: docs/predict.md).
 NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
-LOW_LUNG_FRACTION = 0.10  # expert masks: min 0.084, 1st percentile 0.135
-HIGH_LUNG_FRACTION = 0.50  # expert masks: max 0.43
-MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; expert masks: 1st percentile 0.44, 5th 0.67
-MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; a Dice-0.96 model: 0.76-0.83 on held-out films
+LOW_LUNG_FRACTION = 0.10  # train masks: min 0.099, 1st percentile 0.139
+HIGH_LUNG_FRACTION = 0.50  # train masks: max 0.43
+MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; train masks: 1st percentile 0.39, 5th 0.68
+MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; bundled model on `val`: 0.59-0.75, inverted 0.25-0.39
 BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
-MIN_MIDLINE_CONTRAST = 0.0  # Shenzhen films: min 0.021, median 0.31; inverting a film negates it
+MIN_MIDLINE_CONTRAST = 0.0  # train films: min 0.075, median 0.31; inverting a film negates it
 
 # predictions.csv columns and their types (docs/predict.md describes each); empty cells: '' for text, else None
 COLUMNS: dict[str, type] = {
