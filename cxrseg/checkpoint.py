@@ -1,10 +1,9 @@
-"""Self-describing safetensors checkpoints and resumable training state, written atomically."""
+"""Self-describing safetensors checkpoints, written atomically (training state: cxrseg/state_file.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,10 @@ class CheckpointInfo:
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write safetensors to a temporary name in the same folder, fsync, then rename over `path`."""
     with atomic_path(path, fsync=True) as tmp:
-        _write(tensors, metadata, tmp, path)
+        write_safetensors(tensors, metadata, tmp, path)
 
 
-def _write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tmp: Path, path: Path) -> None:
+def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tmp: Path, path: Path) -> None:
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     except SafetensorError as exc:  # the Rust writer reports a full disk as SafetensorError, not OSError
@@ -101,7 +100,7 @@ def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"Checkpoint {path} is truncated or corrupt ({exc}); use another checkpoint.")
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with _open(path) as handle:
             metadata = handle.metadata() or {}
@@ -190,7 +189,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo
     shapes, metadata = _read_header(path)
     info = checkpoint_from_metadata(metadata, path, "a safetensors file")
     _check_shapes(path, shapes, info.settings)
-    tensors, _ = _read(path)
+    tensors, _ = read_safetensors(path)
     return strip_prefixes(tensors), info
 
 
@@ -217,65 +216,6 @@ def load_checkpoint(path: Path) -> tuple[UNet, CheckpointInfo]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the U-Net its settings describe ({exc}).") from exc
     return model.eval(), info
-
-
-def save_state(
-    path: Path, optimizer: torch.optim.Optimizer, extra: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
-) -> None:
-    """Optimizer state and other `tensors` as safetensors plus JSON `extra` (scheduler, epoch, RNG, ...):
-    resumable without pickle. The file it replaces is kept as `<name>.prev.safetensors`."""
-    state = optimizer.state_dict()
-    flat: dict[str, torch.Tensor] = {f"extra.{k}": v for k, v in (tensors or {}).items()}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in state["state"].items():
-        for key, value in param_state.items():
-            if isinstance(value, torch.Tensor):
-                flat[f"optimizer.{index}.{key}"] = value
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    metadata = {
-        "format": FORMAT + "-state",
-        "format_version": str(FORMAT_VERSION),
-        "param_groups": json.dumps(state["param_groups"]),
-        "optimizer_scalars": json.dumps(scalars),
-        "extra": json.dumps(extra),
-    }
-    with atomic_path(path, fsync=True) as tmp:
-        _write(flat, metadata, tmp, path)  # on a full disk this fails and the current state stays as it is
-        if path.is_file():
-            os.replace(path, previous_state(path))
-
-
-def previous_state(path: Path) -> Path:
-    return path.with_name(path.name.replace(".safetensors", ".prev.safetensors"))
-
-
-def load_state(
-    path: Path, optimizer: torch.optim.Optimizer | None = None
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a state file written by save_state: restores `optimizer` and returns (extra JSON, extra tensors)."""
-    tensors, metadata = _read(path)
-    if metadata.get("format") != FORMAT + "-state":
-        raise CheckpointError(f"{path} is not a cxrseg training state file.")
-    state: dict[int, dict[str, Any]] = {}
-    extra_tensors: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        kind, rest = key.split(".", 1)
-        if kind == "extra":
-            extra_tensors[rest] = value
-        else:
-            index, name = rest.split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in json.loads(metadata["optimizer_scalars"]).items():
-        state.setdefault(int(index), {}).update(values)
-    if optimizer is not None:
-        try:
-            optimizer.load_state_dict(
-                {"state": dict(sorted(state.items())), "param_groups": json.loads(metadata["param_groups"])}
-            )
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: optimizer state does not match this model ({exc}).") from exc
-    return json.loads(metadata["extra"]), extra_tensors
 
 
 def newest_run_checkpoint(runs_dir: Path) -> Path | None:

@@ -16,15 +16,14 @@ from cxrseg.checkpoint import (
     build_model,
     default_checkpoint,
     load_checkpoint,
-    load_state,
     newest_run_checkpoint,
     save_checkpoint,
-    save_state,
 )
 from cxrseg.config import Settings
 from cxrseg.errors import CheckpointError, OutputError
 from cxrseg.memory import HEADROOM, activation_bytes, fit_batch_size
 from cxrseg.model import UNet
+from cxrseg.state_file import load_state, save_state
 from cxrseg.training.state import Position
 
 

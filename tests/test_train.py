@@ -202,6 +202,7 @@ def test_item3_full_disk_keeps_the_state_resumable(tmp_path: Path, data: Path, m
 
     import cxrseg.checkpoint as checkpoint
     from cxrseg.errors import OutputError
+    from cxrseg.state_file import load_state
     from cxrseg.training.state import STATE_FILE
 
     real, calls = checkpoint.save_file, {"n": 0}
@@ -220,7 +221,7 @@ def test_item3_full_disk_keeps_the_state_resumable(tmp_path: Path, data: Path, m
     (run,) = (tmp_path / "runs").iterdir()
     assert not list(run.glob(".*.tmp"))
     monkeypatch.setattr(checkpoint, "save_file", real)
-    assert checkpoint.load_state(run / STATE_FILE)[0]["position"]["epochs_done"] == 1
+    assert load_state(run / STATE_FILE)[0]["position"]["epochs_done"] == 1
     resumed = train(tiny_settings(tmp_path, data, epochs=2), resume_dir=run)
     assert resumed.epochs_run == 2
 

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from cxrseg import __version__
-from cxrseg.checkpoint import load_state, previous_state, save_state, strip_prefixes, unwrap
+from cxrseg.checkpoint import strip_prefixes, unwrap
 from cxrseg.config import Settings, settings_from_json
 from cxrseg.errors import CheckpointError, OutputError, TrainingError
 from cxrseg.files import write_text
 from cxrseg.inference.render import plot_progress, save_png
+from cxrseg.state_file import load_state, previous_state, save_state
 
 STATE_FILE = "state.safetensors"
 LOCK_FILE = ".lock"
