@@ -29,10 +29,16 @@ class _Budget:
     max_extract_ratio times the archive's, at most max_extract_bytes."""
 
     def __init__(self, settings: DownloadSettings, source: str, archive_bytes: int):
-        self.ratio, self.max_files = settings.max_extract_ratio, settings.max_extract_files
-        self.by_ratio = int(self.ratio * archive_bytes) < settings.max_extract_bytes
-        self.max_bytes = min(settings.max_extract_bytes, int(self.ratio * archive_bytes))
-        self.source = source
+        self.max_files, self.source = settings.max_extract_files, source
+        by_ratio = int(settings.max_extract_ratio * archive_bytes)
+        self.max_bytes = min(settings.max_extract_bytes, by_ratio)
+        ratio = f"{settings.max_extract_ratio:g} times its own size ({self.max_bytes} bytes)"
+        self.limit = (  # the message names the limit that binds
+            f"{ratio}, the download.max_extract_ratio limit; raise CXRSEG_DOWNLOAD__MAX_EXTRACT_RATIO"
+            if by_ratio < settings.max_extract_bytes
+            else f"{self.max_bytes} bytes, the download.max_extract_bytes limit; "
+            "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_BYTES"
+        )
         self.bytes = self.files = 0
 
     def check(self, extra_bytes: int, extra_files: int) -> None:
@@ -41,16 +47,8 @@ class _Budget:
                 f"{self.source} holds more than {self.max_files} files, the download.max_extract_files limit; "
                 "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_FILES if you trust this archive."
             )
-        if self.bytes + extra_bytes > self.max_bytes and self.by_ratio:
-            raise DownloadError(
-                f"{self.source} unpacks to more than {self.ratio:g} times its own size ({self.max_bytes} bytes), "
-                "the download.max_extract_ratio limit; raise CXRSEG_DOWNLOAD__MAX_EXTRACT_RATIO if you trust it."
-            )
         if self.bytes + extra_bytes > self.max_bytes:
-            raise DownloadError(
-                f"{self.source} unpacks to more than {self.max_bytes} bytes, the download.max_extract_bytes limit; "
-                "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_BYTES if you trust this archive."
-            )
+            raise DownloadError(f"{self.source} unpacks to more than {self.limit} if you trust this archive.")
 
     def copy(self, src: IO[bytes], target: Path) -> None:
         """Write one member, counting real bytes (headers may lie about sizes)."""

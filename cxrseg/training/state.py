@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import platform
 import random
@@ -79,14 +78,16 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         raise OutputError(f"{run_dir}: cannot write there ({exc.strerror}); check its permissions.") from exc
     with handle:
         try:
+            import fcntl  # POSIX; elsewhere (Windows) the ImportError below trains unguarded
+
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise TrainingError(
                 f"{run_dir} is in use by another `cxrseg train` (it holds {run_dir / LOCK_FILE}); wait for it to "
                 "end or stop it, then resume."
             ) from exc
-        except OSError:
-            pass  # a file system without locks (some network mounts): train unguarded rather than not at all
+        except (OSError, ImportError):
+            pass  # no locks here (some network mounts, Windows): train unguarded rather than not at all
         yield
 
 
