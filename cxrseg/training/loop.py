@@ -124,6 +124,34 @@ def train(
         return _train(settings, callbacks, resume_dir, ctx or Distributed(), held)
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps."""
+
+    settings: Settings
+    ctx: Distributed
+    cb: TrainCallbacks
+    device: torch.device
+    dtype: torch.dtype | None
+    data: TrainingData
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: DistributedSampler
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler
+    run_dir: Path
+    position: Position
+
+    def save_state(self) -> None:
+        states = gather_objects(self.generator.get_state(), self.ctx)
+        if self.ctx.is_main:
+            save_resume_state(
+                self.run_dir, self.model, self.optimizer, self.scheduler, self.position, states, self.scaler
+            )
+
+
 def _train(
     settings: Settings,
     callbacks: TrainCallbacks | None,
@@ -134,6 +162,31 @@ def _train(
     if resume_dir is not None and ctx.is_main:
         held.enter_context(lock_run(resume_dir))  # before the data is decoded: a second train stops at once
     cb = callbacks if callbacks is not None and ctx.is_main else TrainCallbacks()
+    run = _set_up(settings, cb, resume_dir, ctx, held)
+    cfg, position = run.settings.train, run.position
+    stop_reason, time_started, epoch = "completed", time.perf_counter(), position.epochs_done
+    with stop_on_signals() as stop:
+        for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
+            seen = _train_epoch(run, epoch, stop)
+            _end_epoch(run, epoch, seen, epoch_started)
+            elapsed = time.perf_counter() - time_started
+            if cfg.patience and epoch - position.best_epoch >= cfg.patience:
+                stop_reason = f"early stop: no validation Dice gain for {cfg.patience} epochs"
+            elif cfg.max_time and epoch < cfg.epochs and broadcast_object(elapsed >= cfg.max_time, ctx):
+                stop_reason = f"time budget: --max-time {cfg.max_time:.0f}s reached after epoch {epoch}"
+            if stop_reason != "completed":
+                break
+    if cfg.save_images and ctx.is_main:
+        run.cb.on_status(f"Saving the best checkpoint's validation predictions to {run.run_dir / FOLDER}")
+        save_validation_images(run.run_dir, run.settings)
+    return TrainResult(run.run_dir, position.best_dice, position.best_epoch, epoch, stop_reason)
+
+
+def _set_up(
+    settings: Settings, cb: TrainCallbacks, resume_dir: Path | None, ctx: Distributed, held: contextlib.ExitStack
+) -> _Run:
+    """Decode the data, build the model and optimiser, and open a new run folder or restore `resume_dir`."""
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
     device = setup(ctx, resolve_device(cfg.device))
@@ -141,7 +194,6 @@ def _train(
     settings, init_weights = apply_init(settings)
     started = time.perf_counter()
     data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
-    train_set = data.train
     load_seconds = time.perf_counter() - started
 
     model = build_model(settings)
@@ -157,131 +209,136 @@ def _train(
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = DistributedSampler(
-        range(len(train_set.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
+        range(len(data.train.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
     )
     steps_per_epoch = len(epoch_batches(sampler, 0, cfg.batch_size))
     if steps_per_epoch == 0:
         raise DataError(f"{data.folders[0]}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
     total_steps = steps_per_epoch * cfg.epochs
     schedule = LRSchedule(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation draws
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    position, note = Position(), ""
-    if resume_dir is not None:
-        run_dir = resume_dir
-        position, generator_state, note = load_resume_state(
-            run_dir, model, optimizer, scheduler, ctx.rank, ctx.world_size, scaler
-        )
-        if generator_state is not None:
-            generator.set_state(generator_state)
-        schedule.stretch(scheduler.last_epoch, total_steps)  # a new --epochs continues the decay, no warm restart
-        if ctx.is_main:
-            trim_metrics(run_dir, position.epochs_done)
-    else:
-        run_dir = broadcast_object(new_run_dir(cfg.runs_dir) if ctx.is_main else None, ctx)
-        if ctx.is_main:
-            held.enter_context(lock_run(run_dir))
-    if ctx.is_main:
-        write_text(run_dir / "settings.json", settings.model_dump_json(indent=2))
-        write_text(run_dir / "environment.json", json.dumps(environment(device, dtype, ctx.world_size), indent=2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    run = _Run(
+        settings, ctx, cb, device, dtype, data, model, net, optimizer, scheduler, sampler, generator, scaler,
+        Path(), Position(),
+    )  # fmt: skip
+    note = _open_run_dir(run, resume_dir, schedule, total_steps, held)
     precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
     note = "; ".join(
         filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
     )
-    cb.on_start(run_dir, steps_per_epoch, len(train_set.pairs), data.n_val, note)
+    cb.on_start(run.run_dir, steps_per_epoch, len(data.train.pairs), data.n_val, note)
+    return run
 
-    def save_state_now() -> None:
-        states = gather_objects(generator.get_state(), ctx)
+
+def _open_run_dir(
+    run: _Run, resume_dir: Path | None, schedule: LRSchedule, total_steps: int, held: contextlib.ExitStack
+) -> str:
+    """Restore `resume_dir`'s state into `run`, or create and lock a new run folder; returns the resume note."""
+    ctx, note = run.ctx, ""
+    if resume_dir is not None:
+        run.run_dir = resume_dir
+        run.position, generator_state, note = load_resume_state(
+            resume_dir, run.model, run.optimizer, run.scheduler, ctx.rank, ctx.world_size, run.scaler
+        )
+        if generator_state is not None:
+            run.generator.set_state(generator_state)
+        schedule.stretch(run.scheduler.last_epoch, total_steps)  # a new --epochs continues the decay
         if ctx.is_main:
-            save_resume_state(run_dir, model, optimizer, scheduler, position, states, scaler)
+            trim_metrics(resume_dir, run.position.epochs_done)
+    else:
+        run.run_dir = broadcast_object(new_run_dir(run.settings.train.runs_dir) if ctx.is_main else None, ctx)
+        if ctx.is_main:
+            held.enter_context(lock_run(run.run_dir))
+    if ctx.is_main:
+        environment_json = json.dumps(environment(run.device, run.dtype, ctx.world_size), indent=2)
+        write_text(run.run_dir / "settings.json", run.settings.model_dump_json(indent=2))
+        write_text(run.run_dir / "environment.json", environment_json)
+    return note
 
-    stop_reason, time_started, epoch = "completed", time.perf_counter(), position.epochs_done
-    with stop_on_signals() as stop:
-        for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
-            net.train()
-            epoch_started, seen = time.perf_counter(), 0
-            batches = epoch_batches(sampler, epoch, cfg.batch_size)
-            for step in range(position.step, len(batches)):
-                index = torch.tensor(batches[step])
-                images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
-                if settings.augment.enabled:
-                    images, masks, valid = augment_batch(images, masks, valid, settings.augment, generator)
-                x = normalize(images, valid).to(device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device, dtype):
-                    logits = net(x)
-                loss = segmentation_loss(logits, masks.to(device), valid.to(device), cfg.dice_weight)
-                loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
-                if not math.isfinite(loss_sum):
-                    last = run_dir / "last.safetensors"
-                    kept = f"The last good checkpoint is {last}. " if last.is_file() else "No epoch had finished. "
-                    raise TrainingError(
-                        f"Loss became {loss_sum} at epoch {epoch}, step {step + 1}; stopped. {kept}"
-                        "Lower --lr or use --precision fp32."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # loss scaling only for fp16; a no-op otherwise
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                position.step, seen = step + 1, seen + len(index)
-                position.loss_sum += loss_sum / ctx.world_size
-                position.loss_count += 1
-                cb.on_step(epoch, step + 1, loss_sum / ctx.world_size, seen / (time.perf_counter() - epoch_started))
-                if stop_votes:
-                    save_state_now()
-                    name = "Ctrl-C" if stop["signal"] == signal.SIGINT else "SIGTERM"
-                    raise TrainingInterrupted(
-                        f"Stopped by {name} at epoch {epoch}, step {step + 1}; state saved. "
-                        f"Resume with: cxrseg train --resume {run_dir}",
-                        130 if stop["signal"] == signal.SIGINT else 143,
-                    )
-            train_seconds = time.perf_counter() - epoch_started
 
-            val_dice, val_iou, by_folder, previews = validate(model, data, settings, device, dtype, ctx)
-            is_best = val_dice > position.best_dice
-            if is_best:
-                position.best_dice, position.best_epoch = val_dice, epoch
-            train_loss = position.loss_sum / max(1, position.loss_count)
-            position.epochs_done, position.step, position.loss_sum, position.loss_count = epoch, 0, 0.0, 0
-            report = EpochReport(
-                epoch,
-                cfg.epochs,
-                train_loss,
-                val_dice,
-                val_iou,
-                position.best_dice,
-                is_best,
-                optimizer.param_groups[0]["lr"],
-                seen / train_seconds,
-                time.perf_counter() - epoch_started,
-                by_folder if len(by_folder) > 1 else None,
+def _train_epoch(run: _Run, epoch: int, stop: dict[str, int]) -> int:
+    """The optimiser steps of one epoch, from where `run.position` stands; returns the images seen."""
+    settings, ctx, position, train_set = run.settings, run.ctx, run.position, run.data.train
+    cfg, device = settings.train, run.device
+    run.net.train()
+    epoch_started, seen = time.perf_counter(), 0
+    batches = epoch_batches(run.sampler, epoch, cfg.batch_size)
+    for step in range(position.step, len(batches)):
+        index = torch.tensor(batches[step])
+        images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
+        if settings.augment.enabled:
+            images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator)
+        x = normalize(images, valid).to(device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, run.dtype):
+            logits = run.net(x)
+        loss = segmentation_loss(logits, masks.to(device), valid.to(device), cfg.dice_weight)
+        loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
+        if not math.isfinite(loss_sum):
+            last = run.run_dir / "last.safetensors"
+            kept = f"The last good checkpoint is {last}. " if last.is_file() else "No epoch had finished. "
+            raise TrainingError(
+                f"Loss became {loss_sum} at epoch {epoch}, step {step + 1}; stopped. {kept}"
+                "Lower --lr or use --precision fp32."
             )
-            if ctx.is_main:
-                info = CheckpointInfo(
-                    settings=settings,
-                    epoch=epoch,
-                    metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
-                )
-                save_checkpoint(run_dir / "last.safetensors", model, info)
-                if is_best:
-                    save_checkpoint(run_dir / "best.safetensors", model, info)
-                if previews:
-                    save_png(preview_sheet(previews), run_dir / "previews" / f"epoch_{epoch:03d}.png")
-                append_metrics(run_dir, asdict(report))
-            save_state_now()
-            cb.on_epoch(report)
-            elapsed = time.perf_counter() - time_started
-            if cfg.patience and epoch - position.best_epoch >= cfg.patience:
-                stop_reason = f"early stop: no validation Dice gain for {cfg.patience} epochs"
-            elif cfg.max_time and epoch < cfg.epochs and broadcast_object(elapsed >= cfg.max_time, ctx):
-                stop_reason = f"time budget: --max-time {cfg.max_time:.0f}s reached after epoch {epoch}"
-            if stop_reason != "completed":
-                break
-    if cfg.save_images and ctx.is_main:
-        cb.on_status(f"Saving the best checkpoint's validation predictions to {run_dir / FOLDER}")
-        save_validation_images(run_dir, settings)
-    return TrainResult(run_dir, position.best_dice, position.best_epoch, epoch, stop_reason)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()  # loss scaling only for fp16; a no-op otherwise
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        position.step, seen = step + 1, seen + len(index)
+        position.loss_sum += loss_sum / ctx.world_size
+        position.loss_count += 1
+        run.cb.on_step(epoch, step + 1, loss_sum / ctx.world_size, seen / (time.perf_counter() - epoch_started))
+        if stop_votes:
+            run.save_state()
+            name = "Ctrl-C" if stop["signal"] == signal.SIGINT else "SIGTERM"
+            raise TrainingInterrupted(
+                f"Stopped by {name} at epoch {epoch}, step {step + 1}; state saved. "
+                f"Resume with: cxrseg train --resume {run.run_dir}",
+                130 if stop["signal"] == signal.SIGINT else 143,
+            )
+    return seen
+
+
+def _end_epoch(run: _Run, epoch: int, seen: int, epoch_started: float) -> EpochReport:
+    """Validate, record the epoch, write last/best checkpoints, previews and the resumable state."""
+    settings, position, cfg = run.settings, run.position, run.settings.train
+    train_seconds = time.perf_counter() - epoch_started
+    val_dice, val_iou, by_folder, previews = validate(run.model, run.data, settings, run.device, run.dtype, run.ctx)
+    is_best = val_dice > position.best_dice
+    if is_best:
+        position.best_dice, position.best_epoch = val_dice, epoch
+    train_loss = position.loss_sum / max(1, position.loss_count)
+    position.epochs_done, position.step, position.loss_sum, position.loss_count = epoch, 0, 0.0, 0
+    report = EpochReport(
+        epoch,
+        cfg.epochs,
+        train_loss,
+        val_dice,
+        val_iou,
+        position.best_dice,
+        is_best,
+        run.optimizer.param_groups[0]["lr"],
+        seen / train_seconds,
+        time.perf_counter() - epoch_started,
+        by_folder if len(by_folder) > 1 else None,
+    )
+    if run.ctx.is_main:
+        info = CheckpointInfo(
+            settings=settings,
+            epoch=epoch,
+            metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
+        )
+        save_checkpoint(run.run_dir / "last.safetensors", run.model, info)
+        if is_best:
+            save_checkpoint(run.run_dir / "best.safetensors", run.model, info)
+        if previews:
+            save_png(preview_sheet(previews), run.run_dir / "previews" / f"epoch_{epoch:03d}.png")
+        append_metrics(run.run_dir, asdict(report))
+    run.save_state()
+    run.cb.on_epoch(report)
+    return report
