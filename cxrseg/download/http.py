@@ -138,8 +138,7 @@ def download_dataset(
     Args:
         settings: Kaggle dataset name, retries, timeout and extraction limits.
         dest: the dataset folder to create (Settings.data.root by default in the CLI).
-        url: an http(s) zip or tar(.gz) instead of Kaggle.
-        archive: a local zip or tar(.gz); read only, never moved or deleted.
+        url / archive: an http(s) or local zip or tar(.gz) instead of Kaggle; an archive is only read.
         sha256: expected checksum of the archive, hex.
         force: replace a dataset already in `dest` (kept until the new one is complete).
         on_progress: called with (bytes_done, total_or_None) while downloading.
@@ -147,59 +146,98 @@ def download_dataset(
         kaggle_json: credentials file (default ~/.kaggle/kaggle.json).
         kaggle_base_url: Kaggle API root.
 
-    Returns:
-        DownloadResult; `already_present` is True (and nothing fetched) when `dest` held image/ and mask/.
-
-    Raises:
-        DownloadError: with a one-line message saying what to do; nothing half-done is left behind.
+    Returns a DownloadResult; `already_present` is True (and nothing fetched) when `dest` held image/ and mask/.
+    Raises DownloadError with a one-line message saying what to do; nothing half-done is left behind.
     """
-    if url is not None and archive is not None:
-        raise DownloadError("Pass either --url or --archive, not both.")
-    dest = Path(dest)
-    expected = sha256.strip().lower() if sha256 else None
-    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise DownloadError(f"--sha256 must be 64 hex digits, got {sha256!r}.")
-    kaggle_dataset = None
-    if archive is not None:
-        archive = Path(archive)
-        source = str(archive)
-    elif url is not None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise DownloadError(f"--url must start with http:// or https://, got {url!r}.")
-        source = url
-    else:
-        kaggle_dataset = settings.kaggle_dataset
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", kaggle_dataset):
-            raise DownloadError(f"download.kaggle_dataset must look like owner/name, got {kaggle_dataset!r}.")
-        source = f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}"
+    dest, archive = Path(dest), Path(archive) if archive is not None else None
+    source, kaggle_dataset = _source(settings, url, archive, kaggle_base_url)
+    expected = _expected_sha256(sha256)
 
     if is_present(dest) and not force:
         return DownloadResult(dest, True, count_images(dest), source)
     check_destination(dest, force)
     remove_stale_staging(dest)
-    headers = {}
-    if kaggle_dataset is not None:
-        user, key = kaggle_credentials(env or {}, kaggle_json)
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+    headers = _kaggle_headers(env or {}, kaggle_json) if kaggle_dataset is not None else {}
     if archive is not None and not archive.is_file():
         raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
 
     created = not dest.exists()
     partial_dir = dest / PARTIAL_DIR
-    staging: Path | None = None
     try:
+        archive_path = archive
         if archive is None:
+            archive_path = partial_dir / _archive_name(source)
             partial_dir.mkdir(parents=True, exist_ok=True)
-            name = Path(urllib.parse.urlsplit(source).path).name
-            archive_path = partial_dir / (re.sub(r"[^\w.-]", "_", name) or "dataset.zip")
             _fetch(source, archive_path, settings, headers, on_progress, kaggle_dataset)
-        else:
-            archive_path = archive
-        if expected is not None and (actual := _sha256(archive_path)) != expected:
-            deleted = "; the partial file was deleted" if archive is None else ""
-            raise DownloadError(f"sha256 mismatch for {source}: expected {expected}, got {actual}{deleted}.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        if expected is not None:
+            _check_sha256(archive_path, expected, source, downloaded=archive is None)
+        counts = _unpack_and_install(archive_path, dest, settings, source, partial_dir)
+    except OSError as exc:
+        raise _os_error(exc, dest) from exc
+    finally:
+        if partial_dir.is_dir():
+            shutil.rmtree(partial_dir, ignore_errors=True)
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+    return DownloadResult(dest, False, counts, source)
+
+
+def _source(
+    settings: DownloadSettings, url: str | None, archive: Path | None, kaggle_base_url: str
+) -> tuple[str, str | None]:
+    """What the download reads from, as shown to the user, and the Kaggle dataset name when it is Kaggle."""
+    if url is not None and archive is not None:
+        raise DownloadError("Pass either --url or --archive, not both.")
+    if archive is not None:
+        return str(archive), None
+    if url is not None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise DownloadError(f"--url must start with http:// or https://, got {url!r}.")
+        return url, None
+    kaggle_dataset = settings.kaggle_dataset
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", kaggle_dataset):
+        raise DownloadError(f"download.kaggle_dataset must look like owner/name, got {kaggle_dataset!r}.")
+    return f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}", kaggle_dataset
+
+
+def _kaggle_headers(env: Mapping[str, str], kaggle_json: Path | None) -> dict[str, str]:
+    user, key = kaggle_credentials(env, kaggle_json)
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()}
+
+
+def _expected_sha256(sha256: str | None) -> str | None:
+    expected = sha256.strip().lower() if sha256 else None
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise DownloadError(f"--sha256 must be 64 hex digits, got {sha256!r}.")
+    return expected
+
+
+def _check_sha256(archive_path: Path, expected: str, source: str, *, downloaded: bool) -> None:
+    if (actual := _sha256(archive_path)) != expected:
+        deleted = "; the partial file was deleted" if downloaded else ""
+        raise DownloadError(f"sha256 mismatch for {source}: expected {expected}, got {actual}{deleted}.")
+
+
+def _archive_name(source: str) -> str:
+    """A safe file name for the downloaded archive, from the URL's last path part."""
+    return re.sub(r"[^\w.-]", "_", Path(urllib.parse.urlsplit(source).path).name) or "dataset.zip"
+
+
+def _os_error(exc: OSError, dest: Path) -> DownloadError:
+    if exc.errno == errno.ENOSPC:
+        return DownloadError(
+            f"No space left on the disk holding {dest.parent}; free some space or pick another --dest."
+        )
+    return DownloadError(f"{exc.filename or dest}: {exc.strerror or exc}; check the path and permissions.")
+
+
+def _unpack_and_install(
+    archive_path: Path, dest: Path, settings: DownloadSettings, source: str, partial_dir: Path
+) -> dict[str, int]:
+    """Extract into a staging folder beside `dest`, check the layout, then swap it in; returns the counts."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
         unpacked = staging / "unpacked"
         unpacked.mkdir()
         root = extract_dataset(archive_path, unpacked, settings, source)
@@ -211,17 +249,6 @@ def download_dataset(
         write_text(root / MARKER, json.dumps({"source": source, "counts": counts}) + "\n")
         shutil.rmtree(partial_dir, ignore_errors=True)
         install(root, dest, staging)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DownloadError(
-                f"No space left on the disk holding {dest.parent}; free some space or pick another --dest."
-            ) from exc
-        raise DownloadError(f"{exc.filename or dest}: {exc.strerror or exc}; check the path and permissions.") from exc
+        return counts
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if partial_dir.is_dir():
-            shutil.rmtree(partial_dir, ignore_errors=True)
-        if created and dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()
-    return DownloadResult(dest, False, counts, source)
+        shutil.rmtree(staging, ignore_errors=True)
