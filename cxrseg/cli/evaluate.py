@@ -46,6 +46,22 @@ SplitOption = Annotated[
     Split | None, option(help="Which pairs to score.", default="test when the folder has test_image/, else val")
 ]
 
+CsvOption = Annotated[Path | None, option("--csv", help="Write per-image rows to this CSV file.", default="none")]
+JsonOption = Annotated[
+    bool, option("--json", help="Print one JSON object instead of a table.", default=False, flag=True)
+]
+ReportOption = Annotated[
+    Path | None,
+    option("--report", help="Write an HTML review report (error maps, worst first) here.", default="none"),
+]
+SpacingOption = Annotated[
+    str | None,
+    option(
+        help="Pixel spacing of the masks in mm, 'MM' or 'ROW,COL': HD95 and ASSD in mm instead of px.",
+        default="none (px)",
+    ),
+]
+
 
 def evaluate(
     ctx: typer.Context,
@@ -53,21 +69,10 @@ def evaluate(
     data: DataOption = None,
     split: SplitOption = None,
     runs_dir: RunsDirOption = None,
-    csv: Annotated[Path | None, option("--csv", help="Write per-image rows to this CSV file.", default="none")] = None,
-    as_json: Annotated[
-        bool, option("--json", help="Print one JSON object instead of a table.", default=False, flag=True)
-    ] = False,
-    report: Annotated[
-        Path | None,
-        option("--report", help="Write an HTML review report (error maps, worst first) here.", default="none"),
-    ] = None,
-    spacing: Annotated[
-        str | None,
-        option(
-            help="Pixel spacing of the masks in mm, 'MM' or 'ROW,COL': HD95 and ASSD in mm instead of px.",
-            default="none (px)",
-        ),
-    ] = None,
+    csv: CsvOption = None,
+    as_json: JsonOption = False,
+    report: ReportOption = None,
+    spacing: SpacingOption = None,
     tta: TtaOption = None,
     postprocess: PostprocessOption = None,
     batch_size: BatchSizeOption = None,

@@ -123,26 +123,21 @@ def predict(
     part, ranks = _shard(shard, settings.inference.device)
     checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     paths: list[str | Path] = [*(inputs or []), *(sample_inputs() if sample else [])]
-    options = PredictOptions(
-        recursive=recursive,
-        overlay=overlay,
-        probabilities=probabilities,
-        skip_existing=skip_existing,
-        write_json=as_json,
-        shard=part,
-        **({"workers": workers} if workers else {}),
-    )
-    result = _run(paths, out, checkpoint, settings.inference, options)
+    flags = {"recursive": recursive, "overlay": overlay, "probabilities": probabilities, "write_json": as_json}
+    flags |= {"skip_existing": skip_existing, "shard": part} | ({"workers": workers} if workers else {})
+    result = _run(paths, out, checkpoint, settings.inference, PredictOptions(**flags))
     _summarize(result)
     if report:
-        from cxrseg.report import write_predict_report
-
-        console.print(
-            f"Report: {write_predict_report(out, result.rows)}", markup=False, highlight=False, soft_wrap=True
-        )
+        _write_report(out, result.rows)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
     _finish(result.failed, out, part, ranks.enabled)
+
+
+def _write_report(out: Path, rows: list[dict]) -> None:
+    from cxrseg.report import write_predict_report
+
+    console.print(f"Report: {write_predict_report(out, rows)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _check_usage(
