@@ -186,8 +186,7 @@ def predict_paths(
 
     Writes <name>.mask.png (0/255, original size), <name>.overlay.png (long side at most
     cfg.overlay_size), optional <name>.prob.png and predictions.csv: a row per input, failed ones included.
-    Callbacks, called from this thread: on_start(inputs, inputs kept from a previous run),
-    on_advance(inputs done, images per second).
+    Callbacks (this thread): on_start(inputs, inputs kept from a previous run), on_advance(done, images/s).
     With `options.shard` K/N, only that shard's inputs are done, into predictions.K-of-N.csv, and a manifest
     written last marks the shard complete for merge_shards.
     """
