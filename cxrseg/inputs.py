@@ -19,7 +19,7 @@ class Job:
     """One input file and the base of its output names, relative to the output folder (POSIX)."""
 
     source: Path
-    name: str  # e.g. "sub/a.png": outputs are sub/a.png.mask.png, sub/a.png.overlay.png
+    name: str  # e.g. "sub/a.png": outputs are sub/a.png.mask.png, sub/a.png.overlay.jpg
     error: str = ""  # set when the input does not exist
 
 

@@ -68,7 +68,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_help_keeps_brackets_and_every_help_string_is_escaped(runner: CliRunner) -> None:
     assert "[test_image/ test_mask/ are never read]" in help_of(runner, "train")
     assert "image/ mask/ [test_image/ test_mask/]" in help_of(runner, "evaluate")
-    assert "<name>.overlay.png" in help_of(runner, "predict")
+    assert "<name>.overlay.jpg" in help_of(runner, "predict")
     group = typer.main.get_command(app)
     for name in COMMANDS:
         command = group.commands[name]

@@ -122,6 +122,8 @@ def test_every_image_format_gets_a_mask_at_its_own_size(tmp_path: Path, checkpoi
         assert mask.shape == expected and set(np.unique(mask)) <= {0, 255}
         assert row["lung_px"] == (mask > 0).sum() == row["right_lung_px"] + row["left_lung_px"]
         assert picture(tmp_path / "out" / row["overlay"]) == (expected[::-1], "RGB")
+        with Image.open(tmp_path / "out" / row["overlay"]) as shown:
+            assert shown.format == "JPEG"  # a picture to look at: the fast encoder, not a PNG
         assert picture(tmp_path / "out" / (row["mask"].removesuffix(".mask.png") + ".prob.png")) == (
             expected[::-1],
             "L",
@@ -274,7 +276,7 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Pa
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table[:2])  # the killed run had not yet saved x2's row
-    (out / "x1.png.overlay.png").unlink()  # nor written x1's overlay
+    (out / "x1.png.overlay.jpg").unlink()  # nor written x1's overlay
     kept_mtime = (out / "x0.png.mask.png").stat().st_mtime_ns
     calls: list[tuple[str, int, float]] = []
     result = predict_paths(
@@ -288,7 +290,7 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Pa
     )
     assert result.skipped == 1 and result.rows[0]["lung_px"] == 123456
     assert (out / "x0.png.mask.png").stat().st_mtime_ns == kept_mtime
-    assert (out / "x1.png.overlay.png").is_file() and [r["status"] for r in result.rows] == ["ok"] * 3 + ["error"]
+    assert (out / "x1.png.overlay.jpg").is_file() and [r["status"] for r in result.rows] == ["ok"] * 3 + ["error"]
     assert calls[0] == ("start", 4, 1) and sum(c[1] for c in calls[1:]) == 3
     assert read_csv(out / "predictions.csv")[0]["lung_px"] == "123456"
 
@@ -328,7 +330,7 @@ def test_csv_and_json_columns(tmp_path: Path, checkpoint: Path) -> None:
     assert ok["status"] == "ok" and ok["message"] == "" and ok["overlay"] == "" and bad["status"] == "error"
     assert int(ok["height"]) == H and 0 <= float(ok["lung_fraction"]) <= 1 and ok["lung_mm2"] == ""
     assert ok["components"] == ok["raw_components"]  # without post-processing they are the same mask
-    assert not (tmp_path / "out" / "a.png.overlay.png").exists()
+    assert not (tmp_path / "out" / "a.png.overlay.jpg").exists()
     rows = json.loads(result.json_path.read_text())
     assert [r["status"] for r in rows] == ["ok", "error"] and set(rows[0]) == set(COLUMNS)
 
@@ -356,7 +358,7 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     rows = json.loads(result.stdout)
     assert "broken[red].png" in result.stderr and "1 ok, 1 failed" in result.stderr
     assert [r["status"] for r in rows] == ["ok", "error"]
-    assert not (tmp_path / "out2" / "a.png.overlay.png").exists()
+    assert not (tmp_path / "out2" / "a.png.overlay.jpg").exists()
 
     result = runner.invoke(app, ["predict", str(src), "--out", str(src), *ckpt])
     assert isinstance(result.exception, InputPathError) and result.exception.exit_code == 2

@@ -59,7 +59,7 @@ def _flag(name: str, help: str, short: str | None = None, panel: str | None = No
 Sample = Annotated[bool, _flag("--sample", "Add the sample X-rays shipped with cxrseg.")]
 Recursive = Annotated[bool, _flag("--recursive", "Also read subfolders of input folders.", "-r")]
 Overlay = Annotated[
-    bool, option("--overlay/--no-overlay", help="Write <name>.overlay.png.", default=True, flag=True, panel=OUTPUT)
+    bool, option("--overlay/--no-overlay", help="Write <name>.overlay.jpg.", default=True, flag=True, panel=OUTPUT)
 ]
 Probabilities = Annotated[bool, _flag("--probabilities", "Write <name>.prob.png (probability x 255).", panel=OUTPUT)]
 SkipExisting = Annotated[

@@ -34,12 +34,12 @@ from cxrseg.inference.quality import (
     read_rows,
     write_rows,
 )
-from cxrseg.inference.render import display_image, overlay, save_png
+from cxrseg.inference.render import display_image, overlay, save_jpeg, save_png
 from cxrseg.inference.shard import Shard, select, write_manifest
 from cxrseg.inputs import Job, Plan, check_output, plan_inputs
 from cxrseg.preprocess import valid_region
 
-MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.png", ".prob.png"
+MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.jpg", ".prob.png"
 OVERLAY_MAX_SIDE = InferenceSettings().overlay_size  # the default display size of overlays
 
 
@@ -121,7 +121,7 @@ def _write_outputs(job: Job, item: _Decoded, mask: np.ndarray, prob: np.ndarray,
         small = mask
         if item.display.shape != mask.shape:
             small = np.asarray(Image.fromarray(mask).resize(item.display.shape[::-1], Image.Resampling.NEAREST))
-        save_png(overlay(item.display, small), out_dir / (job.name + OVERLAY))
+        save_jpeg(overlay(item.display, small), out_dir / (job.name + OVERLAY))
     if options.probabilities:
         save_png(Image.fromarray(np.rint(prob * 255).astype(np.uint8)), out_dir / (job.name + PROBABILITY))
 
@@ -184,7 +184,7 @@ def predict_paths(
 ) -> PredictResult:
     """Segment every X-ray in `inputs` (files, folders, globs) into `out_dir`, mirroring the input tree.
 
-    Writes <name>.mask.png (0/255, original size), <name>.overlay.png (long side at most
+    Writes <name>.mask.png (0/255, original size), <name>.overlay.jpg (long side at most
     cfg.overlay_size), optional <name>.prob.png and predictions.csv: a row per input, failed ones included.
     Callbacks (this thread): on_start(inputs, inputs kept from a previous run), on_advance(done, images/s).
     With `options.shard` K/N, only that shard's inputs are done, into predictions.K-of-N.csv, and a manifest

@@ -1,4 +1,4 @@
-"""Pictures: validation previews and mask overlays, saved atomically as PNG."""
+"""Pictures: validation previews and mask overlays, saved atomically as PNG or JPEG."""
 
 from __future__ import annotations
 
@@ -21,9 +21,20 @@ def save_png(image: Image.Image, path: Path, compress_level: int = 1) -> None:
         image.save(tmp, format="PNG", compress_level=compress_level)
 
 
+def save_jpeg(image: Image.Image, path: Path, quality: int = 90) -> None:
+    """Write atomically as JPEG: ~20x faster to encode than a PNG of an RGB X-ray, for pictures people look at."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="JPEG", quality=quality)
+
+
 def to_uint8(gray: np.ndarray) -> np.ndarray:
-    """Float image -> uint8 with a 1-99 percentile window, so any bit depth displays well."""
-    low, high = np.percentile(gray, [1, 99]) if gray.size else (0.0, 1.0)
+    """Float image -> uint8 with a 1-99 percentile window, so any bit depth displays well.
+
+    The percentiles are read off a regular grid of at most ~64k pixels: the same window to the eye, at a
+    fraction of the cost of sorting a large film.
+    """
+    step = max(1, int((gray.size / 65536) ** 0.5))
+    low, high = np.percentile(gray[::step, ::step], [1, 99]) if gray.size else (0.0, 1.0)
     scaled = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
@@ -41,7 +52,7 @@ def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Im
     """X-ray with each lung tinted and outlined: patient right (image left) blue, patient left red.
 
     Each connected part takes the colour of the side its centroid is on, as the CSV's lung areas do.
-    Only lung pixels are blended (integer maths), so this costs little beside the PNG encoding.
+    Only lung pixels are blended (integer maths), so this costs little beside the encoding.
     """
     grey = gray if gray.dtype == np.uint8 else to_uint8(gray)
     rgb = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3) uint8
