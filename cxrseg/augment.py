@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +70,10 @@ def frame(
     return images * valid, masks * valid, valid
 
 
-def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image separable Gaussian blur; sigma (N,) in pixels."""
+def _blur(images: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Per-image separable Gaussian blur; sigma (N,) in pixels; radius by default 3 sigma of the largest."""
     n, _, size, _ = images.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = radius or max(1, int(math.ceil(3 * float(sigma.max()))))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype)
     kernel = torch.exp(-(x.view(1, -1) ** 2) / (2 * sigma.clamp_min(1e-3).view(-1, 1) ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)  # (N, K)
@@ -96,8 +97,17 @@ def cumulative_histogram(images: torch.Tensor, valid: torch.Tensor, bins: int = 
     return cdf.gather(1, index).view_as(images)
 
 
-def _where(selected: torch.Tensor, changed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return torch.where(selected.view(-1, 1, 1, 1), changed, images)
+def _only(selected: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """`images` with `change(index)` in the selected rows: a transform is computed only for the films it changes.
+
+    `change` gets the (K,) indices of the selected films and returns their (K, 1, S, S) new pixels.
+    """
+    index = selected.nonzero()[:, 0]
+    if len(index) == 0:
+        return images
+    out = images.clone()
+    out[index] = change(index)
+    return out
 
 
 def intensity(images: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, generator) -> torch.Tensor:
@@ -105,43 +115,64 @@ def intensity(images: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, g
     n, _, size, _ = images.shape
     p = cfg.intensity_p
     gamma = torch.exp(uniform(n, -cfg.gamma, cfg.gamma, generator)).view(n, 1, 1, 1)
-    images = _where(chance(n, p, generator), images.clamp(0, 1) ** gamma, images)
+    images = _only(chance(n, p, generator), lambda i: images[i].clamp(0, 1) ** gamma[i], images)
     centre, width = uniform(n, 0.3, 0.7, generator).view(n, 1, 1, 1), uniform(n, 0.08, 0.3, generator).view(n, 1, 1, 1)
     low, high = torch.sigmoid((0 - centre) / width), torch.sigmoid((1 - centre) / width)
-    window = (torch.sigmoid((images - centre) / width) - low) / (high - low)
-    images = _where(chance(n, p / 3, generator), window, images)
+
+    def window(i: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid((images[i] - centre[i]) / width[i]) - low[i]) / (high[i] - low[i])
+
+    images = _only(chance(n, p / 3, generator), window, images)
     # Local contrast: add or remove a share of the difference to a coarse background (CLAHE-like or flattening).
-    background = F.interpolate(F.avg_pool2d(images, size // 8), size=(size, size), mode="bilinear", align_corners=False)
     amount = uniform(n, -0.5, 1.2, generator).view(n, 1, 1, 1)
-    images = _where(chance(n, p / 2, generator), images + amount * (images - background), images)
+
+    def local_contrast(i: torch.Tensor) -> torch.Tensor:
+        background = F.avg_pool2d(images[i], size // 8)
+        background = F.interpolate(background, size=(size, size), mode="bilinear", align_corners=False)
+        return images[i] + amount[i] * (images[i] - background)
+
+    images = _only(chance(n, p / 2, generator), local_contrast, images)
     # Histogram equalisation blended in: each pixel mapped through its film's cumulative histogram.
     alpha = uniform(n, 0.3, 1, generator).view(n, 1, 1, 1)
-    equalised = (1 - alpha) * images + alpha * cumulative_histogram(images, valid)
-    images = _where(chance(n, p / 4, generator), equalised, images)
+
+    def equalise(i: torch.Tensor) -> torch.Tensor:
+        return (1 - alpha[i]) * images[i] + alpha[i] * cumulative_histogram(images[i], valid[i])
+
+    images = _only(chance(n, p / 4, generator), equalise, images)
     return images.clamp(0, 1)
 
 
-def acquisition(images: torch.Tensor, cfg: AugmentSettings, generator) -> torch.Tensor:
-    """Low resolution, blur and noise as from an old detector, a phone photo of a film or a small journal figure."""
-    n, _, size, _ = images.shape
-    p = cfg.acquisition_p
-    factor = uniform(n, 0.2, 0.6, generator)
-    low_res = torch.cat(
+def _low_resolution(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each film down-sampled by its factor (area) and back up (bilinear)."""
+    size = images.shape[-1]
+    return torch.cat(
         [
             F.interpolate(
-                F.interpolate(images[i : i + 1], size=max(8, int(size * float(factor[i]))), mode="area"),
+                F.interpolate(image[None], size=max(8, int(size * float(f))), mode="area"),
                 size=(size, size),
                 mode="bilinear",
                 align_corners=False,
             )
-            for i in range(n)
+            for image, f in zip(images, factor, strict=True)
         ]
     )
-    images = _where(chance(n, p / 2, generator), low_res, images)
-    images = _where(chance(n, p / 2, generator), _blur(images, uniform(n, 0.4, 1.6, generator)), images)
-    sigma = uniform(n, 0.01, 0.07, generator).view(n, 1, 1, 1)
-    noise = torch.randn(images.shape, generator=generator) * sigma * (0.5 + images.clamp(0, 1))
-    images = _where(chance(n, p / 2, generator), images + noise, images)
+
+
+def acquisition(images: torch.Tensor, cfg: AugmentSettings, generator) -> torch.Tensor:
+    """Low resolution, blur and noise as from an old detector, a phone photo of a film or a small journal figure."""
+    n = images.shape[0]
+    p = cfg.acquisition_p
+    factor = uniform(n, 0.2, 0.6, generator)
+    images = _only(chance(n, p / 2, generator), lambda i: _low_resolution(images[i], factor[i]), images)
+    blurred = chance(n, p / 2, generator)
+    sigma = uniform(n, 0.4, 1.6, generator)
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))  # of the whole batch: the same draws, the same kernels
+    images = _only(blurred, lambda i: _blur(images[i], sigma[i], radius), images)
+    level = uniform(n, 0.01, 0.07, generator).view(n, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=generator)
+    images = _only(
+        chance(n, p / 2, generator), lambda i: images[i] + noise[i] * level[i] * (0.5 + images[i].clamp(0, 1)), images
+    )
     return images.clamp(0, 1)
 
 
