@@ -57,24 +57,27 @@ def _model_rate(engine, files: list[Path], n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _measure(n: int, checkpoint: Path, source: Path, batch_size: int, overlay: bool, workers: int | None) -> dict:
+def _measure(
+    n: int, checkpoint: Path, source: Path, batch_size: int, overlay: bool, workers: int | None, backend: str
+) -> dict:
     """One N, in this process: copy inputs, time the model alone, then time predict_paths."""
     from cxrseg.config import InferenceSettings
+    from cxrseg.inference.backend import choose_backend
     from cxrseg.inference.engine import load_engine
     from cxrseg.inference.predict import PredictOptions, predict_paths
 
     files = sorted(source.glob("*.png"))
     if not files:
         raise SystemExit(f"No PNG files in {source}; pass --source.")
-    cfg = InferenceSettings(batch_size=batch_size)
+    cfg = InferenceSettings(batch_size=batch_size, backend=backend)
     with tempfile.TemporaryDirectory(prefix="cxrseg-bench-") as tmp:
         inputs = Path(tmp) / "in"
         inputs.mkdir()
         for index in range(n):
             shutil.copyfile(files[index % len(files)], inputs / f"{index:05d}_{files[index % len(files)].name}")
-        engine, _ = load_engine(checkpoint, cfg)
+        engine, _ = load_engine(checkpoint, cfg, n)  # the backend predict_paths picks for n inputs
         model_rate = _model_rate(engine, files, n)
-        device = str(engine.device)
+        device = f"{engine.device}, {choose_backend(checkpoint, cfg, n)}"
         del engine
         options = PredictOptions(overlay=overlay, **({"workers": workers} if workers is not None else {}))
         start = time.perf_counter()
@@ -155,6 +158,7 @@ def _run_child(n: int, checkpoint: Path, args: argparse.Namespace) -> dict:
     command += ["--source", str(args.source), "--batch-size", str(args.batch_size)]
     command += ["--no-overlay"] if args.no_overlay else []
     command += ["--workers", str(args.workers)] if args.workers is not None else []
+    command += ["--backend", args.backend]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"N={n} failed:\n{done.stderr[-4000:]}")
@@ -164,7 +168,7 @@ def _run_child(n: int, checkpoint: Path, args: argparse.Namespace) -> dict:
 
 
 def _report(name: str, n: int, r: dict, checkpoint: Path, reference: Path) -> None:
-    row(f"{name} pipeline N={n}", f"{r['pipeline']:.1f}", "images/s, predict_paths end to end, fresh process")
+    row(f"{name} pipeline N={n}", f"{r['pipeline']:.1f}", f"images/s, predict_paths end to end ({r['device']})")
     row(f"{name} model N={n}", f"{r['model']:.1f}", "images/s, the engine's forward pass alone, same process")
     ok = verdict(r["efficiency"] >= 0.75)
     row(f"{name} efficiency N={n}", f"{r['efficiency']:.2f}", f"pipeline / model, target >= 0.75: {ok}")
@@ -181,6 +185,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay pictures, as --no-overlay does")
     parser.add_argument("--workers", type=int, help="predict's worker processes (default: one per core, <= 4)")
+    parser.add_argument("--backend", default="auto", help="torch, onnxruntime or auto (ORT from 500 inputs on CPU)")
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="stored mask digests to compare with")
     parser.add_argument("--write-reference", action="store_true", help="store this installation's masks")
     parser.add_argument("--default-checkpoint", type=Path, help=argparse.SUPPRESS)  # a stored one, for references
@@ -190,7 +195,9 @@ def main() -> None:
     args = parser.parse_args()
     counts = args.n or [200]
     if args.child:
-        r = _measure(counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay, args.workers)
+        r = _measure(
+            counts[0], args.checkpoint, args.source, args.batch_size, not args.no_overlay, args.workers, args.backend
+        )
         print(json.dumps(r))
         return
     from cxrseg.checkpoint import default_checkpoint
