@@ -1,10 +1,15 @@
-"""Training pictures: labelled preview columns and a progress plot with axes and a grid."""
+"""Pictures: labelled preview columns, a progress plot with axes and a grid, and mask overlays."""
 
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
-from cxrseg.inference.render import MIN_PANEL, plot_progress, preview_sheet
+from cxrseg.inference.render import LEFT_COLOUR, MIN_PANEL, RIGHT_COLOUR, erode, overlay, plot_progress, preview_sheet
+from cxrseg.postprocess import lung_sides
 
 
 def test_preview_sheet_labels_each_column_and_enlarges_small_inputs():
@@ -27,3 +32,26 @@ def test_progress_plot_has_a_grid_and_a_point_per_epoch():
     dice = (np.abs(picture - (30, 110, 200)).sum(axis=2) == 0).sum()
     assert loss > 50 and dice > 50
     assert (np.asarray(plot_progress([])) < 128).any()  # axes and labels even before the first epoch
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()),
+    st.integers(1, 3),
+)
+def test_erode_matches_scipy_binary_erosion(mask: np.ndarray, iterations: int) -> None:
+    """The overlay's outline comes from a hand-written erosion: it must keep scipy's pixels, edges included."""
+    np.testing.assert_array_equal(erode(mask, iterations), ndimage.binary_erosion(mask, iterations=iterations))
+
+
+def test_overlay_outlines_each_lung_in_its_side_colour() -> None:
+    gray = np.full((64, 64), 0.5, dtype=np.float32)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:50, 6:26] = True  # image left: the patient's right lung
+    mask[10:50, 38:58] = True
+    sides, _ = lung_sides(mask)
+    for picture in (overlay(gray, mask), overlay(gray, mask, sides=sides)):
+        rgb = np.asarray(picture)
+        assert tuple(rgb[10, 15]) == RIGHT_COLOUR and tuple(rgb[10, 45]) == LEFT_COLOUR  # outlines
+        assert tuple(rgb[30, 15]) not in (RIGHT_COLOUR, tuple(rgb[0, 0])) and rgb[30, 15, 2] > rgb[30, 15, 0]  # tint
+        assert tuple(rgb[0, 0]) == tuple(rgb[5, 32])  # outside the lungs: the X-ray, untouched

@@ -37,6 +37,7 @@ from cxrseg.inference.quality import (
 from cxrseg.inference.render import display_image, overlay, save_jpeg, save_png
 from cxrseg.inference.shard import Shard, select, write_manifest
 from cxrseg.inputs import Job, Plan, check_output, plan_inputs
+from cxrseg.postprocess import lung_sides
 from cxrseg.preprocess import valid_region
 
 MASK, OVERLAY, PROBABILITY = ".mask.png", ".overlay.jpg", ".prob.png"
@@ -115,13 +116,17 @@ def _error_row(job: Job, message: str) -> dict[str, Any]:
     return empty_row() | {"input": str(job.source), "status": "error", "message": message}
 
 
-def _write_outputs(job: Job, item: _Decoded, mask: np.ndarray, prob: np.ndarray, out_dir: Path, options) -> None:
+def _write_outputs(
+    job: Job, item: _Decoded, mask: np.ndarray, prob: np.ndarray, out_dir: Path, options, sides: np.ndarray
+) -> None:
     save_png(Image.fromarray(mask.astype(np.uint8) * 255), out_dir / (job.name + MASK))
     if item.display is not None:
-        small = mask
-        if item.display.shape != mask.shape:
+        if item.display.shape == mask.shape:
+            picture = overlay(item.display, mask, sides=sides)
+        else:  # a downscaled display copy: its own mask and labels
             small = np.asarray(Image.fromarray(mask).resize(item.display.shape[::-1], Image.Resampling.NEAREST))
-        save_jpeg(overlay(item.display, small), out_dir / (job.name + OVERLAY))
+            picture = overlay(item.display, small)
+        save_jpeg(picture, out_dir / (job.name + OVERLAY))
     if options.probabilities:
         save_png(Image.fromarray(np.rint(prob * 255).astype(np.uint8)), out_dir / (job.name + PROBABILITY))
 
@@ -136,8 +141,9 @@ def _write_one(
         geometry = item.fitted.geometry
         prob, mask = finish(model_prob, geometry, cfg)
         border = border_confidence(model_prob, valid_region(geometry), cfg.threshold)
-        measures = measure(mask, prob, cfg.threshold, border, item.midline)
-        _write_outputs(job, item, mask, prob, out_dir, options)
+        labelled = lung_sides(mask)  # once, for the lung areas and the overlay's colours
+        measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled)
+        _write_outputs(job, item, mask, prob, out_dir, options, labelled[0])
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
         return _error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")
     return {

@@ -67,12 +67,13 @@ class LungMeasures:
         return self.lung_px / max(1, self.height * self.width)
 
 
-def split_sides(mask: np.ndarray) -> tuple[int, int, int]:
+def split_sides(mask: np.ndarray, labelled: tuple[np.ndarray, int] | None = None) -> tuple[int, int, int]:
     """(patient-right px, patient-left px, components): each component goes to the side of its centroid.
 
-    Patient's right is the image's left in a radiograph displayed the standard way (PA or AP).
+    Patient's right is the image's left in a radiograph displayed the standard way (PA or AP). `labelled`:
+    lung_sides(mask), when the caller has it already.
     """
-    sides, count = lung_sides(mask)
+    sides, count = labelled if labelled is not None else lung_sides(mask)
     return int(np.count_nonzero(sides == RIGHT)), int(np.count_nonzero(sides == LEFT)), count
 
 
@@ -116,14 +117,20 @@ def midline_contrast(image: np.ndarray) -> float:
 
 
 def measure(
-    mask: np.ndarray, prob: np.ndarray, threshold: float, border: float = math.nan, midline: float = math.nan
+    mask: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    border: float = math.nan,
+    midline: float = math.nan,
+    labelled: tuple[np.ndarray, int] | None = None,
 ) -> LungMeasures:
     """Measures of a final boolean mask and its probability map (both at original size).
 
     `border` (border_confidence of the model output) and `midline` (midline_contrast of the X-ray) are
-    computed by the caller, where the model-resolution map and the grey image are at hand.
+    computed by the caller, where the model-resolution map and the grey image are at hand; `labelled` is
+    lung_sides(mask) when the caller has it.
     """
-    right, left, components = split_sides(mask)
+    right, left, components = split_sides(mask, labelled)
     lung = right + left
     return LungMeasures(
         height=mask.shape[0],

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from cxrseg.files import atomic_path
 from cxrseg.postprocess import LEFT, RIGHT, lung_sides
@@ -48,16 +47,36 @@ def display_image(gray: np.ndarray, max_side: int) -> np.ndarray:
     return to_uint8(gray)
 
 
-def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> Image.Image:
+def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary erosion by the 4-connected cross, outside the image counted as background.
+
+    The same pixels as scipy.ndimage.binary_erosion(mask, iterations=...), from shifted views: several times faster.
+    """
+    out = mask.astype(bool, copy=True)
+    for _ in range(iterations):
+        inner = out.copy()
+        inner[1:, :] &= out[:-1, :]
+        inner[:-1, :] &= out[1:, :]
+        inner[:, 1:] &= out[:, :-1]
+        inner[:, :-1] &= out[:, 1:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+        out = inner
+    return out
+
+
+def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.35, sides: np.ndarray | None = None) -> Image.Image:
     """X-ray with each lung tinted and outlined: patient right (image left) blue, patient left red.
 
-    Each connected part takes the colour of the side its centroid is on, as the CSV's lung areas do.
+    Each connected part takes the colour of the side its centroid is on, as the CSV's lung areas do; `sides`, the
+    lung_sides labels of `mask` when the caller has them, saves labelling it again.
     Only lung pixels are blended (integer maths), so this costs little beside the encoding.
     """
     grey = gray if gray.dtype == np.uint8 else to_uint8(gray)
     rgb = np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3) uint8
-    sides, _ = lung_sides(mask)
-    eroded = ndimage.binary_erosion(mask, iterations=max(1, mask.shape[1] // 256))
+    if sides is None:
+        sides, _ = lung_sides(mask)
+    eroded = erode(mask, max(1, mask.shape[1] // 256))
     for colour, side in ((RIGHT_COLOUR, RIGHT), (LEFT_COLOUR, LEFT)):
         rows, cols = np.nonzero(sides == side)
         tint = np.array(colour, dtype=np.uint16)
