@@ -25,7 +25,7 @@ from pathlib import Path
 from common import header, row, verdict, write_json
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs/image"
-REFERENCE = Path(__file__).with_name("predict_masks.json")  # masks made before the engine rewrite
+REFERENCE = Path(__file__).with_name("predict_masks.json")  # masks by earlier code: regressions show as mismatches
 
 
 def _masks_digest(folder: Path) -> str:
@@ -77,7 +77,8 @@ def _measure(
             shutil.copyfile(files[index % len(files)], inputs / f"{index:05d}_{files[index % len(files)].name}")
         engine, _ = load_engine(checkpoint, cfg, n)  # the backend predict_paths picks for n inputs
         model_rate = _model_rate(engine, files, n)
-        device = f"{engine.device}, {choose_backend(checkpoint, cfg, n)}"
+        chosen = choose_backend(checkpoint, cfg, n)
+        device = f"{engine.device}, {chosen}"
         del engine
         options = PredictOptions(overlay=overlay, **({"workers": workers} if workers is not None else {}))
         start = time.perf_counter()
@@ -98,6 +99,7 @@ def _measure(
         "rss_mb": peak_kb / 1024,
         "worker_rss_mb": children_kb / 1024,
         "device": device,
+        "backend": chosen,
         "masks_sha256": digest,
         "masks": masks,
     }
@@ -132,23 +134,28 @@ def _default_settings_checkpoint(folder: Path) -> Path:
     return path
 
 
-def write_reference(checkpoint: Path, source: Path, path: Path) -> None:
+def write_reference(checkpoint: Path, source: Path, path: Path, backend: str = "auto") -> None:
     """Masks of every source file by this installation's predict_paths, as {source name: sha256}."""
+    from cxrseg.config import InferenceSettings
+    from cxrseg.inference.backend import choose_backend
     from cxrseg.inference.predict import PredictOptions, predict_paths
 
+    cfg = InferenceSettings(backend=backend)
     with tempfile.TemporaryDirectory(prefix="cxrseg-ref-") as tmp:
-        predict_paths([source], Path(tmp), checkpoint, options=PredictOptions(overlay=False))
+        predict_paths([source], Path(tmp), checkpoint, cfg, options=PredictOptions(overlay=False))
         masks = {p.name[: -len(".mask.png")]: _file_sha(p) for p in Path(tmp).glob("*.mask.png")}
     refs = json.loads(path.read_text()) if path.is_file() else {}
-    refs[_model_key(checkpoint)] = dict(sorted(masks.items()))
+    refs[f"{_model_key(checkpoint)} {choose_backend(checkpoint, cfg, len(masks))}"] = dict(sorted(masks.items()))
     path.write_text(json.dumps(refs, indent=1) + "\n")
 
 
 def _check_masks(r: dict, checkpoint: Path, reference: Path) -> str:
     """Compare a run's masks with the stored ones for the same checkpoint and source files."""
-    refs = json.loads(reference.read_text()).get(_model_key(checkpoint)) if reference.is_file() else None
+    stored = json.loads(reference.read_text()) if reference.is_file() else {}
+    key = _model_key(checkpoint)  # masks differ between backends (bf16 torch, fp32 ONNX Runtime): one set each
+    refs = stored.get(f"{key} {r['backend']}") or (stored.get(key) if r["backend"] == "torch" else None)
     if refs is None:
-        return "no stored reference for this checkpoint"
+        return f"no stored reference for this checkpoint on {r['backend']}"
     wrong = [name for name, sha in r["masks"].items() if refs.get(name) != sha]
     return f"{len(r['masks']) - len(wrong)}/{len(r['masks'])} byte-identical: " + verdict(not wrong)
 
@@ -215,7 +222,7 @@ def main() -> None:
             models["default"] = args.default_checkpoint or _default_settings_checkpoint(Path(tmp))
         if args.write_reference:
             for path in models.values():
-                write_reference(path, args.source, args.reference)
+                write_reference(path, args.source, args.reference, args.backend)
             print(f"reference masks written to {args.reference}")
             return
         from cxrseg.device import resolve_device

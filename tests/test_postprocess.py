@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
-from cxrseg.postprocess import clean_mask, count_components
+from cxrseg.postprocess import clean_mask, count_components, fill_holes
 
 
 def test_keeps_two_largest_fills_holes_drops_specks() -> None:
@@ -97,3 +101,10 @@ def test_a_part_centred_on_the_midline_goes_to_the_patients_left() -> None:
     wide[:, :] = False
     wide[1:4, 5:6] = True
     assert (lung_sides(wide)[0][wide] == LEFT).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()))
+def test_fill_holes_matches_scipy(mask: np.ndarray) -> None:
+    """clean_mask fills holes by labelling the background: the pixels must be scipy's, at the edges too."""
+    np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
