@@ -17,6 +17,7 @@ from cxrseg.checkpoint import load_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings
 from cxrseg.errors import CheckpointError, ConfigError
+from cxrseg.inference import backend
 from cxrseg.inference.backend import load_model
 from cxrseg.inference.predict import PredictOptions, predict_paths
 from cxrseg.runtime import OnnxModel, load_onnx
@@ -141,3 +142,14 @@ def test_int8_export_keeps_the_masks(tmp_path: Path) -> None:
     assert result.mask_agreement >= 0.999
     model = load_onnx(result.path)
     assert model.metadata["precision"] == "int8" and "20 images" in model.metadata["calibration"]
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(False, "onnxruntime"), (True, "torch")])
+def test_auto_backend_takes_the_faster_runtime_of_the_cpu(monkeypatch: pytest.MonkeyPatch, amx: bool, expected: str):
+    """Long CPU runs: ONNX Runtime fp32 where it measured faster, torch bf16 on CPUs with AMX; short runs torch."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(backend, "cpu_has_amx", lambda: amx)
+    cfg = InferenceSettings(backend="auto", device="cpu")
+    assert backend.choose_backend(BUNDLED_MODEL, cfg, backend.AUTO_ORT_MIN_IMAGES) == expected
+    assert backend.choose_backend(BUNDLED_MODEL, cfg, backend.AUTO_ORT_MIN_IMAGES - 1) == "torch"
+    assert backend.choose_backend(BUNDLED_MODEL, cfg.model_copy(update={"backend": "torch"}), 10**6) == "torch"

@@ -10,12 +10,12 @@ import torch
 
 from cxrseg.checkpoint import CheckpointInfo, load_checkpoint
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.device import amp_dtype, resolve_device
+from cxrseg.device import amp_dtype, cpu_has_amx, resolve_device
 from cxrseg.errors import ConfigError
 from cxrseg.runtime import OnnxModel, from_checkpoint, is_onnx, load_onnx
 
 ORT_FASTER_ON_CPU = True
-"""benchmarks/backends.py: ONNX Runtime fp32 beats torch fp32 and bf16 autocast on the CPU (see RESULTS.md)."""
+"""benchmarks/backends.py: ONNX Runtime fp32 beats torch fp32 and bf16 autocast on CPUs without AMX (see RESULTS.md)."""
 AUTO_ORT_MIN_IMAGES = 500
 """A checkpoint is exported in memory for ONNX Runtime (a few seconds) only when a run is long enough to repay it."""
 
@@ -41,7 +41,8 @@ def choose_backend(path: Path, cfg: InferenceSettings, images: int | None = None
     """`torch` or `onnxruntime` for the model file at `path` and a run over `images` inputs (None: unknown).
 
     `auto`: a .onnx file runs on ONNX Runtime; a checkpoint runs on torch, except on a CPU run of at least
-    AUTO_ORT_MIN_IMAGES inputs with ONNX Runtime installed, as the benchmark found it faster there (ORT_FASTER_ON_CPU).
+    AUTO_ORT_MIN_IMAGES inputs with ONNX Runtime installed, as the benchmark found it faster there (ORT_FASTER_ON_CPU),
+    unless the CPU has AMX matrix tiles: there torch's bf16 autocast was the faster (1.36x ONNX Runtime fp32).
     CUDA and MPS stay torch.
     """
     if cfg.backend == "torch" and is_onnx(path):
@@ -55,7 +56,7 @@ def choose_backend(path: Path, cfg: InferenceSettings, images: int | None = None
         return "onnxruntime"
     long_run = images is not None and images >= AUTO_ORT_MIN_IMAGES
     if ORT_FASTER_ON_CPU and long_run and ort_installed() and resolve_device(cfg.device).type == "cpu":
-        return "onnxruntime"
+        return "torch" if cpu_has_amx() else "onnxruntime"
     return "torch"
 
 
