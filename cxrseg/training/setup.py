@@ -1,0 +1,138 @@
+"""Setting up a training run: data, model, optimiser, schedule, and a new or resumed run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from cxrseg.checkpoint import build_model
+from cxrseg.config import Settings
+from cxrseg.device import amp_dtype, resolve_device
+from cxrseg.errors import DataError
+from cxrseg.files import write_text
+from cxrseg.training.data import TrainingData, load_training_data
+from cxrseg.training.distributed import Distributed, broadcast_object, gather_objects, setup
+from cxrseg.training.init import apply_init
+from cxrseg.training.schedule import LRSchedule, epoch_batches, new_run_dir, seed_everything
+from cxrseg.training.state import (
+    Position,
+    environment,
+    load_resume_state,
+    lock_run,
+    save_resume_state,
+    trim_metrics,
+)
+
+if TYPE_CHECKING:
+    from cxrseg.training.loop import TrainCallbacks
+
+
+@dataclass
+class Run:
+    """Everything one training run holds between its steps."""
+
+    settings: Settings
+    ctx: Distributed
+    cb: TrainCallbacks
+    device: torch.device
+    dtype: torch.dtype | None
+    data: TrainingData
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: DistributedSampler
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler
+    run_dir: Path
+    position: Position
+
+    def save_state(self) -> None:
+        states = gather_objects(self.generator.get_state(), self.ctx)
+        if self.ctx.is_main:
+            save_resume_state(
+                self.run_dir, self.model, self.optimizer, self.scheduler, self.position, states, self.scaler
+            )
+
+
+def set_up(
+    settings: Settings, cb: TrainCallbacks, resume_dir: Path | None, ctx: Distributed, held: contextlib.ExitStack
+) -> Run:
+    """Decode the data, build the model and optimiser, and open a new run folder or restore `resume_dir`."""
+    cfg = settings.train
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = setup(ctx, resolve_device(cfg.device))
+    dtype = amp_dtype(device, cfg.precision)
+    settings, init_weights = apply_init(settings)
+    started = time.perf_counter()
+    data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
+    load_seconds = time.perf_counter() - started
+
+    model = build_model(settings)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ctx.enabled
+        else model
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = DistributedSampler(
+        range(len(data.train.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
+    )
+    steps_per_epoch = len(epoch_batches(sampler, 0, cfg.batch_size))
+    if steps_per_epoch == 0:
+        raise DataError(f"{data.folders[0]}: too few train pairs for one step of --batch-size {cfg.batch_size}.")
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = LRSchedule(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
+    generator = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation draws
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    run = Run(
+        settings, ctx, cb, device, dtype, data, model, net, optimizer, scheduler, sampler, generator, scaler,
+        Path(), Position(),
+    )  # fmt: skip
+    note = _open_run_dir(run, resume_dir, schedule, total_steps, held)
+    precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
+    note = "; ".join(
+        filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
+    )
+    cb.on_start(run.run_dir, steps_per_epoch, len(data.train.pairs), data.n_val, note)
+    return run
+
+
+def _open_run_dir(
+    run: Run, resume_dir: Path | None, schedule: LRSchedule, total_steps: int, held: contextlib.ExitStack
+) -> str:
+    """Restore `resume_dir`'s state into `run`, or create and lock a new run folder; returns the resume note."""
+    ctx, note = run.ctx, ""
+    if resume_dir is not None:
+        run.run_dir = resume_dir
+        run.position, generator_state, note = load_resume_state(
+            resume_dir, run.model, run.optimizer, run.scheduler, ctx.rank, ctx.world_size, run.scaler
+        )
+        if generator_state is not None:
+            run.generator.set_state(generator_state)
+        schedule.stretch(run.scheduler.last_epoch, total_steps)  # a new --epochs continues the decay
+        if ctx.is_main:
+            trim_metrics(resume_dir, run.position.epochs_done)
+    else:
+        run.run_dir = broadcast_object(new_run_dir(run.settings.train.runs_dir) if ctx.is_main else None, ctx)
+        if ctx.is_main:
+            held.enter_context(lock_run(run.run_dir))
+    if ctx.is_main:
+        environment_json = json.dumps(environment(run.device, run.dtype, ctx.world_size), indent=2)
+        write_text(run.run_dir / "settings.json", run.settings.model_dump_json(indent=2))
+        write_text(run.run_dir / "environment.json", environment_json)
+    return note
