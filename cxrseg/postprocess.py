@@ -1,4 +1,4 @@
-"""Mask clean-up: keep the two largest components, fill holes, drop specks."""
+"""Mask clean-up (keep the two largest components, fill holes, drop specks), erosion and lung sides."""
 
 from __future__ import annotations
 
@@ -41,6 +41,24 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
     return ~outside[background]
+
+
+def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary erosion by the 4-connected cross, outside the image counted as background.
+
+    The same pixels as scipy.ndimage.binary_erosion(mask, iterations=...), from shifted views: several times faster.
+    """
+    out = mask.astype(bool, copy=True)
+    for _ in range(iterations):
+        inner = out.copy()
+        inner[1:, :] &= out[:-1, :]
+        inner[:-1, :] &= out[1:, :]
+        inner[:, 1:] &= out[:, :-1]
+        inner[:, :-1] &= out[:, 1:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+        out = inner
+    return out
 
 
 RIGHT, LEFT = 1, 2  # patient sides; the patient's right lung is on the image's left (PA and AP alike)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from cxrseg.inference.render import LEFT_COLOUR, MIN_PANEL, RIGHT_COLOUR, erode, overlay, plot_progress, preview_sheet
-from cxrseg.postprocess import lung_sides
+from cxrseg.inference.render import LEFT_COLOUR, MIN_PANEL, RIGHT_COLOUR, overlay, plot_progress, preview_sheet
+from cxrseg.postprocess import erode, lung_sides
 
 
 def test_preview_sheet_labels_each_column_and_enlarges_small_inputs():
