@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -76,14 +77,17 @@ def _measure(
         for index in range(n):
             shutil.copyfile(files[index % len(files)], inputs / f"{index:05d}_{files[index % len(files)].name}")
         engine, _ = load_engine(checkpoint, cfg, n)  # the backend predict_paths picks for n inputs
+        before = _cpu_seconds()
         model_rate = _model_rate(engine, files, n)
+        model_cpu = _cpu_seconds() - before
         chosen = choose_backend(checkpoint, cfg, n)
         device = f"{engine.device}, {chosen}"
         del engine
         options = PredictOptions(overlay=overlay, **({"workers": workers} if workers is not None else {}))
-        start = time.perf_counter()
+        start, before = time.perf_counter(), _cpu_seconds()
         result = predict_paths([inputs], Path(tmp) / "out", checkpoint, cfg, options)
         pipeline_rate = n / (time.perf_counter() - start)
+        pipeline_cpu = _cpu_seconds() - before  # the worker processes count once they have ended
         if result.failed:
             raise SystemExit(f"{result.failed} inputs failed; first: {result.rows[0]['message']}")
         digest = _masks_digest(Path(tmp) / "out")
@@ -97,12 +101,20 @@ def _measure(
         "pipeline": pipeline_rate,
         "model": model_rate,
         "rss_mb": peak_kb / 1024,
+        "model_cpu_ms": 1000 * model_cpu / n,
+        "pipeline_cpu_ms": 1000 * pipeline_cpu / n,
         "worker_rss_mb": children_kb / 1024,
         "device": device,
         "backend": chosen,
         "masks_sha256": digest,
         "masks": masks,
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (user + system)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _file_sha(path: Path) -> str:
@@ -179,6 +191,13 @@ def _report(name: str, n: int, r: dict, checkpoint: Path, reference: Path) -> No
     row(f"{name} model N={n}", f"{r['model']:.1f}", "images/s, the engine's forward pass alone, same process")
     ok = verdict(r["efficiency"] >= 0.75)
     row(f"{name} efficiency N={n}", f"{r['efficiency']:.2f}", f"pipeline / model, target >= 0.75: {ok}")
+    cpu = f"{r['pipeline_cpu_ms']:.0f}"
+    bound = r["model_cpu_ms"] / r["pipeline_cpu_ms"]
+    row(
+        f"{name} CPU per image N={n}",
+        cpu,
+        f"ms, end to end; the model alone {r['model_cpu_ms']:.0f} ms: bound {bound:.2f}",
+    )
     row(f"{name} peak RSS N={n}", f"{r['rss_mb']:.0f}", f"MB main process; largest worker {r['worker_rss_mb']:.0f} MB")
     row(f"{name} masks N={n}", r["masks_sha256"][:12], _check_masks(r, checkpoint, reference))
 
