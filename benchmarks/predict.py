@@ -211,7 +211,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay pictures, as --no-overlay does")
     parser.add_argument("--workers", type=int, help="predict's worker processes (default: one per core, <= 4)")
-    parser.add_argument("--backend", default="auto", help="torch, onnxruntime or auto (ORT from 500 inputs on CPU)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="torch, onnxruntime or auto (ORT from 500 inputs on CPU)",
+    )
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="stored mask digests to compare with")
     parser.add_argument("--write-reference", action="store_true", help="store this installation's masks")
     parser.add_argument("--default-checkpoint", type=Path, help=argparse.SUPPRESS)  # a stored one, for references
