@@ -35,7 +35,7 @@ TOLERANCE_PX = 0.01
 
 
 def _masks(pair, loaded, prob, cfg: InferenceSettings) -> tuple[str, np.ndarray, np.ndarray]:
-    return pair.name, finish(prob, loaded.fitted.geometry, cfg)[1], loaded.truth
+    return pair.name, finish(prob, loaded.fitted.geometry, cfg).mask, loaded.truth
 
 
 def predicted_masks(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:

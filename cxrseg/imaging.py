@@ -24,6 +24,19 @@ def stretch(array: np.ndarray) -> np.ndarray:
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
+def grey_window(gray: np.ndarray, low: float = 1, high: float = 99, grid: int = 65536) -> tuple[float, float]:
+    """The `low` and `high` percentiles of an image, read off a regular grid of at most ~`grid` pixels.
+
+    The same window to the eye as all pixels give, at a fraction of the cost of sorting a large film;
+    images under 4 x `grid` pixels are read whole.
+    """
+    if not gray.size:
+        return 0.0, 1.0
+    step = max(1, int((gray.size / grid) ** 0.5))
+    bottom, top = np.percentile(gray[::step, ::step], [low, high])
+    return float(bottom), float(top)
+
+
 def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     """Refuse an image larger than `max_pixels` before its pixels are decoded (no decompression bomb)."""
     if width * height > max_pixels:

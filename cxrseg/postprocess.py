@@ -1,4 +1,4 @@
-"""Mask clean-up (keep the two largest components, fill holes, drop specks), erosion and lung sides."""
+"""Mask clean-up (keep the two largest components, fill holes, drop specks), erosion, dilation and lung sides."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ def count_components(mask: np.ndarray) -> int:
 def clean_mask(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> np.ndarray:
     """Keep at most `keep` largest connected components (8-connected) whose area is at least
     `min_fraction` of the image, and fill holes inside each. Returns a new boolean mask."""
+    return clean_and_count(mask, min_fraction, keep)[0]
+
+
+def clean_and_count(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> tuple[np.ndarray, int]:
+    """(clean_mask(mask), components of `mask` before the clean-up) from one labelling."""
     labels, count = ndimage.label(mask, structure=EIGHT)
     if count == 0:
-        return np.zeros_like(mask, dtype=bool)
+        return np.zeros_like(mask, dtype=bool), 0
     areas = np.bincount(labels.ravel())[1:]
     min_area = min_fraction * mask.size
     order = [i + 1 for i in np.argsort(areas)[::-1][:keep] if areas[i] >= min_area]
@@ -27,7 +32,7 @@ def clean_mask(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> 
     for label in order:  # fill holes inside each kept part's bounding box only: much faster on large films
         box = objects[label - 1]
         kept[box] |= fill_holes(labels[box] == label)
-    return kept
+    return kept, int(count)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -61,6 +66,30 @@ def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     return out
 
 
+def square_spread(mask: np.ndarray, radius: int, grow: bool) -> np.ndarray:
+    """Binary dilation (`grow`) or erosion by the (2 radius + 1) square, outside the image counted as background.
+
+    The same pixels as scipy.ndimage.binary_dilation / binary_erosion(mask, 3x3 square, iterations=radius), from
+    shifted views along each axis in turn (the square is separable): about 10x faster.
+    """
+    out = mask.astype(bool, copy=True)
+    for axis in (0, 1):
+        source, size = out.copy(), out.shape[axis]
+        moved = np.moveaxis(out, axis, 0)  # a view: writing to it writes to `out`
+        seen = np.moveaxis(source, axis, 0)
+        for step in range(1, min(radius, size - 1) + 1):
+            if grow:
+                moved[step:] |= seen[:-step]
+                moved[:-step] |= seen[step:]
+            else:
+                moved[step:] &= seen[:-step]
+                moved[:-step] &= seen[step:]
+        if not grow:  # pixels within `radius` of the edge have background in their square
+            moved[:radius] = False
+            moved[max(size - radius, 0) :] = False
+    return out
+
+
 RIGHT, LEFT = 1, 2  # patient sides; the patient's right lung is on the image's left (PA and AP alike)
 
 
@@ -72,8 +101,10 @@ def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
     labels, count = ndimage.label(mask, structure=EIGHT)
     side_of_label = np.zeros(count + 1, dtype=np.uint8)
     midline = (mask.shape[1] - 1) / 2
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):  # work inside each bounding box
+    # a few parts (the usual two lungs): whole-image passes beat finding bounding boxes; many: one box each
+    boxes = [np.s_[:, :]] * count if count <= 4 else ndimage.find_objects(labels)
+    for label, box in enumerate(boxes, start=1):
         column_counts = (labels[box] == label).sum(axis=0)
-        centroid = column_counts @ np.arange(box[1].start, box[1].stop) / column_counts.sum()
+        centroid = column_counts @ np.arange(mask.shape[1])[box[1]] / column_counts.sum()
         side_of_label[label] = RIGHT if centroid < midline else LEFT
-    return side_of_label[labels], int(count)
+    return np.take(side_of_label, labels), int(count)

@@ -8,7 +8,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from cxrseg.postprocess import clean_mask, count_components, fill_holes
+from cxrseg.postprocess import (
+    EIGHT,
+    LEFT,
+    RIGHT,
+    clean_and_count,
+    clean_mask,
+    count_components,
+    fill_holes,
+    lung_sides,
+    square_spread,
+)
 
 
 def test_keeps_two_largest_fills_holes_drops_specks() -> None:
@@ -108,3 +118,41 @@ def test_a_part_centred_on_the_midline_goes_to_the_patients_left() -> None:
 def test_fill_holes_matches_scipy(mask: np.ndarray) -> None:
     """clean_mask fills holes by labelling the background: the pixels must be scipy's, at the edges too."""
     np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()),
+    st.integers(1, 4),
+    st.booleans(),
+)
+def test_square_spread_matches_scipy(mask: np.ndarray, radius: int, grow: bool) -> None:
+    """border_confidence's band: the pixels of scipy's 8-connected dilation and erosion, edges and tiny masks too."""
+    scipy_op = ndimage.binary_dilation if grow else ndimage.binary_erosion
+    np.testing.assert_array_equal(square_spread(mask, radius, grow), scipy_op(mask, EIGHT, radius))
+
+
+def _sides_by_bounding_box(mask: np.ndarray) -> np.ndarray:
+    """The reference rule: each part's centroid column, from its pixels, against the image's middle column."""
+    labels, count = ndimage.label(mask, structure=EIGHT)
+    sides = np.zeros(mask.shape, dtype=np.uint8)
+    for label in range(1, count + 1):
+        columns = np.nonzero(labels == label)[1]
+        sides[labels == label] = RIGHT if columns.mean() < (mask.shape[1] - 1) / 2 else LEFT
+    return sides
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()))
+def test_lung_sides_matches_the_centroid_rule(mask: np.ndarray) -> None:
+    sides, count = lung_sides(mask)
+    np.testing.assert_array_equal(sides, _sides_by_bounding_box(mask))
+    assert count == count_components(mask)
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.booleans()))
+def test_clean_and_count_counts_the_parts_before_cleaning(mask: np.ndarray) -> None:
+    cleaned, raw = clean_and_count(mask, min_fraction=0.01)
+    np.testing.assert_array_equal(cleaned, clean_mask(mask, min_fraction=0.01))
+    assert raw == count_components(mask)

@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from cxrseg.inference.render import LEFT_COLOUR, MIN_PANEL, RIGHT_COLOUR, overlay, plot_progress, preview_sheet
-from cxrseg.postprocess import erode, lung_sides
+from cxrseg.postprocess import LEFT, RIGHT, erode, lung_sides
 
 
 def test_preview_sheet_labels_each_column_and_enlarges_small_inputs():
@@ -55,3 +55,30 @@ def test_overlay_outlines_each_lung_in_its_side_colour() -> None:
         assert tuple(rgb[10, 15]) == RIGHT_COLOUR and tuple(rgb[10, 45]) == LEFT_COLOUR  # outlines
         assert tuple(rgb[30, 15]) not in (RIGHT_COLOUR, tuple(rgb[0, 0])) and rgb[30, 15, 2] > rgb[30, 15, 0]  # tint
         assert tuple(rgb[0, 0]) == tuple(rgb[5, 32])  # outside the lungs: the X-ray, untouched
+
+
+def _overlay_reference(grey: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """The overlay rule, pixel by pixel: outline in the side's colour, inside blended with it, outside grey."""
+    sides, _ = lung_sides(mask)
+    outline = mask & ~erode(mask, max(1, mask.shape[1] // 256))
+    keep = round((1 - alpha) * 256)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.uint16)
+    for colour, side in ((RIGHT_COLOUR, RIGHT), (LEFT_COLOUR, LEFT)):
+        inside = sides == side
+        rgb[inside] = (rgb[inside] * keep + np.array(colour) * (256 - keep)) >> 8
+        rgb[inside & outline] = colour
+    return rgb.astype(np.uint8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    arrays(bool, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.booleans()),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.35, 0.5, 0.1]),
+)
+def test_overlay_colours_every_pixel_by_the_rule(mask: np.ndarray, seed: int, alpha: float) -> None:
+    """The colour table and its byte packing: every pixel, every grey level and side, equals the plain rule."""
+    grey = np.random.default_rng(seed).integers(0, 256, mask.shape, dtype=np.uint8)
+    picture = overlay(grey, mask, alpha=alpha)
+    assert picture.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(picture), _overlay_reference(grey, mask, alpha))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from cxrseg.config import InferenceSettings, Settings
 from cxrseg.device import amp_dtype, autocast, resolve_device, use_channels_last
 from cxrseg.inference.backend import load_model
 from cxrseg.memory import available_bytes, fit_batch_size
-from cxrseg.postprocess import clean_mask
+from cxrseg.postprocess import clean_and_count
 from cxrseg.preprocess import Geometry, fit_to_square, normalize, restore, valid_region
 from cxrseg.runtime import OnnxModel
 
@@ -75,22 +76,21 @@ def forward_probabilities(
     return (probs * valid.to(device)).cpu()
 
 
-def finish(
-    prob: np.ndarray | torch.Tensor, geometry: Geometry, cfg: InferenceSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S) model probabilities -> (probability at the original size, final boolean mask)."""
+class Finished(NamedTuple):
+    """One model output brought back to its X-ray."""
+
+    prob: np.ndarray  # lung probability at the original size
+    mask: np.ndarray  # the final boolean mask
+    raw_components: int | None  # parts of the thresholded map before the clean-up; None without clean-up
+
+
+def finish(prob: np.ndarray | torch.Tensor, geometry: Geometry, cfg: InferenceSettings) -> Finished:
+    """(S, S) model probabilities -> probability at the original size and final mask."""
     full = restore(torch.as_tensor(prob), geometry).numpy()
     mask = full > cfg.threshold
-    if cfg.postprocess:
-        mask = clean_mask(mask, cfg.min_component_fraction)
-    return full, mask
-
-
-def probabilities_to_masks(
-    probs: torch.Tensor, geometries: Sequence[Geometry], cfg: InferenceSettings
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`finish` for each (1, S, S) map of a batch."""
-    return [finish(prob[0], geometry, cfg) for prob, geometry in zip(probs, geometries, strict=True)]
+    if not cfg.postprocess:
+        return Finished(full, mask, None)
+    return Finished(full, *clean_and_count(mask, cfg.min_component_fraction))
 
 
 @dataclass

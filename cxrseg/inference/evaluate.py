@@ -91,7 +91,7 @@ def _score(
     """Restore, clean and score one prediction (in a worker process)."""
     if isinstance(loaded, str):
         return ImageScore(pair.name, pair.image, None, loaded), None, None
-    _, mask = finish(prob, loaded.fitted.geometry, cfg)
+    mask = finish(prob, loaded.fitted.geometry, cfg).mask
     row = ImageScore(pair.name, pair.image, score(mask, loaded.truth, spacing=spacing))
     return (row, loaded.truth, mask) if keep_masks else (row, None, None)
 
@@ -110,7 +110,7 @@ def score_batch(
     """
     probs = engine.forward(images, valid)
     return [
-        score(finish(prob[0], geometry, engine.cfg)[1], truth, with_distances=with_hd95)
+        score(finish(prob[0], geometry, engine.cfg).mask, truth, with_distances=with_hd95)
         for prob, geometry, truth in zip(probs, geometries, truths, strict=True)
     ]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from cxrseg.errors import DataError
 from cxrseg.files import write_text
-from cxrseg.postprocess import EIGHT, LEFT, RIGHT, count_components, lung_sides
+from cxrseg.imaging import grey_window
+from cxrseg.postprocess import LEFT, RIGHT, count_components, lung_sides, square_spread
 
 # Thresholds, checked against the Shenzhen `train` masks and `val` predictions only (figures: docs/predict.md).
 NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-ray
@@ -86,16 +86,15 @@ def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.
     mask = (prob > threshold) & inside
     if not mask.any() or mask.all():
         return math.nan
-    band = ndimage.binary_dilation(mask, EIGHT, BORDER_WIDTH) & ~ndimage.binary_erosion(mask, EIGHT, BORDER_WIDTH)
-    band &= inside
+    band = square_spread(mask, BORDER_WIDTH, grow=True) & ~square_spread(mask, BORDER_WIDTH, grow=False) & inside
     return float(np.abs(2 * prob[band] - 1).mean()) if band.any() else math.nan
 
 
 def midline_contrast(image: np.ndarray) -> float:
     """How much brighter the mediastinum is than the lung fields, from where they lie on a frontal film.
 
-    (median grey of the central strip - median grey of the two lateral fields) / (99th - 1st percentile),
-    over rows 25-65 % of the height; strip: columns 45-55 %, fields: 15-35 % and 65-85 % of the width.
+    (median grey of the central strip - median grey of the two lateral fields) / (99th - 1st percentile, read by
+    grey_window), over rows 25-65 % of the height; strip: columns 45-55 %, fields: 15-35 % and 65-85 % of the width.
     Positive on a normal frontal film (air is dark), negative on an inverted one; it needs no mask, so it
     still works when the model, fooled by the inversion, segments the wrong structures.
     """
@@ -110,7 +109,7 @@ def midline_contrast(image: np.ndarray) -> float:
             image[rows, int(0.65 * width) : int(0.85 * width)].ravel(),
         ]
     )
-    low, high = np.percentile(image, [1, 99])
+    low, high = grey_window(image)
     if high <= low:
         return math.nan
     return float((np.median(strip) - np.median(fields)) / (high - low))
@@ -123,12 +122,13 @@ def measure(
     border: float = math.nan,
     midline: float = math.nan,
     labelled: tuple[np.ndarray, int] | None = None,
+    raw_components: int | None = None,
 ) -> LungMeasures:
     """Measures of a final boolean mask and its probability map (both at original size).
 
     `border` (border_confidence of the model output) and `midline` (midline_contrast of the X-ray) are
     computed by the caller, where the model-resolution map and the grey image are at hand; `labelled` is
-    lung_sides(mask) when the caller has it.
+    lung_sides(mask) and `raw_components` the parts of prob > threshold, when the caller has them.
     """
     right, left, components = split_sides(mask, labelled)
     lung = right + left
@@ -139,7 +139,7 @@ def measure(
         right_px=right,
         left_px=left,
         components=components,
-        raw_components=count_components(prob > threshold),
+        raw_components=count_components(prob > threshold) if raw_components is None else raw_components,
         mean_probability=float(prob[mask].mean()) if lung else math.nan,
         border_confidence=border,
         midline_contrast=midline,
