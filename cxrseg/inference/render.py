@@ -31,8 +31,10 @@ def save_jpeg(image: Image.Image, path: Path, quality: int = 90) -> None:
 def to_uint8(gray: np.ndarray) -> np.ndarray:
     """Float image -> uint8 with a 1-99 percentile window (see grey_window), so any bit depth displays well."""
     low, high = grey_window(gray)
-    scaled = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    if high <= low:
+        return np.zeros(gray.shape, dtype=np.uint8)
+    scaled = (gray - low) * np.float32(255 / (high - low))
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def display_image(gray: np.ndarray, max_side: int) -> np.ndarray:
