@@ -23,7 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import header, row, verdict, write_json
+import cxrseg
+
+cxrseg.quiet_idle_threads()  # as `cxrseg predict` does, before torch is imported (here or by common)
+
+from common import header, row, verdict, write_json  # noqa: E402
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs/image"
 REFERENCE = Path(__file__).with_name("predict_masks.json")  # masks by earlier code: regressions show as mismatches

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -245,3 +247,21 @@ def test_a_run_replacing_the_bundled_model_is_announced(
 def test_predictions_folder_is_ignored_by_git() -> None:
     ignored = (Path(__file__).parents[1] / ".gitignore").read_text().splitlines()
     assert "predictions/" in ignored
+
+
+def test_the_command_line_lets_idle_threads_sleep_unless_told_otherwise(tmp_path: Path) -> None:
+    """OMP_WAIT_POLICY must be set before torch loads, so the entry point sets it; a user's own value wins."""
+    code = (
+        "import os, sys\n"
+        "sys.argv = ['cxrseg', '--help']\n"
+        "from cxrseg.cli import main\n"
+        "assert 'torch' not in sys.modules, 'torch loaded before the thread policy is set'\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('policy=' + os.environ.get('OMP_WAIT_POLICY', ''))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.strip().endswith("policy=PASSIVE")
+    policy = env | {"OMP_WAIT_POLICY": "ACTIVE"}
+    mine = subprocess.run([sys.executable, "-c", code], env=policy, capture_output=True, text=True, check=True)
+    assert mine.stdout.strip().endswith("policy=ACTIVE")
