@@ -25,7 +25,7 @@ from pathlib import Path
 
 import cxrseg
 
-cxrseg.quiet_idle_threads()  # as `cxrseg predict` does, before torch is imported (here or by common)
+cxrseg.tune_cpu_runtime()  # as `cxrseg predict` does, before torch is imported (here or by common)
 
 from common import header, row, verdict, write_json  # noqa: E402
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -265,3 +266,31 @@ def test_the_command_line_lets_idle_threads_sleep_unless_told_otherwise(tmp_path
     policy = env | {"OMP_WAIT_POLICY": "ACTIVE"}
     mine = subprocess.run([sys.executable, "-c", code], env=policy, capture_output=True, text=True, check=True)
     assert mine.stdout.strip().endswith("policy=ACTIVE")
+
+
+FAULTS = """
+import resource, sys
+import cxrseg
+if sys.argv[1] == "tuned":
+    assert cxrseg.keep_freed_memory()
+import torch
+for warm in range(10):  # the heap settles after a few rounds
+    torch.ones(16 << 20).sum()  # a 64 MB block, like a batch of activations
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.ones(16 << 20).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
+    """Four 64 MB allocations: glibc maps and zeroes each afresh (16k page faults each) unless told to keep them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")}
+
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", FAULTS, mode], env=env, capture_output=True, text=True, check=True)
+        return int(done.stdout.strip())
+
+    assert faults("plain") > 4 * 10_000
+    assert faults("tuned") < 2_000

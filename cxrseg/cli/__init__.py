@@ -5,9 +5,9 @@ from __future__ import annotations
 
 def main() -> None:
     """Console entry point (`cxrseg`, `python -m cxrseg`); imports the app only when run."""
-    from cxrseg import quiet_idle_threads
+    from cxrseg import tune_cpu_runtime
 
-    quiet_idle_threads()  # before anything imports torch
+    tune_cpu_runtime()  # before anything imports torch
     from cxrseg.cli.app import main as run
 
     run()
