@@ -18,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import cxrseg
+
+cxrseg.tune_cpu_runtime()  # as `cxrseg predict` does, before torch is imported
+
 import torch
 from common import header, row, verdict
 

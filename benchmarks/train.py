@@ -36,6 +36,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cxrseg
+
+cxrseg.tune_cpu_runtime()  # as `cxrseg train` does, before torch is imported
+
 import torch
 from common import header, measure_ceilings, row, target_row, write_json
 from torch.utils.flop_counter import FlopCounterMode

@@ -89,6 +89,9 @@ def run_pipeline(
         multiprocessing_context=_context() if workers else None,
     )
     pool = ProcessPoolExecutor(workers, _context(), initializer=_start_worker) if workers else _Inline()
+    # the pool forks its processes on the first task: start them now, while this process holds no freed batches
+    # in its heap, or they would inherit it and pay a copy-on-write fault for each page they reuse
+    pool.submit(int).result()
     pending: deque[Future] = deque()
     limit = batch_size * (2 + workers)
     try:
