@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cxrseg.augment_overlays import add_opacities, burn_in_marks
+from cxrseg.augment_overlays import add_gas_bubbles, add_opacities, burn_in_marks
 from cxrseg.config import AugmentSettings
 
 
@@ -186,10 +186,12 @@ def augment_batch(
     """Augment a training batch; the lung mask stays anatomical (lung under an opacity or a mark is still lung).
 
     Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}.
-    Order: opacities on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
+    Order: opacities and a gastric bubble on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
     """
     if cfg.pathology_p > 0:
         images = add_opacities(images, masks, valid, cfg.pathology_p, generator)
+    if cfg.gas_bubble_p > 0:
+        images = add_gas_bubbles(images, masks, valid, cfg.gas_bubble_p, generator)
     images, masks, valid = frame(images, masks, valid, cfg, generator)
     if cfg.intensity_p > 0:
         images = intensity(images, valid, cfg, generator)

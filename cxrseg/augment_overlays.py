@@ -124,6 +124,54 @@ def add_opacities(
     return out.clamp(0, 1)
 
 
+def _left_lung(mask: torch.Tensor) -> torch.Tensor:
+    """The patient's left lung: the mask's part right of its centroid column (image right in a PA or AP film)."""
+    cols = torch.arange(mask.shape[-1], dtype=mask.dtype)
+    centre = float((mask.sum(0) * cols).sum() / mask.sum().clamp_min(1))
+    return mask * (cols > centre).to(mask.dtype).view(1, -1)
+
+
+def gas_bubble(mask: torch.Tensor, generator) -> torch.Tensor:
+    """(S, S) weight of a gastric gas bubble: a dark dome under the left hemidiaphragm, a flat air-fluid level
+    below it, a band of diaphragm between it and the lung. Zero inside the lung mask."""
+    size = mask.shape[-1]
+    lung = _left_lung(mask)
+    cols = lung.sum(0).nonzero()[:, 0]
+    if len(cols) < 4:
+        return torch.zeros_like(mask)
+    left, right = float(cols.min()), float(cols.max())
+    cx = left + _rand(generator, 0.35, 0.8) * (right - left)  # under the dome, lateral to the heart
+    column = lung[:, int(cx)].nonzero()[:, 0]
+    base = float(column.max()) if len(column) else float(lung.sum(1).nonzero()[:, 0].max())
+    top = base + _rand(generator, 0.01, 0.035) * size  # the diaphragm: a few millimetres of soft tissue
+    rx, ry = _rand(generator, 0.06, 0.14) * size, _rand(generator, 0.05, 0.11) * size
+    yy, xx = _grid(size)
+    distance = (((xx - cx) / rx) ** 2 + ((yy - top - ry) / ry) ** 2).sqrt()  # the dome's top touches `top`
+    level = top + ry * _rand(generator, 0.8, 1.6)  # erect films: gas above, fluid below a horizontal line
+    weight = torch.sigmoid((1 - distance) / _rand(generator, 0.04, 0.12)) * torch.sigmoid((level - yy) / 0.8)
+    weight = weight * (0.75 + 0.25 * _texture(size, 12, generator))  # folds of the stomach wall
+    return weight * (1 - _smooth(mask, 3).clamp(0, 1).ceil())
+
+
+def add_gas_bubbles(
+    images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Darken a gastric bubble below the left lung towards the film's air level; the mask is left as it is.
+
+    Gas under the diaphragm is as dark as lung: the model must learn that the diaphragm, not the grey level,
+    ends the lung.
+    """
+    out = images.clone()
+    for i in range(images.shape[0]):
+        mask = masks[i, 0]
+        if _rand(generator) >= p or mask.sum() < 20:
+            continue
+        air = float(images[i, 0][mask > 0].quantile(_rand(generator, 0.1, 0.5)))
+        weight = gas_bubble(mask, generator) * valid[i, 0] * _rand(generator, 0.6, 1.0)
+        out[i, 0] = images[i, 0] + weight * (air - images[i, 0]).clamp_max(0)
+    return out
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

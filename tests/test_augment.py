@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrseg.augment import augment_batch, cumulative_histogram, frame, intensity, random_affine
-from cxrseg.augment_overlays import add_opacities, burn_in_marks
+from cxrseg.augment_overlays import add_gas_bubbles, add_opacities, burn_in_marks
 from cxrseg.config import AugmentSettings
 from cxrseg.preprocess import normalize
 from tests.conftest import ellipse_pair
@@ -25,6 +25,7 @@ OFF = AugmentSettings(
     acquisition_p=0,
     marks_p=0,
     pathology_p=0,
+    gas_bubble_p=0,
 )
 
 
@@ -197,10 +198,37 @@ def test_shifts_spread_over_both_axes_and_signs() -> None:
     assert torch.allclose(theta[:, :, :2], torch.eye(2).expand(400, 2, 2))
 
 
-@pytest.mark.parametrize("group", ["pathology_p", "intensity_p", "acquisition_p", "marks_p"])
+@pytest.mark.parametrize("group", ["pathology_p", "gas_bubble_p", "intensity_p", "acquisition_p", "marks_p"])
 def test_each_group_at_probability_one_changes_the_films(group: str) -> None:
     images, masks, valid = lungs()
     out, _, _ = augment_batch(
         images, masks, valid, OFF.model_copy(update={group: 1.0}), torch.Generator().manual_seed(0)
     )
     assert not torch.allclose(out, images, atol=1e-3)
+
+
+def test_gas_bubble_darkens_under_the_left_lung_and_leaves_lung_and_mask_alone() -> None:
+    """The stomach's gas is as dark as lung but lies under the patient's left hemidiaphragm (image right), outside
+    the mask: the film darkens there only, never inside the lung, and the mask stays the anatomy."""
+    images, masks, valid = lungs(8, 96)
+    out = add_gas_bubbles(images, masks, valid, 1.0, torch.Generator().manual_seed(2))
+    change = out - images
+    assert (change <= 1e-6).all()  # only darker
+    assert change[masks > 0].abs().max() == 0  # no lung pixel changed
+    cols = torch.arange(96, dtype=torch.float32)
+    drawn = 0
+    for i in range(8):
+        dark, mask = change[i, 0] < -0.05, masks[i, 0]
+        if not dark.any():
+            continue
+        drawn += 1
+        centre = float((mask.sum(0) * cols).sum() / mask.sum())
+        left_lung = mask * (cols > centre)
+        rows, columns = dark.nonzero(as_tuple=True)
+        assert columns.float().mean() > centre  # the image's right half: the patient's left
+        assert rows.float().mean() > float((left_lung.sum(1) * cols).sum() / left_lung.sum())  # below the lung
+    assert drawn >= 6
+    _, out_masks, _ = augment_batch(
+        images, masks, valid, OFF.model_copy(update={"gas_bubble_p": 1.0}), torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(out_masks, masks)
