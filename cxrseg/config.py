@@ -81,7 +81,7 @@ class AugmentSettings(Section):
     acquisition_p: float = Field(0.5, ge=0, le=1, description="low resolution, blur, noise")
     marks_p: float = Field(0.4, ge=0, le=1, description="burnt-in text, arrows, lines, rulers, ECG leads; JPEG")
     pathology_p: float = Field(0.5, ge=0, le=1, description="consolidation, effusion, ground glass in the lung")
-    gas_bubble_p: float = Field(0.3, ge=0, le=1, description="a dark gastric bubble under the left lung, not lung")
+    gas_bubble_p: float = Field(0.0, ge=0, le=1, description="gastric bubble under the left lung; off: no gain shown")
 
 
 class TrainSettings(Section):
