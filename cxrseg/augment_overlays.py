@@ -37,13 +37,17 @@ def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _one_lung(mask: torch.Tensor, generator) -> torch.Tensor:
-    """The mask of one lung: the part on a random side of the mask's centroid column."""
-    size = mask.shape[-1]
-    cols = torch.arange(size, dtype=mask.dtype)
+def _lung_on_side(mask: torch.Tensor, image_left: bool) -> torch.Tensor:
+    """The part of the mask left (the patient's right lung) or right (the left lung) of its centroid column."""
+    cols = torch.arange(mask.shape[-1], dtype=mask.dtype)
     centre = float((mask.sum(0) * cols).sum() / mask.sum().clamp_min(1))
     left = (cols < centre).to(mask.dtype).view(1, -1)
-    return mask * (left if _rand(generator) < 0.5 else 1 - left)
+    return mask * (left if image_left else 1 - left)
+
+
+def _one_lung(mask: torch.Tensor, generator) -> torch.Tensor:
+    """The mask of one lung: the part on a random side of the mask's centroid column."""
+    return _lung_on_side(mask, _rand(generator) < 0.5)
 
 
 def consolidation(lung: torch.Tensor, generator) -> torch.Tensor:
@@ -124,18 +128,11 @@ def add_opacities(
     return out.clamp(0, 1)
 
 
-def _left_lung(mask: torch.Tensor) -> torch.Tensor:
-    """The patient's left lung: the mask's part right of its centroid column (image right in a PA or AP film)."""
-    cols = torch.arange(mask.shape[-1], dtype=mask.dtype)
-    centre = float((mask.sum(0) * cols).sum() / mask.sum().clamp_min(1))
-    return mask * (cols > centre).to(mask.dtype).view(1, -1)
-
-
 def gas_bubble(mask: torch.Tensor, generator) -> torch.Tensor:
     """(S, S) weight of a gastric gas bubble: a dark dome under the left hemidiaphragm, a flat air-fluid level
     below it, a band of diaphragm between it and the lung. Zero inside the lung mask."""
     size = mask.shape[-1]
-    lung = _left_lung(mask)
+    lung = _lung_on_side(mask, image_left=False)  # the patient's left lung
     cols = lung.sum(0).nonzero()[:, 0]
     if len(cols) < 4:
         return torch.zeros_like(mask)
