@@ -39,24 +39,16 @@ def random_affine(n: int, cfg: AugmentSettings, generator: torch.Generator | Non
 
 
 def frame(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    valid: torch.Tensor,
-    cfg: AugmentSettings,
-    generator,
-    soft_masks: bool = False,
+    images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing.
-
-    The warped mask is thresholded back to 0/1, or with `soft_masks` kept as the interpolated lung fraction.
-    """
+    """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing."""
     n, _, size, _ = images.shape
     theta = random_affine(n, cfg, generator).to(images)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all three: (N, 3, S, S)
     warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = warped[:, 2:3].clamp(0, 1)
-    images, masks = warped[:, :1], warped[:, 1:2].clamp(0, 1) if soft_masks else (warped[:, 1:2] > 0.5).float()
+    images, masks = warped[:, :1], (warped[:, 1:2] > 0.5).float()
     # A film scanned with wide margins: the border is image (dark, grey or bright), not padding.
     as_film = chance(n, cfg.border_p, generator).view(n, 1, 1, 1)
     fill = torch.where(chance(n, 0.7, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.5, 1, generator))
@@ -190,19 +182,17 @@ def augment_batch(
     valid: torch.Tensor,
     cfg: AugmentSettings,
     generator: torch.Generator | None = None,
-    soft_masks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augment a training batch; the lung mask stays anatomical (lung under an opacity or a mark is still lung).
 
-    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), valid in {0, 1}, masks in {0, 1} (or lung
-    fractions in [0, 1] with `soft_masks`, which the framing warp then keeps soft).
+    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}.
     Order: opacities and a gastric bubble on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
     """
     if cfg.pathology_p > 0:
         images = add_opacities(images, masks, valid, cfg.pathology_p, generator)
     if cfg.gas_bubble_p > 0:
         images = add_gas_bubbles(images, masks, valid, cfg.gas_bubble_p, generator)
-    images, masks, valid = frame(images, masks, valid, cfg, generator, soft_masks)
+    images, masks, valid = frame(images, masks, valid, cfg, generator)
     if cfg.intensity_p > 0:
         images = intensity(images, valid, cfg, generator)
     if cfg.acquisition_p > 0:

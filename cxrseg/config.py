@@ -93,9 +93,6 @@ class TrainSettings(Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     dice_weight: float = Field(1.0, ge=0)
-    soft_masks: bool = Field(
-        False, description="targets keep the lung fraction of each model pixel instead of 0/1 (sub-pixel edges)"
-    )
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "auto"

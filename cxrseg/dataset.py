@@ -156,24 +156,16 @@ class CachedSet:
     """A decoded, resized dataset held in memory: what one epoch iterates over."""
 
     images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1], zero padding
-    masks: torch.Tensor  # (N, 1, S, S) float32 in {0, 1}, or in [0, 1] when loaded with `soft`
+    masks: torch.Tensor  # (N, 1, S, S) float32 in {0, 1}
     valid: torch.Tensor  # (N, 1, S, S) float32, 1 inside the image
     geometries: list[Geometry]
     pairs: list[Pair]
 
 
 def load_pairs(
-    pairs: Sequence[Pair],
-    size: int,
-    workers: int = 4,
-    on_item: Callable[[], None] | None = None,
-    soft: bool = False,
+    pairs: Sequence[Pair], size: int, workers: int = 4, on_item: Callable[[], None] | None = None
 ) -> CachedSet:
-    """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size.
-
-    Masks are 0/1 at the model size, or with `soft` the share of each model pixel that is lung (the antialiased
-    resize of the full-resolution mask), which keeps the outline's sub-pixel position.
-    """
+    """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size."""
     check_sizes(pairs)
 
     def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry]:
@@ -181,7 +173,7 @@ def load_pairs(
         mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size)
         if on_item:
             on_item()
-        return image, (mask if soft else (mask > 0.5).astype(np.float32)), geometry
+        return image, (mask > 0.5).astype(np.float32), geometry
 
     if not pairs:
         raise DataError("No image/mask pairs to load; check the dataset folder.")

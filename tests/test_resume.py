@@ -91,11 +91,3 @@ def test_a_run_killed_in_its_first_epoch_resumes_to_the_end(tmp_path: Path, monk
     result = train(settings, resume_dir=run)
     assert result.epochs_run == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-
-
-def test_soft_masks_setting_reaches_the_training_targets(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path / "data", n_train=4, n_test=1)
-    hard = load_training_data(tiny_settings(tmp_path, data))
-    soft = load_training_data(tiny_settings(tmp_path, data, soft_masks=True))
-    assert set(hard.train.masks.unique().tolist()) == {0.0, 1.0}
-    assert ((soft.train.masks > 0.05) & (soft.train.masks < 0.95)).any()

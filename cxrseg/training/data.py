@@ -74,7 +74,7 @@ def load_training_data(
     shard = val_items[rank::world_size]  # each rank validates a shard
     size = settings.preprocess.image_size
     return TrainingData(
-        train=load_pairs(train_pairs, size, soft=settings.train.soft_masks),
+        train=load_pairs(train_pairs, size),
         val=load_pairs([pair for _, pair in shard], size),
         truths=[read_mask(pair.mask) for _, pair in shard],
         val_folder=[index for index, _ in shard],

@@ -154,7 +154,7 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
         index = torch.tensor(batches[step])
         images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
         if settings.augment.enabled:
-            images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator, cfg.soft_masks)
+            images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator)
         x = normalize(images, valid).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
