@@ -1,0 +1,65 @@
+"""The error-anatomy benchmark: wrong pixels binned by distance from the outline, large disagreements located."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def anatomy_module():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling `common`
+    try:
+        spec = importlib.util.spec_from_file_location("error_anatomy", BENCHMARKS / "error_anatomy.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def two_lungs() -> np.ndarray:
+    """Image left: the patient's right lung (cols 20-89); image right: the left lung (cols 110-179); rows 40-159."""
+    truth = np.zeros((200, 200), dtype=bool)
+    truth[40:160, 20:90] = True
+    truth[40:160, 110:180] = True
+    return truth
+
+
+def test_an_outline_drawn_two_pixels_inside_is_near_error_and_no_disagreement(anatomy_module) -> None:
+    truth = two_lungs()
+    pred = truth.copy()
+    pred[40:160, 20:22] = False  # the right lung's lateral edge, 2 px in
+    film = anatomy_module.anatomy("x", truth, pred, chunk_px=50)
+    assert film.fn_bins.tolist() == [240, 0, 0, 0, 0] and film.fp_bins.sum() == 0
+    assert film.chunks == []  # thin, however long
+    assert film.dice_chunks_right == film.dice < 1
+
+
+def test_missed_lung_behind_the_heart_is_a_located_disagreement(anatomy_module) -> None:
+    truth = two_lungs()
+    pred = truth.copy()
+    pred[120:160, 110:140] = False  # lower medial part of the patient's left lung
+    pred[165:195, 150:175] = True  # a bubble under the left lung, 5-35 px below it
+    film = anatomy_module.anatomy("x", truth, pred, chunk_px=500)
+    assert sorted((c.kind, c.pixels, c.where) for c in film.chunks) == [
+        ("FN", 1200, "left lower medial"),
+        ("FP", 750, "left below lateral"),
+    ]
+    assert film.fn_bins.sum() == 1200 and film.fp_bins[0] == 0 and film.fp_bins[-1] > 0
+    assert film.dice < 0.97 and film.dice_chunks_right == 1.0
+
+
+def test_a_small_disagreement_is_left_to_the_bins(anatomy_module) -> None:
+    truth = two_lungs()
+    pred = truth.copy()
+    pred[120:140, 110:130] = False  # 400 px
+    assert anatomy_module.anatomy("x", truth, pred, chunk_px=500).chunks == []
+    assert [c.pixels for c in anatomy_module.anatomy("x", truth, pred, chunk_px=100).chunks] == [400]
