@@ -71,6 +71,22 @@ def consolidation(lung: torch.Tensor, generator) -> torch.Tensor:
     return weight * texture * _smooth(lung, max(3, size // 32))
 
 
+def extensive(mask: torch.Tensor, generator) -> torch.Tensor:
+    """(S, S) weight: a dense opacity over 30-100 % of one or both lungs, the bases first, as multilobar or
+    bilateral pneumonia and a white-out show it."""
+    size = mask.shape[-1]
+    lung = mask if _rand(generator) < 0.5 else _one_lung(mask, generator)
+    rows = lung.sum(1).nonzero()[:, 0]
+    top, bottom = float(rows.min()), float(rows.max())
+    yy, _ = _grid(size)
+    towards_base = ((yy - top) / max(1.0, bottom - top)).clamp(0, 1)
+    field = _texture(size, 5, generator) + _rand(generator, 0, 1.5) * towards_base
+    level = torch.quantile(field[lung > 0.5], 1 - _rand(generator, 0.3, 1.0))  # that share of the lung is under it
+    weight = torch.sigmoid((field - level) * _rand(generator, 8, 30))
+    texture = 0.75 + 0.25 * _texture(size, 12, generator)
+    return weight * texture * _smooth(lung, max(3, size // 32))
+
+
 def effusion(lung: torch.Tensor, generator) -> torch.Tensor:
     """(S, S) weight: the base of one hemithorax filled up to a meniscus that climbs laterally."""
     size = lung.shape[-1]
@@ -107,7 +123,9 @@ def add_opacities(
 ) -> torch.Tensor:
     """Whiten parts of the lung as pneumonia, effusion or oedema do; the lung mask is left as it is.
 
-    Each chosen image gets one opacity raised towards its soft-tissue level (90th percentile of the film).
+    Each chosen image gets one opacity raised towards its soft-tissue level (90th percentile of the film):
+    patchy or lobar consolidation in one lung (40 %), a dense opacity over much of one or both lungs (20 %),
+    an effusion (20 %) or ground glass (20 %).
     """
     out = images.clone()
     levels = tissue_levels(images, valid)
@@ -116,14 +134,16 @@ def add_opacities(
         if _rand(generator) >= p or mask.sum() < 20:
             continue
         tissue = float(levels[i])
-        kind = _rand(generator)
-        if kind < 0.5:
+        kind, target = _rand(generator), tissue * _rand(generator, 0.9, 1.08)
+        if kind < 0.4:
             weight, strength = consolidation(_one_lung(mask, generator), generator), _rand(generator, 0.55, 1.0)
-        elif kind < 0.75:
+        elif kind < 0.6:
+            weight, strength = extensive(mask, generator), _rand(generator, 0.8, 1.0)
+            target = tissue * _rand(generator, 0.95, 1.12)
+        elif kind < 0.8:
             weight, strength = effusion(_one_lung(mask, generator), generator), _rand(generator, 0.7, 1.0)
         else:
             weight, strength = ground_glass(mask, generator), _rand(generator, 0.15, 0.45)
-        target = tissue * _rand(generator, 0.9, 1.08)
         out[i, 0] = images[i, 0] + strength * weight * (target - images[i, 0]).clamp_min(0)
     return out.clamp(0, 1)
 

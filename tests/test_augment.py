@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrseg.augment import augment_batch, cumulative_histogram, frame, intensity, random_affine
-from cxrseg.augment_overlays import add_gas_bubbles, add_opacities, burn_in_marks
+from cxrseg.augment_overlays import add_gas_bubbles, add_opacities, burn_in_marks, extensive
 from cxrseg.config import AugmentSettings
 from cxrseg.preprocess import normalize
 from tests.conftest import ellipse_pair
@@ -111,6 +111,28 @@ def test_opacities_whiten_lung_and_leave_the_mask() -> None:
     assert (out[inside].mean() - images[inside].mean()) > 0.02  # lung made whiter
     raised = (out - images) > 0.05
     assert (raised & inside).sum() > 0.8 * raised.sum()  # mostly inside the lungs
+
+
+def test_extensive_opacity_covers_much_of_one_or_both_lungs_bases_first() -> None:
+    _, masks, _ = lungs(1, 96)
+    mask = masks[0, 0]
+    half = mask.shape[-1] // 2
+    sides, lower_minus_upper = set(), 0.0
+    rows = mask.sum(1).nonzero()[:, 0]
+    middle = int(rows.float().mean())
+    for seed in range(24):
+        weight = extensive(mask, torch.Generator().manual_seed(seed))
+        assert float(weight[mask == 0].max()) < 0.6 and float(weight.min()) >= 0  # only in and at the lung's edge
+        covered = (weight > 0.3) & (mask > 0)
+        share = [
+            float(covered[:, :half].sum() / mask[:, :half].sum()),
+            float(covered[:, half:].sum() / mask[:, half:].sum()),
+        ]
+        assert max(share) > 0.2  # a large part of a lung, not a patch
+        sides.add(tuple(s > 0.15 for s in share))
+        lower_minus_upper += float(weight[middle:].sum() - weight[:middle].sum())
+    assert (True, True) in sides and {(True, False), (False, True)} & sides  # bilateral and one-sided draws
+    assert lower_minus_upper > 0  # the bases first
 
 
 def test_marks_burn_into_the_film_not_into_padding() -> None:
