@@ -125,19 +125,39 @@ def _gamma(value: float) -> Callable[[np.ndarray, np.ndarray, np.random.Generato
     return apply
 
 
-def consolidation(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
-    """A soft-edged, textured opacity raised towards soft-tissue brightness over a third of one lung."""
-    lung = _one_lung(mask, rng)
+def _opaque_region(lung: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """The `share` of `lung` nearest a random lung pixel, its edge made irregular by smooth noise."""
     ys, xs = np.nonzero(lung)
     seed = int(rng.integers(ys.size))
-    yy, xx = np.indices(mask.shape)
-    scale = mask.shape[0] / 8
-    # distance from a random lung pixel, made irregular by smooth noise; the nearest third of the lung opacifies
-    field = np.hypot(yy - ys[seed], xx - xs[seed]) + scale * _blurred_noise(mask.shape, scale / 3, rng)
-    region = lung & (field <= np.percentile(field[lung], 100 / 3))
+    yy, xx = np.indices(lung.shape)
+    scale = lung.shape[0] / 8
+    field = np.hypot(yy - ys[seed], xx - xs[seed]) + scale * _blurred_noise(lung.shape, scale / 3, rng)
+    return lung & (field <= np.percentile(field[lung], 100 * share))
+
+
+def _opacify(image: np.ndarray, mask: np.ndarray, region: np.ndarray, strength: float, rng) -> np.ndarray:
+    """Raise `region` (soft edges, texture) towards the soft-tissue brightness around the lungs."""
     alpha = np.clip(ndimage.gaussian_filter(region.astype(np.float64), mask.shape[0] / 100), 0, 1)
     texture = 0.8 + 0.2 * _blurred_noise(mask.shape, mask.shape[0] / 120, rng)
-    return _brighten(image, 0.95 * alpha * texture, _soft_tissue_level(image, mask, 85)), mask
+    return _brighten(image, strength * alpha * texture, _soft_tissue_level(image, mask, 85))
+
+
+def consolidation(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """A soft-edged, textured opacity raised towards soft-tissue brightness over a third of one lung."""
+    return _opacify(image, mask, _opaque_region(_one_lung(mask, rng), 1 / 3, rng), 0.95, rng), mask
+
+
+def consolidation_both(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """Dense opacities over half of each lung, at full soft-tissue brightness (bilateral pneumonia)."""
+    region = np.zeros_like(mask)
+    for lung in _lungs(mask):
+        region |= _opaque_region(lung, 0.5, rng)
+    return _opacify(image, mask, region, 1.0, rng), mask
+
+
+def whiteout(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """One whole lung opacified (a white-out: lobar pneumonia of every lobe, or fluid)."""
+    return _opacify(image, mask, _one_lung(mask, rng), 0.95, rng), mask
 
 
 def effusion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
@@ -232,6 +252,8 @@ CORRUPTIONS = {
         Corruption("gamma_0.45", _gamma(0.45), geometric=False),
         Corruption("gamma_2.2", _gamma(2.2), geometric=False),
         Corruption("consolidation", consolidation, geometric=False),
+        Corruption("consolidation_both", consolidation_both, geometric=False),
+        Corruption("whiteout", whiteout, geometric=False),
         Corruption("effusion", effusion, geometric=False),
         Corruption("burnt_text", burnt_text, geometric=False),
         Corruption("portable", portable, geometric=False),

@@ -78,3 +78,20 @@ def test_consolidation_brightens_one_lung(pair: tuple[np.ndarray, np.ndarray]) -
     rises = sorted(out[labels == i].mean() - image[labels == i].mean() for i in (1, 2))
     assert rises[1] > 15, "one lung gets an opacity"
     assert abs(rises[0]) < 2, "the other lung stays as it was"
+
+
+def test_consolidation_both_brightens_half_of_each_lung(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    image, mask = pair
+    out, _ = corruptions.corrupt("consolidation_both", image, mask, "case_000")
+    labels, _ = ndimage.label(mask)
+    for i in (1, 2):
+        raised = (out[labels == i].astype(int) - image[labels == i]) > 40
+        assert 0.3 < raised.mean() < 0.75, "about half of each lung is opaque"
+
+
+def test_whiteout_whitens_one_whole_lung(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    image, mask = pair
+    out, _ = corruptions.corrupt("whiteout", image, mask, "case_000")
+    labels, _ = ndimage.label(mask)
+    raised = sorted(((out[labels == i].astype(int) - image[labels == i]) > 40).mean() for i in (1, 2))
+    assert raised[1] > 0.85 and raised[0] < 0.02, "one lung white nearly to its edge, the other untouched"
