@@ -24,7 +24,7 @@ NO_LUNG_FRACTION = 0.02  # below: no lung found, probably not a frontal chest X-
 LOW_LUNG_FRACTION = 0.10  # train masks: min 0.099, 1st percentile 0.139
 HIGH_LUNG_FRACTION = 0.50  # train masks: max 0.43
 MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; train masks: 1st percentile 0.39, 5th 0.68
-MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; bundled model on `val`: 0.59-0.75, inverted 0.25-0.39
+MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; bundled model on `val`: 0.58-0.76, inverted 0.25-0.36
 BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
 MIN_MIDLINE_CONTRAST = 0.0  # train films: min 0.075, median 0.31; inverting a film negates it
 
