@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def measure_ceilings(previous: dict[str, float] | None = None) -> dict[str, floa
         how = "best of both passes" if previous else "best over 3 s of repeats"
         row(f"ceiling {name}", f"{ceilings[name]:.1f}", f"GFLOP/s, torch.mm 2048x2048, {how}")
     return ceilings
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the header of every figure (these machines change between sessions)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def write_json(figures: dict, path: Path) -> None:

@@ -135,7 +135,9 @@ def _opaque_region(lung: np.ndarray, share: float, rng: np.random.Generator) -> 
     return lung & (field <= np.percentile(field[lung], 100 * share))
 
 
-def _opacify(image: np.ndarray, mask: np.ndarray, region: np.ndarray, strength: float, rng) -> np.ndarray:
+def _opacify(
+    image: np.ndarray, mask: np.ndarray, region: np.ndarray, strength: float, rng: np.random.Generator
+) -> np.ndarray:
     """Raise `region` (soft edges, texture) towards the soft-tissue brightness around the lungs."""
     alpha = np.clip(ndimage.gaussian_filter(region.astype(np.float64), mask.shape[0] / 100), 0, 1)
     texture = 0.8 + 0.2 * _blurred_noise(mask.shape, mask.shape[0] / 120, rng)

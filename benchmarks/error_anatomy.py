@@ -16,12 +16,11 @@ Predictions come from cxrseg's own evaluation (the checkpoint's settings, post-p
 from __future__ import annotations
 
 import argparse
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import write_json
+from common import cpu_model, write_json
 from PIL import Image
 from scipy import ndimage
 
@@ -29,8 +28,11 @@ from scipy import ndimage
 import cxrseg
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.dataset import select_pairs
+from cxrseg.errors import CxrsegError
 from cxrseg.imaging import read_image
 from cxrseg.inference.evaluate import evaluate_model
+from cxrseg.inference.render import save_png
+from cxrseg.metrics import score
 from cxrseg.report.images import error_map
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs"
@@ -67,13 +69,11 @@ def locate(region: np.ndarray, truth: np.ndarray) -> str:
     patient's right)."""
     rows, cols = np.nonzero(region)
     row, col = rows.mean(), cols.mean()
-    t_rows, t_cols = np.nonzero(truth)
+    t_cols = np.nonzero(truth)[1]
     midline = t_cols.mean() if t_cols.size else truth.shape[1] / 2
     on_left_of_image = col < midline
     lung = truth & ((np.arange(truth.shape[1]) < midline) == on_left_of_image)[None, :]
-    l_rows, l_cols = np.nonzero(lung)
-    if not l_rows.size:
-        l_rows, l_cols = t_rows, t_cols
+    l_rows, l_cols = np.nonzero(lung if lung.any() else truth)
     if not l_rows.size:
         return "no expert lung"
     top, bottom = l_rows.min(), l_rows.max()
@@ -103,12 +103,8 @@ def anatomy(name: str, truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> Fi
             counted |= region
             chunks.append(Chunk(kind, int(region.sum()), locate(region, truth)))
     fixed = np.where(counted, truth, pred)
-
-    def dice(a: np.ndarray) -> float:
-        total = a.sum() + truth.sum()
-        return 1.0 if total == 0 else float(2 * (a & truth).sum() / total)
-
-    return FilmErrors(name, dice(pred), dice(fixed), _bins(outside, fp), _bins(inside, fn), chunks)
+    dice, dice_fixed = (score(p, truth, with_distances=False).dice for p in (pred, fixed))
+    return FilmErrors(name, dice, dice_fixed, _bins(outside, fp), _bins(inside, fn), chunks)
 
 
 def figure(films: list[FilmErrors], pairs: dict[str, tuple[Path, np.ndarray, np.ndarray]], path: Path) -> None:
@@ -127,7 +123,7 @@ def figure(films: list[FilmErrors], pairs: dict[str, tuple[Path, np.ndarray, np.
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * TILE, (i // columns) * TILE))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    save_png(sheet, path)
 
 
 def main() -> None:
@@ -141,9 +137,12 @@ def main() -> None:
     args = parser.parse_args()
     cxrseg.tune_cpu_runtime()
 
-    model, info = load_checkpoint(args.checkpoint)
-    settings = info.settings
-    pairs = select_pairs(args.data, args.split, settings.data.val_fraction, settings.data.split_seed)
+    try:
+        model, info = load_checkpoint(args.checkpoint)
+        settings = info.settings
+        pairs = select_pairs(args.data, args.split, settings.data.val_fraction, settings.data.split_seed)
+    except CxrsegError as exc:
+        raise SystemExit(f"error: {exc}") from None
     films: list[FilmErrors] = []
     kept: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
 
@@ -156,7 +155,7 @@ def main() -> None:
     cfg = settings.inference.model_copy(update={"postprocess": True, "tta": False})
     evaluation = evaluate_model(model, settings, pairs, cfg, on_image=on_image)
     print(
-        f"cxrseg {cxrseg.__version__}, {platform.processor() or platform.machine()}; {args.checkpoint.name} on "
+        f"cxrseg {cxrseg.__version__}, CPU {cpu_model()}; {args.checkpoint.name} on "
         f"{args.data.name} `{args.split}` ({len(films)} films, {len(evaluation.failed)} unreadable)"
     )
     fp = np.sum([f.fp_bins for f in films], axis=0)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import write_json
+from common import cpu_model, write_json
 from corruptions import CORRUPTIONS, corrupt
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
@@ -89,16 +88,6 @@ def print_row(name: str, values: dict[str, object]) -> None:
         f"{values['recall_mean']:>11.4f} | {hd95_text:>14}",
         flush=True,
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tile(image: np.ndarray, mask: np.ndarray, label: str) -> Image.Image:
