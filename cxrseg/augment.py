@@ -41,14 +41,18 @@ def random_affine(n: int, cfg: AugmentSettings, generator: torch.Generator | Non
 def frame(
     images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, cfg: AugmentSettings, generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing."""
+    """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing.
+
+    `masks` may have several channels (the lung mask, a loss weight): each is warped and kept at 0/1.
+    """
     n, _, size, _ = images.shape
+    k = masks.shape[1]
     theta = random_affine(n, cfg, generator).to(images)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all three: (N, 3, S, S)
+    stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all: (N, k + 2, S, S)
     warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = warped[:, 2:3].clamp(0, 1)
-    images, masks = warped[:, :1], (warped[:, 1:2] > 0.5).float()
+    inside = warped[:, k + 1 : k + 2].clamp(0, 1)
+    images, masks = warped[:, :1], (warped[:, 1 : k + 1] > 0.5).float()
     # A film scanned with wide margins: the border is image (dark, grey or bright), not padding.
     as_film = chance(n, cfg.border_p, generator).view(n, 1, 1, 1)
     fill = torch.where(chance(n, 0.7, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.5, 1, generator))
@@ -185,7 +189,8 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augment a training batch; the lung mask stays anatomical (lung under an opacity or a mark is still lung).
 
-    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}.
+    Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}. `masks` may
+    carry a second channel, the loss weight of an ignore mask, which follows the lung mask through the framing.
     Order: opacities and a gastric bubble on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
     """
     if cfg.pathology_p > 0:

@@ -24,16 +24,18 @@ TRAINING_NEEDS = (
     f"{MIN_VAL_PAIRS} to validate"
 )
 TEST_IMAGE_DIR, TEST_MASK_DIR = "test_image", "test_mask"  # the held-out split, when the dataset has one
+IGNORE_DIR = "ignore"  # optional: per training film, pixels (white) the loss leaves out
 LAYOUT = (IMAGE_DIR, MASK_DIR, TEST_IMAGE_DIR, TEST_MASK_DIR)
 MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
 class Pair:
-    """An X-ray and its lung mask, matched by file stem."""
+    """An X-ray and its lung mask, matched by file stem; `ignore` marks pixels the training loss leaves out."""
 
     image: Path
     mask: Path
+    ignore: Path | None = None
 
     @property
     def name(self) -> str:
@@ -90,18 +92,37 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
     return [Pair(images[s], masks[s]) for s in sorted(images)]
 
 
+def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
+    """The pairs with their ignore masks from `ignore_dir` (matched by stem like masks; any film may have none).
+
+    Raises DataError listing ignore masks whose stem names no pair: a misnamed file would silently be unused.
+    """
+    if not ignore_dir.is_dir():
+        return pairs
+    ignores = _by_stem(list_images(ignore_dir), ignore_dir, strip="_mask")
+    by_stem = {pair.name: pair for pair in pairs}
+    stray = [ignores[s] for s in sorted(ignores.keys() - by_stem.keys())]
+    if stray:
+        raise DataError(
+            _listing(stray, f"ignore masks without a training image in {ignore_dir.parent / IMAGE_DIR}")
+            + "; ignore/ holds masks for image/ films only, matched by file name stem; rename or remove them."
+        )
+    return [Pair(p.image, p.mask, ignores.get(p.name)) for p in pairs]
+
+
 def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[Pair]]:
     """The three splits of a dataset folder.
 
     `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair, and never
     fewer than MIN_TRAIN_PAIRS left to train on when there are enough);
     `test` is test_image/+test_mask/ when present, else empty. Training reads only `train` and `val`.
+    Pairs of image/ carry their ignore/ mask when the folder has one (see attach_ignores).
     """
     if not root.is_dir():
         raise DataError(
             f"Dataset folder {root} not found; pass --data DIR, set CXRSEG_DATA__ROOT, or run `cxrseg download`."
         )
-    pairs = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
+    pairs = attach_ignores(find_pairs(root / IMAGE_DIR, root / MASK_DIR), root / IGNORE_DIR)
     if len(pairs) < 2:
         raise DataError(f"{root / IMAGE_DIR}: {count_pairs(len(pairs))} found; {TRAINING_NEEDS}; add pairs.")
     shuffled = list(pairs)
@@ -135,16 +156,19 @@ def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int 
 
 
 def check_sizes(pairs: Sequence[Pair]) -> None:
-    """Raise DataError listing every unreadable file and every pair whose image and mask sizes differ."""
+    """Raise DataError listing every unreadable file and every pair whose image, mask (and ignore) sizes differ."""
     bad = []
     for pair in pairs:
         try:
             image, mask = image_size(pair.image), image_size(pair.mask)
+            ignore = image_size(pair.ignore) if pair.ignore else image
         except DataError as exc:
             bad.append(str(exc).split(";")[0])
             continue
         if image != mask:
             bad.append(f"{pair.image.name} {image} vs {pair.mask.name} {mask}")
+        if image != ignore and pair.ignore:
+            bad.append(f"{pair.image.name} {image} vs {IGNORE_DIR}/{pair.ignore.name} {ignore}")
     if bad:
         raise DataError(
             _listing(bad, "pairs are unreadable or differ in size (height, width)") + "; fix or remove them."
@@ -160,6 +184,7 @@ class CachedSet:
     valid: torch.Tensor  # (N, 1, S, S) float32, 1 inside the image
     geometries: list[Geometry]
     pairs: list[Pair]
+    weight: torch.Tensor | None = None  # (N, 1, S, S) float32, 0 where an ignore mask leaves pixels out of the loss
 
 
 def load_pairs(
@@ -168,17 +193,21 @@ def load_pairs(
     """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size."""
     check_sizes(pairs)
 
-    def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray | None]:
         image, geometry = fit_to_square(read_image(pair.image), size)
         mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size)
+        weight = None
+        if pair.ignore:  # any model pixel touched by an ignored pixel is left out
+            ignored, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size)
+            weight = (ignored == 0).astype(np.float32)
         if on_item:
             on_item()
-        return image, (mask > 0.5).astype(np.float32), geometry
+        return image, (mask > 0.5).astype(np.float32), geometry, weight
 
     if not pairs:
         raise DataError("No image/mask pairs to load; check the dataset folder.")
 
-    def attempt(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry] | str:
+    def attempt(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray | None] | str:
         try:
             return load(pair)
         except DataError as exc:
@@ -189,11 +218,16 @@ def load_pairs(
     failed = [item for item in loaded if isinstance(item, str)]
     if failed:
         raise DataError(_listing(failed, "files could not be read") + ".")
-    geometries = [g for _, _, g in loaded]
+    geometries = [g for _, _, g, _ in loaded]
+    weight = None
+    if any(w is not None for *_, w in loaded):
+        ones = np.ones((size, size), dtype=np.float32)
+        weight = torch.from_numpy(np.stack([ones if w is None else w for *_, w in loaded]))[:, None]
     return CachedSet(
-        images=torch.from_numpy(np.stack([i for i, _, _ in loaded]))[:, None],
-        masks=torch.from_numpy(np.stack([m for _, m, _ in loaded]))[:, None],
+        images=torch.from_numpy(np.stack([i for i, _, _, _ in loaded]))[:, None],
+        masks=torch.from_numpy(np.stack([m for _, m, _, _ in loaded]))[:, None],
         valid=torch.from_numpy(np.stack([valid_region(g) for g in geometries]))[:, None],
         geometries=geometries,
         pairs=list(pairs),
+        weight=weight,
     )

@@ -64,7 +64,9 @@ def load_training_data(
         )
     if on_status:
         size = settings.preprocess.image_size
-        on_status(f"Decoding {len(train_pairs)} train and {len(val_items)} validation pairs at {size}px")
+        ignored = sum(pair.ignore is not None for pair in train_pairs)
+        with_ignore = f" ({ignored} train films with an ignore mask)" if ignored else ""
+        on_status(f"Decoding {len(train_pairs)} train and {len(val_items)} validation pairs at {size}px{with_ignore}")
         if len(val_items) < FEW_VALIDATION_IMAGES:
             on_status(
                 f"Warning: only {len(val_items)} validation images (data.val_fraction "

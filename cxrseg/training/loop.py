@@ -153,14 +153,17 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
     for step in range(position.step, len(batches)):
         index = torch.tensor(batches[step])
         images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
+        if train_set.weight is not None:  # ignore masks: a second channel, warped with the lung mask
+            masks = torch.cat([masks, train_set.weight[index]], dim=1)
         if settings.augment.enabled:
             images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator)
+        masks, scored = masks[:, :1], valid * masks[:, 1:] if masks.shape[1] > 1 else valid
         x = normalize(images, valid).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, run.dtype):
             logits = run.net(x)
-        loss = segmentation_loss(logits, masks.to(device), valid.to(device), cfg.dice_weight)
+        loss = segmentation_loss(logits, masks.to(device), scored.to(device), cfg.dice_weight)
         loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
         if not math.isfinite(loss_sum):
             last = run.run_dir / "last.safetensors"
