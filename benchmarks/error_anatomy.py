@@ -11,11 +11,17 @@ patient's side, the upper, middle or lower third of that lung, its medial or lat
 model added it (FP) or missed it (FN). "Dice with the disagreements counted right" is the ceiling of any
 change that only moves the outline; the gap between it and the Dice is what the disagreements cost.
 Predictions come from cxrseg's own evaluation (the checkpoint's settings, post-processing on, no TTA).
+
+With --ignore-dir DIR, it writes an ignore mask (white: left out of `cxrseg train`'s loss) for each film with a
+missed (FN) disagreement at one of --ignore-where's locations, dilated by 3 px, named after the film: copy DIR
+to a dataset's ignore/ to train without that outline convention (benchmarks/RESULTS.md, "Ignoring the minority
+outline convention"). Only films of the chosen split are written; use --split train.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +46,14 @@ BIN_EDGES = (2, 4, 8, 16)  # px from the expert outline; the last bin is everyth
 BIN_NAMES = ("<=2", "2-4", "4-8", "8-16", ">16")
 THICKNESS = 4  # an opening by this many iterations keeps regions thicker than ~2x as many pixels
 TILE = 256
+CONVENTION = (
+    "left lower medial",
+    "left middle medial",
+    "left lower lateral",
+    "right lower medial",
+    "right middle medial",
+)
+IGNORE_MARGIN = 3  # px the ignore mask reaches beyond the region: its outline band too
 
 
 @dataclass(frozen=True)
@@ -86,13 +100,10 @@ def locate(region: np.ndarray, truth: np.ndarray) -> str:
     return f"{'right' if on_left_of_image else 'left'} {third} {half}"
 
 
-def anatomy(name: str, truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> FilmErrors:
-    """Bin one film's wrong pixels by distance from the outline and list its large disagreements."""
-    fp, fn = pred & ~truth, truth & ~pred
-    outside = ndimage.distance_transform_edt(~truth)
-    inside = ndimage.distance_transform_edt(truth)
-    chunks, counted = [], np.zeros_like(truth)
-    for kind, wrong in (("FP", fp), ("FN", fn)):
+def disagreements(truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> list[tuple[Chunk, np.ndarray]]:
+    """Each wrong region thicker than ~2 THICKNESS px with a core of at least chunk_px, and its pixels."""
+    found = []
+    for kind, wrong in (("FP", pred & ~truth), ("FN", truth & ~pred)):
         thick = ndimage.binary_opening(wrong, iterations=THICKNESS)
         labels, n = ndimage.label(thick)
         for index in range(1, n + 1):
@@ -100,8 +111,28 @@ def anatomy(name: str, truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> Fi
             if core.sum() < chunk_px:
                 continue
             region = ndimage.binary_dilation(core, iterations=THICKNESS) & wrong
-            counted |= region
-            chunks.append(Chunk(kind, int(region.sum()), locate(region, truth)))
+            found.append((Chunk(kind, int(region.sum()), locate(region, truth)), region))
+    return found
+
+
+def ignore_mask(truth: np.ndarray, pred: np.ndarray, chunk_px: int, where: Sequence[str]) -> np.ndarray:
+    """The missed (FN) disagreements located at one of `where`, dilated by IGNORE_MARGIN px."""
+    ignore = np.zeros_like(truth, dtype=bool)
+    for chunk, region in disagreements(truth, pred, chunk_px):
+        if chunk.kind == "FN" and chunk.where in where:
+            ignore |= region
+    return ndimage.binary_dilation(ignore, iterations=IGNORE_MARGIN) if ignore.any() else ignore
+
+
+def anatomy(name: str, truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> FilmErrors:
+    """Bin one film's wrong pixels by distance from the outline and list its large disagreements."""
+    fp, fn = pred & ~truth, truth & ~pred
+    outside = ndimage.distance_transform_edt(~truth)
+    inside = ndimage.distance_transform_edt(truth)
+    chunks, counted = [], np.zeros_like(truth)
+    for chunk, region in disagreements(truth, pred, chunk_px):
+        counted |= region
+        chunks.append(chunk)
     fixed = np.where(counted, truth, pred)
     dice, dice_fixed = (score(p, truth, with_distances=False).dice for p in (pred, fixed))
     return FilmErrors(name, dice, dice_fixed, _bins(outside, fp), _bins(inside, fn), chunks)
@@ -134,6 +165,12 @@ def main() -> None:
     parser.add_argument("--chunk-px", type=int, default=1500, help="smallest disagreement listed (px)")
     parser.add_argument("--figure", type=Path, help="PNG of the films with disagreements")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ignore-dir", type=Path, help="write ignore masks of the FN disagreements here")
+    parser.add_argument(
+        "--ignore-where",
+        default=",".join(CONVENTION),
+        help="comma-separated locations whose FN disagreements the ignore masks cover (default: %(default)s)",
+    )
     args = parser.parse_args()
     cxrseg.tune_cpu_runtime()
 
@@ -146,9 +183,18 @@ def main() -> None:
     films: list[FilmErrors] = []
     kept: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
 
+    where = [w.strip() for w in args.ignore_where.split(",") if w.strip()]
+    ignored: list[str] = []
+
     def on_image(row, truth: np.ndarray, pred: np.ndarray) -> None:
         film = anatomy(row.name, truth, pred, args.chunk_px)
         films.append(film)
+        if args.ignore_dir:
+            ignore = ignore_mask(truth, pred, args.chunk_px, where)
+            if ignore.any():
+                args.ignore_dir.mkdir(parents=True, exist_ok=True)
+                save_png(Image.fromarray(ignore.astype(np.uint8) * 255), args.ignore_dir / f"{row.name}.png")
+                ignored.append(row.name)
         if film.chunks and args.figure:
             kept[row.name] = (row.image, truth, pred)
 
@@ -183,6 +229,8 @@ def main() -> None:
     if args.figure and with_chunks:
         figure(with_chunks, kept, args.figure)
         print(f"error maps: {args.figure}")
+    if args.ignore_dir:
+        print(f"ignore masks: {len(ignored)} films written to {args.ignore_dir} ({', '.join(where)})")
     if args.json:
         write_json(
             {

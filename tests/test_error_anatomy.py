@@ -63,3 +63,18 @@ def test_a_small_disagreement_is_left_to_the_bins(anatomy_module) -> None:
     pred[120:140, 110:130] = False  # 400 px
     assert anatomy_module.anatomy("x", truth, pred, chunk_px=500).chunks == []
     assert [c.pixels for c in anatomy_module.anatomy("x", truth, pred, chunk_px=100).chunks] == [400]
+
+
+def test_ignore_masks_cover_missed_convention_regions_only(anatomy_module) -> None:
+    truth = two_lungs()
+    pred = truth.copy()
+    pred[120:160, 110:140] = False  # missed behind the heart: the minority convention
+    pred[40:70, 20:60] = False  # missed at the right apex: not a convention, stays in the loss
+    pred[165:195, 150:175] = True  # an added bubble: the expert's "not lung" stays in the loss
+    ignore = anatomy_module.ignore_mask(truth, pred, chunk_px=500, where=anatomy_module.CONVENTION)
+    missed = np.zeros_like(truth)
+    missed[120:160, 110:140] = True
+    margin = anatomy_module.IGNORE_MARGIN
+    assert ignore[missed].all() and ignore.sum() > missed.sum()  # the region and its band
+    assert not ignore[: 120 - margin - 1].any() and not ignore[165:].any()
+    assert not anatomy_module.ignore_mask(truth, pred, chunk_px=500, where=["left upper lateral"]).any()
