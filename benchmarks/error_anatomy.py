@@ -53,6 +53,12 @@ CONVENTION = (
     "right lower medial",
     "right middle medial",
 )
+LOCATIONS = tuple(
+    f"{side} {third} {half}"
+    for side in ("right", "left")
+    for third in ("above", "upper", "middle", "lower", "below")
+    for half in ("medial", "lateral")
+)
 IGNORE_MARGIN = 3  # px the ignore mask reaches beyond the region: its outline band too
 
 
@@ -172,6 +178,19 @@ def main() -> None:
         help="comma-separated locations whose FN disagreements the ignore masks cover (default: %(default)s)",
     )
     args = parser.parse_args()
+    where = [w.strip() for w in args.ignore_where.split(",") if w.strip()]
+    if args.ignore_dir:
+        unknown = [w for w in where if w not in LOCATIONS]
+        if unknown or not where:
+            raise SystemExit(
+                f"error: --ignore-where {', '.join(repr(w) for w in unknown) or 'is empty'}: a location is a side "
+                "(right, left), a third (above, upper, middle, lower, below) and a half (medial, lateral), "
+                "e.g. 'left lower medial'."
+            )
+        if args.split != "train":
+            raise SystemExit("error: --ignore-dir writes masks for training films only; use --split train.")
+        if args.ignore_dir.exists() and any(args.ignore_dir.iterdir()):
+            raise SystemExit(f"error: {args.ignore_dir} is not empty; give a new folder so that no old mask stays.")
     cxrseg.tune_cpu_runtime()
 
     try:
@@ -183,7 +202,6 @@ def main() -> None:
     films: list[FilmErrors] = []
     kept: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
 
-    where = [w.strip() for w in args.ignore_where.split(",") if w.strip()]
     ignored: list[str] = []
 
     def on_image(row, truth: np.ndarray, pred: np.ndarray) -> None:

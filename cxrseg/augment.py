@@ -43,7 +43,8 @@ def frame(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing.
 
-    `masks` may have several channels (the lung mask, a loss weight): each is warped and kept at 0/1.
+    `masks` may have several channels (the lung mask, the ignored pixels): each is warped and kept at 0/1; what
+    the warp brings in from outside the film is 0 in each (not lung, not ignored).
     """
     n, _, size, _ = images.shape
     k = masks.shape[1]
@@ -190,7 +191,7 @@ def augment_batch(
     """Augment a training batch; the lung mask stays anatomical (lung under an opacity or a mark is still lung).
 
     Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}. `masks` may
-    carry a second channel, the loss weight of an ignore mask, which follows the lung mask through the framing.
+    carry a second channel, the pixels an ignore mask leaves out of the loss, which follows the lung mask.
     Order: opacities and a gastric bubble on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
     """
     if cfg.pathology_p > 0:

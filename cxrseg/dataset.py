@@ -110,19 +110,24 @@ def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
     return [Pair(p.image, p.mask, ignores.get(p.name)) for p in pairs]
 
 
-def dataset_splits(root: Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[Pair]]:
+def dataset_splits(
+    root: Path, val_fraction: float = 0.1, seed: int = 0, with_ignores: bool = False
+) -> dict[str, list[Pair]]:
     """The three splits of a dataset folder.
 
     `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair, and never
     fewer than MIN_TRAIN_PAIRS left to train on when there are enough);
     `test` is test_image/+test_mask/ when present, else empty. Training reads only `train` and `val`.
-    Pairs of image/ carry their ignore/ mask when the folder has one (see attach_ignores).
+    With `with_ignores` (training), pairs of image/ carry their ignore/ mask when the folder has one (see
+    attach_ignores); scoring never reads ignore/.
     """
     if not root.is_dir():
         raise DataError(
             f"Dataset folder {root} not found; pass --data DIR, set CXRSEG_DATA__ROOT, or run `cxrseg download`."
         )
-    pairs = attach_ignores(find_pairs(root / IMAGE_DIR, root / MASK_DIR), root / IGNORE_DIR)
+    pairs = find_pairs(root / IMAGE_DIR, root / MASK_DIR)
+    if with_ignores:
+        pairs = attach_ignores(pairs, root / IGNORE_DIR)
     if len(pairs) < 2:
         raise DataError(f"{root / IMAGE_DIR}: {count_pairs(len(pairs))} found; {TRAINING_NEEDS}; add pairs.")
     shuffled = list(pairs)
@@ -184,7 +189,7 @@ class CachedSet:
     valid: torch.Tensor  # (N, 1, S, S) float32, 1 inside the image
     geometries: list[Geometry]
     pairs: list[Pair]
-    weight: torch.Tensor | None = None  # (N, 1, S, S) float32, 0 where an ignore mask leaves pixels out of the loss
+    ignored: torch.Tensor | None = None  # (N, 1, S, S) float32, 1 where an ignore mask leaves pixels out of the loss
 
 
 def load_pairs(
@@ -196,13 +201,13 @@ def load_pairs(
     def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray | None]:
         image, geometry = fit_to_square(read_image(pair.image), size)
         mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size)
-        weight = None
+        ignored = None
         if pair.ignore:  # any model pixel touched by an ignored pixel is left out
-            ignored, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size)
-            weight = (ignored == 0).astype(np.float32)
+            touched, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size)
+            ignored = (touched > 0).astype(np.float32)
         if on_item:
             on_item()
-        return image, (mask > 0.5).astype(np.float32), geometry, weight
+        return image, (mask > 0.5).astype(np.float32), geometry, ignored
 
     if not pairs:
         raise DataError("No image/mask pairs to load; check the dataset folder.")
@@ -219,15 +224,15 @@ def load_pairs(
     if failed:
         raise DataError(_listing(failed, "files could not be read") + ".")
     geometries = [g for _, _, g, _ in loaded]
-    weight = None
-    if any(w is not None for *_, w in loaded):
-        ones = np.ones((size, size), dtype=np.float32)
-        weight = torch.from_numpy(np.stack([ones if w is None else w for *_, w in loaded]))[:, None]
+    ignored = None
+    if any(i is not None for *_, i in loaded):
+        none = np.zeros((size, size), dtype=np.float32)
+        ignored = torch.from_numpy(np.stack([none if i is None else i for *_, i in loaded]))[:, None]
     return CachedSet(
         images=torch.from_numpy(np.stack([i for i, _, _, _ in loaded]))[:, None],
         masks=torch.from_numpy(np.stack([m for _, m, _, _ in loaded]))[:, None],
         valid=torch.from_numpy(np.stack([valid_region(g) for g in geometries]))[:, None],
         geometries=geometries,
         pairs=list(pairs),
-        weight=weight,
+        ignored=ignored,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,3 +79,17 @@ def test_ignore_masks_cover_missed_convention_regions_only(anatomy_module) -> No
     assert ignore[missed].all() and ignore.sum() > missed.sum()  # the region and its band
     assert not ignore[: 120 - margin - 1].any() and not ignore[165:].any()
     assert not anatomy_module.ignore_mask(truth, pred, chunk_px=500, where=["left upper lateral"]).any()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--split", "train", "--ignore-where", "left lower medial,lfet lower medial"], "'lfet lower medial'"),
+        (["--split", "val"], "training films only; use --split train"),
+    ],
+)
+def test_ignore_masks_are_refused_for_a_misspelt_place_or_another_split(tmp_path: Path, flags, message) -> None:
+    script = BENCHMARKS / "error_anatomy.py"
+    args = [sys.executable, str(script), str(tmp_path / "x.safetensors"), "--ignore-dir", str(tmp_path / "i"), *flags]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr and not (tmp_path / "i").exists()

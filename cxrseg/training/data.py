@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]
     train: list[Pair] = []
     val: list[tuple[int, Pair]] = []
     for index, root in enumerate(settings.data.root):
-        splits = dataset_splits(root, settings.data.val_fraction, settings.data.split_seed)
+        splits = dataset_splits(root, settings.data.val_fraction, settings.data.split_seed, with_ignores=True)
         train += splits["train"]
         val += [(index, pair) for pair in splits["val"]]
     return train, val
@@ -67,6 +67,12 @@ def load_training_data(
         ignored = sum(pair.ignore is not None for pair in train_pairs)
         with_ignore = f" ({ignored} train films with an ignore mask)" if ignored else ""
         on_status(f"Decoding {len(train_pairs)} train and {len(val_items)} validation pairs at {size}px{with_ignore}")
+        unused = sum(pair.ignore is not None for _, pair in val_items)
+        if unused:
+            on_status(
+                f"Note: {unused} ignore masks belong to validation films and are not used: validation scores the "
+                "whole expert mask."
+            )
         if len(val_items) < FEW_VALIDATION_IMAGES:
             on_status(
                 f"Warning: only {len(val_items)} validation images (data.val_fraction "
@@ -77,7 +83,7 @@ def load_training_data(
     size = settings.preprocess.image_size
     return TrainingData(
         train=load_pairs(train_pairs, size),
-        val=load_pairs([pair for _, pair in shard], size),
+        val=load_pairs([replace(pair, ignore=None) for _, pair in shard], size),  # scored whole
         truths=[read_mask(pair.mask) for _, pair in shard],
         val_folder=[index for index, _ in shard],
         folders=folders,

@@ -153,11 +153,11 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
     for step in range(position.step, len(batches)):
         index = torch.tensor(batches[step])
         images, masks, valid = train_set.images[index], train_set.masks[index], train_set.valid[index]
-        if train_set.weight is not None:  # ignore masks: a second channel, warped with the lung mask
-            masks = torch.cat([masks, train_set.weight[index]], dim=1)
+        if train_set.ignored is not None:  # ignore masks: a second channel, warped with the lung mask
+            masks = torch.cat([masks, train_set.ignored[index]], dim=1)
         if settings.augment.enabled:
             images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator)
-        masks, scored = masks[:, :1], valid * masks[:, 1:] if masks.shape[1] > 1 else valid
+        masks, scored = masks[:, :1], valid * (1 - masks[:, 1:]) if masks.shape[1] > 1 else valid
         x = normalize(images, valid).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
