@@ -193,7 +193,18 @@ def augment_batch(
     Shapes: (N, 1, S, S) each; images in [0, 1] (before normalisation), masks and valid in {0, 1}. `masks` may
     carry a second channel, the pixels an ignore mask leaves out of the loss, which follows the lung mask.
     Order: opacities and a gastric bubble on the anatomy, then framing, intensity, acquisition, and marks burnt in last.
+    A share `clean_p` of the films comes back as it went in (drawn first; nothing is drawn when it is 0).
     """
+    if cfg.clean_p > 0:
+        clean = chance(images.shape[0], cfg.clean_p, generator).view(-1, 1, 1, 1)
+        new_images, new_masks, new_valid = augment_batch(
+            images, masks, valid, cfg.model_copy(update={"clean_p": 0.0}), generator
+        )
+        return (
+            torch.where(clean, images, new_images),
+            torch.where(clean, masks, new_masks),
+            torch.where(clean, valid, new_valid),
+        )
     if cfg.pathology_p > 0:
         images = add_opacities(images, masks, valid, cfg.pathology_p, generator)
     if cfg.gas_bubble_p > 0:

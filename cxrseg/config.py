@@ -82,6 +82,7 @@ class AugmentSettings(Section):
     marks_p: float = Field(0.4, ge=0, le=1, description="burnt-in text, arrows, lines, rulers, ECG leads; JPEG")
     pathology_p: float = Field(0.5, ge=0, le=1, description="consolidation, effusion, ground glass in the lung")
     gas_bubble_p: float = Field(0.0, ge=0, le=1, description="gastric bubble under the left lung; off: no gain shown")
+    clean_p: float = Field(0.0, ge=0, le=1, description="share of films left as they are: no group applied")
 
 
 class TrainSettings(Section):

@@ -254,3 +254,19 @@ def test_gas_bubble_darkens_under_the_left_lung_and_leaves_lung_and_mask_alone()
         images, masks, valid, OFF.model_copy(update={"gas_bubble_p": 1.0}), torch.Generator().manual_seed(2)
     )
     assert torch.equal(out_masks, masks)
+
+
+def test_a_share_of_films_is_left_as_it_is() -> None:
+    images, masks, valid = lungs(n=64)
+    cfg = AugmentSettings(clean_p=0.25)
+    out, out_masks, out_valid = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(5))
+    kept = [
+        i
+        for i in range(64)
+        if torch.equal(out[i], images[i])
+        and torch.equal(out_masks[i], masks[i])
+        and torch.equal(out_valid[i], valid[i])
+    ]
+    assert 6 <= len(kept) <= 28  # a quarter of 64, give or take
+    plain = augment_batch(images, masks, valid, AugmentSettings(), torch.Generator().manual_seed(5))
+    assert not any(torch.equal(plain[0][i], images[i]) for i in range(64))  # by default every film changes
