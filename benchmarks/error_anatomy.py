@@ -189,6 +189,8 @@ def main() -> None:
             )
         if args.split != "train":
             raise SystemExit("error: --ignore-dir writes masks for training films only; use --split train.")
+        if args.ignore_dir.exists() and not args.ignore_dir.is_dir():
+            raise SystemExit(f"error: {args.ignore_dir} is a file; give a new folder for the ignore masks.")
         if args.ignore_dir.exists() and any(args.ignore_dir.iterdir()):
             raise SystemExit(f"error: {args.ignore_dir} is not empty; give a new folder so that no old mask stays.")
     cxrseg.tune_cpu_runtime()

@@ -43,8 +43,9 @@ def frame(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Warp the three alike; borders opened by a zoom-out become part of the film or padding; some letterboxing.
 
-    `masks` may have several channels (the lung mask, the ignored pixels): each is warped and kept at 0/1; what
-    the warp brings in from outside the film is 0 in each (not lung, not ignored).
+    `masks` may have several channels (the lung mask, the ignored pixels), each warped and kept at 0/1: the lung
+    where more than half of a pixel is lung, further channels wherever a pixel touches them (an ignored area
+    does not shrink). What the warp brings in from outside the film is 0 in each (not lung, not ignored).
     """
     n, _, size, _ = images.shape
     k = masks.shape[1]
@@ -53,7 +54,8 @@ def frame(
     stacked = torch.cat([images, masks, valid], dim=1)  # one grid_sample for all: (N, k + 2, S, S)
     warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = warped[:, k + 1 : k + 2].clamp(0, 1)
-    images, masks = warped[:, :1], (warped[:, 1 : k + 1] > 0.5).float()
+    images = warped[:, :1]
+    masks = torch.cat([warped[:, 1:2] > 0.5, warped[:, 2 : k + 1] > 0], dim=1).float()
     # A film scanned with wide margins: the border is image (dark, grey or bright), not padding.
     as_film = chance(n, cfg.border_p, generator).view(n, 1, 1, 1)
     fill = torch.where(chance(n, 0.7, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.5, 1, generator))

@@ -257,16 +257,16 @@ def test_gas_bubble_darkens_under_the_left_lung_and_leaves_lung_and_mask_alone()
 
 
 def test_a_share_of_films_is_left_as_it_is() -> None:
-    images, masks, valid = lungs(n=64)
+    images, masks, valid = lungs(n=400, size=32)
     cfg = AugmentSettings(clean_p=0.25)
     out, out_masks, out_valid = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(5))
     kept = [
         i
-        for i in range(64)
+        for i in range(400)
         if torch.equal(out[i], images[i])
         and torch.equal(out_masks[i], masks[i])
         and torch.equal(out_valid[i], valid[i])
     ]
-    assert 6 <= len(kept) <= 28  # a quarter of 64, give or take
+    assert 70 <= len(kept) <= 130  # a quarter of 400 (standard deviation 8.7): not an eighth, not two fifths
     plain = augment_batch(images, masks, valid, AugmentSettings(), torch.Generator().manual_seed(5))
-    assert not any(torch.equal(plain[0][i], images[i]) for i in range(64))  # by default every film changes
+    assert not any(torch.equal(plain[0][i], images[i]) for i in range(400))  # by default every film changes

@@ -93,3 +93,16 @@ def test_ignore_masks_are_refused_for_a_misspelt_place_or_another_split(tmp_path
     args = [sys.executable, str(script), str(tmp_path / "x.safetensors"), "--ignore-dir", str(tmp_path / "i"), *flags]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode != 0 and message in done.stderr and not (tmp_path / "i").exists()
+
+
+@pytest.mark.parametrize(("existing", "message"), [("file", "is a file"), ("folder", "is not empty")])
+def test_ignore_masks_are_never_written_over_or_beside_old_ones(tmp_path: Path, existing: str, message: str) -> None:
+    target = tmp_path / "i"
+    if existing == "file":
+        target.write_text("x")
+    else:
+        target.mkdir()
+        (target / "CHNCXR_0001_0.png").write_bytes(b"old")
+    args = [sys.executable, str(BENCHMARKS / "error_anatomy.py"), str(tmp_path / "x.safetensors")]
+    done = subprocess.run([*args, "--split", "train", "--ignore-dir", str(target)], capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr

@@ -84,8 +84,23 @@ def test_the_ignored_pixels_follow_the_lung_mask_through_the_framing() -> None:
     cfg = AugmentSettings(rotate_degrees=30, zoom_min=0.6, zoom_max=1.5)
     _, out, _ = augment_batch(images, torch.cat([masks, ignored], 1), torch.ones(4, 1, 32, 32), cfg, generator)
     assert out.shape == (4, 2, 32, 32)
+    lung, ignored = out[:, :1] > 0, out[:, 1:] > 0
     assert not torch.equal(out[:, :1], masks)  # the warp moved the lungs ...
-    assert torch.equal(out[:, :1], out[:, 1:])  # ... and the ignored pixels with them
+    assert (ignored | ~lung).all()  # ... and the ignored pixels with them: all of the lung is ignored ...
+    grown = torch.nn.functional.max_pool2d(lung.float(), 3, stride=1, padding=1) > 0
+    assert (~ignored | grown).all()  # ... and at most the pixels that touch it
+
+
+def test_a_thin_ignored_line_stays_whole_through_the_framing() -> None:
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.zeros(16, 2, 64, 64)
+    masks[:, 0, 16:48, 8:56] = 1
+    masks[:, 1, 32, :] = 1  # a one-pixel line across the film
+    _, out, _ = augment_batch(torch.rand(16, 1, 64, 64), masks, torch.ones(16, 1, 64, 64), AugmentSettings(), generator)
+    for film in out[:, 1]:
+        cols = film.nonzero()[:, 1]  # columns the line still crosses
+        if cols.numel():
+            assert cols.unique().numel() == cols.max() - cols.min() + 1  # no column skipped: not a dotted line
 
 
 def test_what_the_framing_brings_in_from_outside_the_film_is_not_ignored() -> None:
