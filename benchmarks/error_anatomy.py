@@ -121,22 +121,30 @@ def disagreements(truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> list[tu
     return found
 
 
-def ignore_mask(truth: np.ndarray, pred: np.ndarray, chunk_px: int, where: Sequence[str]) -> np.ndarray:
-    """The missed (FN) disagreements located at one of `where`, dilated by IGNORE_MARGIN px."""
-    ignore = np.zeros_like(truth, dtype=bool)
-    for chunk, region in disagreements(truth, pred, chunk_px):
+def ignore_mask(found: list[tuple[Chunk, np.ndarray]], shape: tuple[int, ...], where: Sequence[str]) -> np.ndarray:
+    """The missed (FN) disagreements of `found` (see disagreements) located at one of `where`, dilated by
+    IGNORE_MARGIN px."""
+    ignore = np.zeros(shape, dtype=bool)
+    for chunk, region in found:
         if chunk.kind == "FN" and chunk.where in where:
             ignore |= region
     return ndimage.binary_dilation(ignore, iterations=IGNORE_MARGIN) if ignore.any() else ignore
 
 
-def anatomy(name: str, truth: np.ndarray, pred: np.ndarray, chunk_px: int) -> FilmErrors:
-    """Bin one film's wrong pixels by distance from the outline and list its large disagreements."""
+def anatomy(
+    name: str,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    chunk_px: int,
+    found: list[tuple[Chunk, np.ndarray]] | None = None,
+) -> FilmErrors:
+    """Bin one film's wrong pixels by distance from the outline and list its large disagreements (`found`,
+    when the caller has them already)."""
     fp, fn = pred & ~truth, truth & ~pred
     outside = ndimage.distance_transform_edt(~truth)
     inside = ndimage.distance_transform_edt(truth)
     chunks, counted = [], np.zeros_like(truth)
-    for chunk, region in disagreements(truth, pred, chunk_px):
+    for chunk, region in disagreements(truth, pred, chunk_px) if found is None else found:
         counted |= region
         chunks.append(chunk)
     fixed = np.where(counted, truth, pred)
@@ -203,16 +211,17 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     films: list[FilmErrors] = []
     kept: dict[str, tuple[Path, np.ndarray, np.ndarray]] = {}
-
     ignored: list[str] = []
+    if args.ignore_dir:
+        args.ignore_dir.mkdir(parents=True, exist_ok=True)
 
     def on_image(row, truth: np.ndarray, pred: np.ndarray) -> None:
-        film = anatomy(row.name, truth, pred, args.chunk_px)
+        found = disagreements(truth, pred, args.chunk_px)
+        film = anatomy(row.name, truth, pred, args.chunk_px, found)
         films.append(film)
         if args.ignore_dir:
-            ignore = ignore_mask(truth, pred, args.chunk_px, where)
+            ignore = ignore_mask(found, truth.shape, where)
             if ignore.any():
-                args.ignore_dir.mkdir(parents=True, exist_ok=True)
                 save_png(Image.fromarray(ignore.astype(np.uint8) * 255), args.ignore_dir / f"{row.name}.png")
                 ignored.append(row.name)
         if film.chunks and args.figure:

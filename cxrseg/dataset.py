@@ -100,8 +100,7 @@ def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
     if not ignore_dir.is_dir():
         return pairs
     ignores = _by_stem(list_images(ignore_dir), ignore_dir, strip="_mask")
-    by_stem = {pair.name: pair for pair in pairs}
-    stray = [ignores[s] for s in sorted(ignores.keys() - by_stem.keys())]
+    stray = [ignores[s] for s in sorted(ignores.keys() - {pair.name for pair in pairs})]
     if stray:
         raise DataError(
             _listing(stray, f"ignore masks without a training image in {ignore_dir.parent / IMAGE_DIR}")
@@ -172,7 +171,7 @@ def check_sizes(pairs: Sequence[Pair]) -> None:
             continue
         if image != mask:
             bad.append(f"{pair.image.name} {image} vs {pair.mask.name} {mask}")
-        if image != ignore and pair.ignore:
+        if image != ignore:
             bad.append(f"{pair.image.name} {image} vs {IGNORE_DIR}/{pair.ignore.name} {ignore}")
     if bad:
         raise DataError(

@@ -72,13 +72,14 @@ def test_ignore_masks_cover_missed_convention_regions_only(anatomy_module) -> No
     pred[120:160, 110:140] = False  # missed behind the heart: the minority convention
     pred[40:70, 20:60] = False  # missed at the right apex: not a convention, stays in the loss
     pred[165:195, 150:175] = True  # an added bubble: the expert's "not lung" stays in the loss
-    ignore = anatomy_module.ignore_mask(truth, pred, chunk_px=500, where=anatomy_module.CONVENTION)
+    found = anatomy_module.disagreements(truth, pred, chunk_px=500)
+    ignore = anatomy_module.ignore_mask(found, truth.shape, where=anatomy_module.CONVENTION)
     missed = np.zeros_like(truth)
     missed[120:160, 110:140] = True
     margin = anatomy_module.IGNORE_MARGIN
     assert ignore[missed].all() and ignore.sum() > missed.sum()  # the region and its band
     assert not ignore[: 120 - margin - 1].any() and not ignore[165:].any()
-    assert not anatomy_module.ignore_mask(truth, pred, chunk_px=500, where=["left upper lateral"]).any()
+    assert not anatomy_module.ignore_mask(found, truth.shape, where=["left upper lateral"]).any()
 
 
 @pytest.mark.parametrize(

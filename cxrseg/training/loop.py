@@ -157,7 +157,8 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
             masks = torch.cat([masks, train_set.ignored[index]], dim=1)
         if settings.augment.enabled:
             images, masks, valid = augment_batch(images, masks, valid, settings.augment, run.generator)
-        masks, scored = masks[:, :1], valid * (1 - masks[:, 1:]) if masks.shape[1] > 1 else valid
+        scored = valid * (1 - masks[:, 1:]) if masks.shape[1] > 1 else valid  # the ignored pixels are not scored
+        masks = masks[:, :1]
         x = normalize(images, valid).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
