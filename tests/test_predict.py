@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import struct
 import sys
 import zlib
@@ -293,6 +294,27 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Pa
     assert (out / "x1.png.overlay.jpg").is_file() and [r["status"] for r in result.rows] == ["ok"] * 3 + ["error"]
     assert calls[0] == ("start", 4, 1) and sum(c[1] for c in calls[1:]) == 3
     assert read_csv(out / "predictions.csv")[0]["lung_px"] == "123456"
+
+
+def test_skip_existing_never_keeps_a_namesakes_mask_or_an_older_one(tmp_path: Path, checkpoint: Path) -> None:
+    # two hospitals' exports both hold film.png; the second is sent to the same --out with --skip-existing
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    Image.fromarray(chest(seed=1)).save(tmp_path / "a" / "film.png")
+    Image.fromarray(chest(H * 2, W, seed=2)).save(tmp_path / "b" / "film.png")
+    out = tmp_path / "out"
+    first = run([tmp_path / "a"], out, checkpoint)
+    second = run([tmp_path / "b"], out, checkpoint, skip_existing=True)
+    assert first[0]["height"] == H and second[0]["height"] == 2 * H  # b's own mask, not a's row
+    assert mask_of(out, second[0]).shape == (2 * H, W)
+    # the same file by another path is kept; a file changed after its mask was written is predicted again
+    other_path = tmp_path / "b" / ".." / "b" / "film.png"
+    result = predict_paths([other_path], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
+    assert result.skipped == 1
+    Image.fromarray(chest(H, W, seed=3)).save(tmp_path / "b" / "film.png")
+    mask = out / "film.png.mask.png"
+    os.utime(tmp_path / "b" / "film.png", ns=(mask.stat().st_mtime_ns + 10**9,) * 2)
+    again = predict_paths([tmp_path / "b"], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
+    assert again.skipped == 0 and again.rows[0]["height"] == H and mask_of(out, again.rows[0]).shape == (H, W)
 
 
 def test_an_interrupted_run_keeps_its_rows_for_the_resume(tmp_path: Path, checkpoint: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,11 +158,29 @@ def _write_one(
     }
 
 
+def _same_input(recorded: str, source: Path) -> bool:
+    """Whether a previous row's `input` names this file (the same path, or another path to the same file)."""
+    if recorded == printable(str(source)):
+        return True
+    try:
+        return os.path.samefile(recorded, source)
+    except OSError:
+        return False
+
+
 def _is_done(job: Job, out_dir: Path, previous: dict[str, dict], options: PredictOptions) -> bool:
-    """Resume rule: every output this run asks for exists and the previous CSV holds an ok row for the mask."""
+    """Resume rule: the previous CSV holds an ok row for the mask, made from this very input (not a namesake
+    from another folder), every output this run asks for exists, and the input is not newer than its mask."""
     row = previous.get(printable(job.name + MASK))
+    if row is None or row["status"] != "ok" or not _same_input(row["input"], job.source):
+        return False
     wanted = [MASK] + [OVERLAY] * options.overlay + [PROBABILITY] * options.probabilities
-    return row is not None and row["status"] == "ok" and all((out_dir / (job.name + s)).is_file() for s in wanted)
+    if not all((out_dir / (job.name + s)).is_file() for s in wanted):
+        return False
+    try:
+        return job.source.stat().st_mtime_ns <= (out_dir / (job.name + MASK)).stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _triage(plan: Plan, out_dir: Path, csv_path: Path, options: PredictOptions) -> tuple[list, list[int], int]:
