@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cxrseg.errors import DataError
 
@@ -56,8 +56,35 @@ def pil_to_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+# EXIF orientation -> the transpose that shows the picture upright, as viewers and browsers do (ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8, 1 = as stored) of an opened, not yet decoded picture of any format.
+
+    A PNG's eXIf chunk counts when it precedes the pixel data (where the PNG specification puts it): asking
+    Pillow for a later one would decode the whole image, and the header alone must give the same answer.
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block: show the picture as stored
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
 def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode a PNG/JPEG/TIFF/BMP (JPEG EXIF orientation applied); the size is checked from the header first.
+    """Decode a PNG/JPEG/TIFF/BMP (EXIF orientation applied); the size is checked from the header first.
 
     Raises DataError with a one-line reason for missing, empty, truncated, oversized or undecodable files.
     """
@@ -66,10 +93,18 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             warnings.simplefilter("ignore", UserWarning)  # corrupt TIFF/EXIF tags: decoding decides below
             image = Image.open(path)
+            orientation = _orientation(image)
         with image:
             check_pixels(path, *image.size, max_pixels)
+            if image.format == "TIFF":  # Pillow's TIFF loader applies the orientation itself
+                if orientation in (5, 6, 7, 8):  # ... and, for these, returned scrambled pixels (Pillow 13.0)
+                    raise DataError(
+                        f"{path}: a TIFF stored rotated (EXIF orientation {orientation}) is not decoded reliably; "
+                        "save it upright (or as PNG) and try again."
+                    )
+                orientation = 1
             image.load()
-            return ImageOps.exif_transpose(image) if image.format == "JPEG" else image.copy()
+            return image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image.copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found.") from exc
     except Image.DecompressionBombError as exc:
@@ -107,10 +142,12 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # corrupt TIFF/EXIF tags: read_image decides
             image = Image.open(path)
+            orientation = _orientation(image)
         with image:
             width, height = image.size
-            if image.format == "JPEG" and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            if image.format != "TIFF" and orientation in (5, 6, 7, 8):  # Pillow gives a TIFF's upright size
                 width, height = height, width
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc

@@ -46,3 +46,49 @@ def test_item10_float_tiff_with_nan_is_refused(tmp_path: Path) -> None:
     values[3, 3] = 0.5
     Image.fromarray(values, mode="F").save(tmp_path / "ok.tif")
     assert read_image(tmp_path / "ok.tif").max() == 1.0
+
+
+# how each EXIF orientation stores an upright picture (the inverse of the transpose that shows it upright)
+STORED = {
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    5: Image.Transpose.TRANSPOSE,
+}
+
+
+def stored_with_orientation(path: Path, upright: np.ndarray, orientation: int) -> None:
+    """Save `upright` (uint8 or uint16) turned as a camera would store it, with the EXIF orientation that turns
+    it back."""
+    picture = Image.fromarray(upright)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    picture.transpose(STORED[orientation]).save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+@pytest.mark.parametrize(("suffix", "mode"), [(".png", "L"), (".png", "I;16"), (".tif", "L"), (".jpg", "L")])
+def test_exif_orientation_shows_every_format_upright(tmp_path: Path, orientation: int, suffix: str, mode: str) -> None:
+    if suffix == ".tif" and orientation in (5, 6, 7, 8):
+        pytest.skip("refused: see test_a_tiff_stored_rotated_is_refused_not_scrambled")
+    # an asymmetric picture: a bright block in the top-left corner of a 40x60 (H x W) gradient
+    upright = np.tile(np.arange(0, 180, 3), (40, 1))
+    upright[:10, :15] = 255
+    scale = 257 if mode == "I;16" else 1
+    path = tmp_path / f"film{suffix}"
+    stored_with_orientation(path, (upright * scale).astype(np.uint16 if scale > 1 else np.uint8), orientation)
+    decoded = read_image(path)
+    assert image_size(path) == decoded.shape == (40, 60)
+    if suffix == ".jpg":  # lossy: the bright corner block is where the picture puts it, the rest close
+        assert decoded[:10, :15].mean() > 0.9 and decoded[30:, 45:].mean() < 0.8
+        assert np.abs(decoded - upright / 255).mean() < 0.02
+    else:
+        np.testing.assert_allclose(decoded, upright / 255, atol=1e-6)
+
+
+def test_a_tiff_stored_rotated_is_refused_not_scrambled(tmp_path: Path) -> None:
+    path = tmp_path / "film.tif"
+    stored_with_orientation(path, np.tile(np.arange(0, 180, 3, dtype=np.uint8), (40, 1)), 6)
+    with pytest.raises(DataError, match=r"film\.tif: a TIFF stored rotated \(EXIF orientation 6\).*save it upright"):
+        read_image(path)
