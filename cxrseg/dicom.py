@@ -116,7 +116,9 @@ def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
     except DataError:
         raise
     # elements are parsed lazily, so a corrupt one can fail at any access, not only in dcmread
-    except (*unreadable, EOFError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError) as exc:
+    # NotImplementedError: pydicom's answer to an element with an unknown value representation
+    except (*unreadable, EOFError, KeyError, TypeError, IndexError, AttributeError, struct.error, OverflowError,
+            NotImplementedError) as exc:  # fmt: skip
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{path}: not a readable DICOM file ({reason}); export it again or remove it.") from exc
 

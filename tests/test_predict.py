@@ -227,6 +227,16 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_processed(tmp_path: Path, che
     assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out" / "empty.png.mask.png").exists()
 
 
+def test_a_dicom_element_of_unknown_value_representation_is_a_typed_error(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "odd.dcm", chest().astype(np.uint16))
+    raw = path.read_bytes()
+    rows = b"\x28\x00\x10\x00US"  # (0028,0010) Rows, explicit VR
+    assert raw.count(rows) == 1
+    path.write_bytes(raw.replace(rows, b"\x28\x00\x10\x00U\x00"))  # a VR pydicom does not know
+    with pytest.raises(DataError, match=r"odd\.dcm: not a readable DICOM file .*Unknown Value Representation"):
+        read_dicom(path)
+
+
 def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
     monkeypatch.setitem(sys.modules, "pydicom", None)
