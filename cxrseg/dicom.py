@@ -30,21 +30,34 @@ class Xray:
     spacing_source: str = ""  # "PixelSpacing" or "ImagerPixelSpacing" when known
 
 
-def has_dicom_preamble(path: Path) -> bool:
-    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name). Only regular files are
-    opened: opening a FIFO would block until something writes to it."""
+# how PNG, JPEG, TIFF and BMP files begin: a picture misnamed .dcm is read as the picture it is
+PICTURE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+
+
+def _head(path: Path) -> bytes:
+    """The first 132 bytes of a regular file (b"" otherwise). Only regular files are opened: opening a FIFO
+    would block until something writes to it."""
     if not path.is_file():
-        return False
+        return b""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(132)
+            return handle.read(132)
     except OSError:
-        return False
+        return b""
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
+    head = _head(path)
     return len(head) == 132 and head[128:] == b"DICM"
 
 
 def is_dicom(path: Path) -> bool:
-    return has_dicom_preamble(path) or path.suffix.lower() in DICOM_SUFFIXES
+    """A DICOM preamble, or a .dcm/.dicom name on a file that does not begin like a PNG/JPEG/TIFF/BMP picture."""
+    head = _head(path)
+    if len(head) == 132 and head[128:] == b"DICM":
+        return True
+    return path.suffix.lower() in DICOM_SUFFIXES and not head.startswith(PICTURE_SIGNATURES)
 
 
 def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
@@ -62,9 +75,12 @@ def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:
         raise DataError(f"{path}: not a regular file (a pipe, device or socket); remove it from the inputs.")
     if info.st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); export it again or remove it from the inputs.")
-    if is_dicom(path):
-        return read_dicom(path, max_pixels)
-    return Xray(read_picture(path, max_pixels))
+    xray = read_dicom(path, max_pixels) if is_dicom(path) else Xray(read_picture(path, max_pixels))
+    if xray.gray.size and xray.gray.min() == xray.gray.max():
+        raise DataError(
+            f"{path}: blank image (every pixel has the same value); nothing to segment, export it again or remove it."
+        )
+    return xray
 
 
 def _pydicom(path: Path) -> Any:

@@ -237,6 +237,24 @@ def test_a_dicom_element_of_unknown_value_representation_is_a_typed_error(tmp_pa
         read_dicom(path)
 
 
+def test_a_blank_image_is_an_error_row_and_a_picture_named_dcm_is_read_as_the_picture(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(src / "black.png")
+    Image.fromarray(np.full((H, W), 40000, np.uint16)).save(src / "flat16.png")
+    Image.fromarray(chest()).save(src / "film.jpg")
+    (src / "exported.dcm").write_bytes((src / "film.jpg").read_bytes())  # a JPEG under a DICOM name
+    rows = {Path(r["input"]).name: r for r in run([src], tmp_path / "out", checkpoint)}
+    for name in ("black.png", "flat16.png"):
+        assert rows[name]["status"] == "error" and f"{name}: blank image" in rows[name]["message"]
+    assert rows["exported.dcm"]["status"] == "ok"
+    np.testing.assert_array_equal(
+        mask_of(tmp_path / "out", rows["exported.dcm"]), mask_of(tmp_path / "out", rows["film.jpg"])
+    )
+
+
 def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
     monkeypatch.setitem(sys.modules, "pydicom", None)
