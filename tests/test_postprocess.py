@@ -58,6 +58,26 @@ def test_sides_follow_component_centroids() -> None:
     assert (sides[5:45, 70:90] == LEFT).all() and (sides[~mask] == 0).all()
 
 
+def test_an_off_centre_film_is_split_at_its_own_midline() -> None:
+    """A film pasted into the left of a wide figure: both lungs lie left of the image's middle column."""
+    from cxrseg.postprocess import LEFT, RIGHT, lung_sides
+
+    mask = np.zeros((60, 200), dtype=bool)
+    mask[10:50, 10:30] = True  # the patient's right lung
+    mask[10:50, 45:62] = True  # the patient's left lung, still in the image's left half
+    sides, _ = lung_sides(mask)
+    assert (sides[10:50, 10:30] == RIGHT).all() and (sides[10:50, 45:62] == LEFT).all()
+    # one lung in two pieces (the other lung lost): no pair, so the image's middle decides, as before
+    one = np.zeros((60, 200), dtype=bool)
+    one[5:30, 20:50] = one[34:55, 22:48] = True
+    assert (lung_sides(one)[0][one] == RIGHT).all()
+    # a lung and a small piece far off: the piece does not move the midline
+    speck = mask.copy()
+    speck[:, 45:62] = False
+    speck[20:24, 150:154] = True
+    assert (lung_sides(speck)[0][10:50, 10:30] == RIGHT).all() and lung_sides(speck)[0][21, 151] == LEFT
+
+
 def diagonal_pair() -> np.ndarray:
     """Two pixels touching only at a corner: one part under 8-connectivity, two under 4."""
     mask = np.zeros((6, 6), dtype=bool)
@@ -133,12 +153,19 @@ def test_square_spread_matches_scipy(mask: np.ndarray, radius: int, grow: bool) 
 
 
 def _sides_by_bounding_box(mask: np.ndarray) -> np.ndarray:
-    """The reference rule: each part's centroid column, from its pixels, against the image's middle column."""
+    """The reference rule: each part's centroid column, from its pixels, against the midline: halfway between
+    the two largest parts' centroids when the smaller has a quarter of the larger's area and they lie 15 % of
+    the width apart, else the image's middle column."""
     labels, count = ndimage.label(mask, structure=EIGHT)
+    parts = [np.nonzero(labels == label)[1] for label in range(1, count + 1)]
+    midline = (mask.shape[1] - 1) / 2
+    if count >= 2:
+        second, first = sorted(parts, key=len)[-2:]
+        if len(second) >= 0.25 * len(first) and abs(first.mean() - second.mean()) >= 0.15 * mask.shape[1]:
+            midline = (first.mean() + second.mean()) / 2
     sides = np.zeros(mask.shape, dtype=np.uint8)
-    for label in range(1, count + 1):
-        columns = np.nonzero(labels == label)[1]
-        sides[labels == label] = RIGHT if columns.mean() < (mask.shape[1] - 1) / 2 else LEFT
+    for label, columns in enumerate(parts, start=1):
+        sides[labels == label] = RIGHT if columns.mean() < midline else LEFT
     return sides
 
 
