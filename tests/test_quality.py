@@ -134,6 +134,29 @@ def test_midline_contrast_reads_the_documented_regions(height, width, rows, stri
     assert midline_contrast(image) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("canvas", [0.0, 1.0])
+def test_a_real_film_on_a_flat_canvas_is_judged_by_the_film(canvas: float) -> None:
+    """A packaged film pasted off-centre into a figure with a caption and an arrow, upright and inverted: the
+    fixed regions of the whole figure would fall on the canvas (a white one read every upright film as
+    inverted), the film's own box does not."""
+    from PIL import Image, ImageDraw
+
+    from cxrseg import assets
+    from cxrseg.imaging import read_image
+
+    film = read_image(assets.SAMPLE_DIR / "image" / "CHNCXR_0001_0.png")
+    for inverted in (False, True):
+        figure = np.full((760, 900), canvas, np.float32)
+        figure[40:552, 60:572] = 1 - film if inverted else film
+        picture = Image.fromarray((figure * 255).astype(np.uint8))
+        ink = int(255 * (1 - canvas))
+        ImageDraw.Draw(picture).text((80, 600), "Figure 2. Bilateral consolidation", fill=ink)
+        ImageDraw.Draw(picture).line((700, 200, 600, 300), fill=ink, width=5)
+        contrast = midline_contrast(np.asarray(picture, np.float32) / 255)
+        assert (contrast < 0) == inverted
+        assert contrast == pytest.approx(midline_contrast(figure[40:552, 60:572]), abs=0.02)
+
+
 def test_midline_contrast_of_tiny_or_flat_images_is_unknown() -> None:
     assert math.isnan(midline_contrast(np.arange(21.0).reshape(3, 7)))
     assert math.isnan(midline_contrast(np.arange(21.0).reshape(7, 3)))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from cxrseg.errors import DataError
 from cxrseg.files import write_text
@@ -26,7 +27,9 @@ HIGH_LUNG_FRACTION = 0.50  # train masks: max 0.43
 MIN_SIDE_RATIO = 0.5  # smaller / larger lung area; train masks: 1st percentile 0.39, 5th 0.68
 MIN_BORDER_CONFIDENCE = 0.65  # mean |2p - 1| near the outline; bundled model on `val`: 0.58-0.76, inverted 0.25-0.36
 BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
-MIN_MIDLINE_CONTRAST = 0.0  # train films: min 0.075, median 0.31; inverting a film negates it
+MIN_MIDLINE_CONTRAST = 0.0  # train films: min 0.077, median 0.31; inverting a film negates it
+CANVAS_TOLERANCE = 0.02  # share of the grey window within which a pixel has the canvas colour
+CANVAS_FRAME = 0.8  # share of the outermost pixels that must have it for a flat canvas to count
 
 # predictions.csv columns and their types (docs/predict.md describes each); empty cells: '' for text, else None
 COLUMNS: dict[str, type] = {
@@ -90,14 +93,43 @@ def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.
     return float(np.abs(2 * prob[band] - 1).mean()) if band.any() else math.nan
 
 
+def film_box(image: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of the film when it lies on a flat canvas (a journal figure, a scan with a wide
+    even margin): the bounding box of the largest connected region that differs from the canvas colour.
+
+    The canvas is the median of the image's outermost pixels, when at least CANVAS_FRAME of them lie within
+    CANVAS_TOLERANCE of the grey window from it; otherwise, or when the region is smaller than a quarter of
+    the image's height or width, the whole image. Captions and arrows on the canvas are smaller regions.
+    """
+    whole = (slice(0, image.shape[0]), slice(0, image.shape[1]))
+    if min(image.shape) < 8:
+        return whole
+    frame = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    canvas = float(np.median(frame))
+    low, high = grey_window(image)
+    tolerance = CANVAS_TOLERANCE * (high - low)
+    if high <= low or np.mean(np.abs(frame - canvas) <= tolerance) < CANVAS_FRAME:
+        return whole
+    labels, count = ndimage.label(np.abs(image - canvas) > tolerance)
+    if count == 0:
+        return whole
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:]))
+    rows, cols = ndimage.find_objects(labels)[largest]
+    if rows.stop - rows.start < image.shape[0] / 4 or cols.stop - cols.start < image.shape[1] / 4:
+        return whole
+    return rows, cols
+
+
 def midline_contrast(image: np.ndarray) -> float:
     """How much brighter the mediastinum is than the lung fields, from where they lie on a frontal film.
 
     (median grey of the central strip - median grey of the two lateral fields) / (99th - 1st percentile, read by
-    grey_window), over rows 25-65 % of the height; strip: columns 45-55 %, fields: 15-35 % and 65-85 % of the width.
+    grey_window), over rows 25-65 % of the height; strip: columns 45-55 %, fields: 15-35 % and 65-85 % of the width,
+    of the film's box on a flat canvas (film_box), else of the whole image.
     Positive on a normal frontal film (air is dark), negative on an inverted one; it needs no mask, so it
     still works when the model, fooled by the inversion, segments the wrong structures.
     """
+    image = image[film_box(image)]
     height, width = image.shape
     if height < 4 or width < 8:
         return math.nan
