@@ -4,7 +4,8 @@
 
 Prints midline_contrast over the `train` films (the split its threshold was read from), with and without
 the film's box on a flat canvas, then pastes the first N `train` films off-centre into a 900x760 figure
-with a caption and an arrow, upright and inverted, on a white and a black canvas, and counts the figures
+with a caption and an arrow, upright and inverted, on a white and a black canvas, as they are and with their
+contrast boosted (grey values clipped: a white mediastinum merges with a white page), and counts the figures
 judged wrongly (contrast < 0 on an upright film, >= 0 on an inverted one) with and without the box.
 """
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--figures", type=int, default=40)
+    parser.add_argument("--gains", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="contrast boosts to try")
     args = parser.parse_args()
     pairs = select_pairs(args.data, "train")
     films = [read_image(pair.image) for pair in pairs]
@@ -62,16 +64,18 @@ def main() -> None:
             f"median {np.median(values):.3f}, max {values.max():.3f}"
             + (f"; {boxes} with a flat margin" if boxed else "")
         )
-    for boxed in (False, True):
-        wrong = {}
-        for canvas, name in ((1.0, "white"), (0.0, "black")):
-            for inverted in (False, True):
-                key = f"{name}{' inverted' if inverted else ''}"
-                wrong[key] = sum(
-                    (contrast(figure(f[:512, :512], canvas, inverted), boxed) < 0) != inverted
-                    for f in films[: args.figures]
-                )
-        print(f"figures judged wrongly, {'film box' if boxed else 'whole image'} (of {args.figures} each): {wrong}")
+    for gain in args.gains:
+        boosted = [np.clip((f[:512, :512] - 0.5) * gain + 0.5, 0, 1) for f in films[: args.figures]]
+        for boxed in (False, True):
+            wrong = {}
+            for canvas, name in ((1.0, "white"), (0.0, "black")):
+                for inverted in (False, True):
+                    key = f"{name}{' inverted' if inverted else ''}"
+                    wrong[key] = sum((contrast(figure(f, canvas, inverted), boxed) < 0) != inverted for f in boosted)
+            print(
+                f"contrast x{gain:g}, figures judged wrongly, {'film box' if boxed else 'whole image'} "
+                f"(of {len(boosted)} each): {wrong}"
+            )
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
         return np.asarray(ds.pixel_array)
     except (NotImplementedError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if syntax is not None and not getattr(syntax, "is_compressed", True):  # no decoder to install for these
+            raise DataError(f"{path}: not a readable DICOM file ({reason}); export it again or remove it.") from exc
         raise DataError(
             f"{path}: cannot decode DICOM pixel data in transfer syntax '{name}' ({reason}); install a decoder "
             "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or convert the file to uncompressed."

@@ -97,10 +97,11 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         with image:
             check_pixels(path, *image.size, max_pixels)
             if image.format == "TIFF":  # Pillow's TIFF loader applies the orientation itself
-                if orientation in (5, 6, 7, 8):  # ... and, for these, returned scrambled pixels (Pillow 13.0)
+                # ... and, for these in an uncompressed TIFF, returned scrambled pixels (Pillow 13.0)
+                if orientation in (5, 6, 7, 8) and image.info.get("compression", "raw") == "raw":
                     raise DataError(
-                        f"{path}: a TIFF stored rotated (EXIF orientation {orientation}) is not decoded reliably; "
-                        "save it upright (or as PNG) and try again."
+                        f"{path}: an uncompressed TIFF stored rotated (EXIF orientation {orientation}) is not "
+                        "decoded reliably; save it upright, compressed (LZW) or as PNG and try again."
                     )
                 orientation = 1
             image.load()

@@ -94,31 +94,37 @@ RIGHT, LEFT = 1, 2  # patient sides; the patient's right lung is on the image's 
 
 
 PAIR_SHARE = 0.25  # the smaller of two lungs is at least this share of the larger (train masks: 1st percentile 0.39)
-PAIR_SPREAD = 0.15  # ... and their centroids lie at least this share of the image width apart (full films: ~0.4)
+PAIR_OVERLAP = 0.25  # ... and at most this share of the narrower one's columns is shared with the other
 
 
 def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Label each 8-connected component wholly by the side of the midline its centroid lies on.
 
     The midline runs halfway between the centroids of the two largest parts when they look like a pair of
-    lungs (comparable in area, well apart): a film pasted off-centre into a figure, or framed with a wide
-    margin on one side, is split at its own mediastinum. Otherwise (one part, or a lung and small pieces)
-    it is the image's middle column. Returns ((H, W) uint8 with 0 background, RIGHT or LEFT; number of
-    components).
+    lungs: comparable in area and side by side (they share at most a quarter of the narrower one's columns,
+    where two pieces of one lung lie one above the other). A film pasted off-centre into a figure, or framed
+    with a wide margin on one side, is so split at its own mediastinum. Otherwise (one part, or a lung and
+    small pieces) the midline is the image's middle column. Returns ((H, W) uint8 with 0 background, RIGHT or
+    LEFT; number of components).
     """
     labels, count = ndimage.label(mask, structure=EIGHT)
     side_of_label = np.zeros(count + 1, dtype=np.uint8)
-    if count == 0:
-        return side_of_label[labels], 0
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones(mask.shape, dtype=np.float32), labels, index)
-    columns = ndimage.sum_labels(np.broadcast_to(np.arange(mask.shape[1], dtype=np.float64), mask.shape), labels, index)
-    centroids = columns / sizes
+    # a few parts (the usual two lungs): whole-image passes beat finding bounding boxes; many: one box each
+    boxes = [np.s_[:, :]] * count if count <= 4 else ndimage.find_objects(labels)
+    sizes, centroids, spans = np.zeros(count), np.zeros(count), np.zeros((count, 2))
+    for label, box in enumerate(boxes, start=1):
+        column_counts = (labels[box] == label).sum(axis=0)
+        columns = np.arange(mask.shape[1])[box[1]]
+        sizes[label - 1] = column_counts.sum()
+        centroids[label - 1] = column_counts @ columns / sizes[label - 1]
+        used = columns[column_counts > 0]
+        spans[label - 1] = used[0], used[-1] + 1
     midline = (mask.shape[1] - 1) / 2
     if count >= 2:
         second, first = np.argsort(sizes, kind="stable")[-2:]
-        apart = abs(centroids[first] - centroids[second]) >= PAIR_SPREAD * mask.shape[1]
-        if sizes[second] >= PAIR_SHARE * sizes[first] and apart:
+        shared = min(spans[first, 1], spans[second, 1]) - max(spans[first, 0], spans[second, 0])
+        narrower = min(np.diff(spans[first])[0], np.diff(spans[second])[0])
+        if sizes[second] >= PAIR_SHARE * sizes[first] and shared <= PAIR_OVERLAP * narrower:
             midline = (centroids[first] + centroids[second]) / 2
     side_of_label[1:] = np.where(centroids < midline, RIGHT, LEFT)
     return np.take(side_of_label, labels), int(count)

@@ -67,6 +67,9 @@ def test_an_off_centre_film_is_split_at_its_own_midline() -> None:
     mask[10:50, 45:62] = True  # the patient's left lung, still in the image's left half
     sides, _ = lung_sides(mask)
     assert (sides[10:50, 10:30] == RIGHT).all() and (sides[10:50, 45:62] == LEFT).all()
+    narrow = np.zeros((60, 600), dtype=bool)  # a small film at the left of a wide page: lungs 7 % of it apart
+    narrow[10:50, 10:30] = narrow[10:50, 42:60] = True
+    assert (lung_sides(narrow)[0][10:50, 10:30] == RIGHT).all() and (lung_sides(narrow)[0][10:50, 42:60] == LEFT).all()
     # one lung in two pieces (the other lung lost): no pair, so the image's middle decides, as before
     one = np.zeros((60, 200), dtype=bool)
     one[5:30, 20:50] = one[34:55, 22:48] = True
@@ -154,14 +157,16 @@ def test_square_spread_matches_scipy(mask: np.ndarray, radius: int, grow: bool) 
 
 def _sides_by_bounding_box(mask: np.ndarray) -> np.ndarray:
     """The reference rule: each part's centroid column, from its pixels, against the midline: halfway between
-    the two largest parts' centroids when the smaller has a quarter of the larger's area and they lie 15 % of
-    the width apart, else the image's middle column."""
+    the two largest parts' centroids when the smaller has a quarter of the larger's area and they share at
+    most a quarter of the narrower one's columns, else the image's middle column."""
     labels, count = ndimage.label(mask, structure=EIGHT)
     parts = [np.nonzero(labels == label)[1] for label in range(1, count + 1)]
     midline = (mask.shape[1] - 1) / 2
     if count >= 2:
         second, first = sorted(parts, key=len)[-2:]
-        if len(second) >= 0.25 * len(first) and abs(first.mean() - second.mean()) >= 0.15 * mask.shape[1]:
+        shared = min(first.max(), second.max()) + 1 - max(first.min(), second.min())
+        narrower = min(first.max() - first.min(), second.max() - second.min()) + 1
+        if len(second) >= 0.25 * len(first) and shared <= 0.25 * narrower:
             midline = (first.mean() + second.mean()) / 2
     sides = np.zeros(mask.shape, dtype=np.uint8)
     for label, columns in enumerate(parts, start=1):

@@ -235,6 +235,13 @@ def test_a_dicom_element_of_unknown_value_representation_is_a_typed_error(tmp_pa
     path.write_bytes(raw.replace(rows, b"\x28\x00\x10\x00U\x00"))  # a VR pydicom does not know
     with pytest.raises(DataError, match=r"odd\.dcm: not a readable DICOM file .*Unknown Value Representation"):
         read_dicom(path)
+    # in an element read only while decoding the pixels: still no advice to install a decoder (uncompressed)
+    bits = b"\x28\x00\x00\x01US"  # (0028,0100) Bits Allocated
+    assert raw.count(bits) == 1
+    path.write_bytes(raw.replace(bits, b"\x28\x00\x00\x01U\x00"))
+    with pytest.raises(DataError, match=r"odd\.dcm: not a readable DICOM file .*Unknown Value Representation") as info:
+        read_dicom(path)
+    assert "install" not in str(info.value)
 
 
 def test_a_blank_image_is_an_error_row_and_a_picture_named_dcm_is_read_as_the_picture(
@@ -343,6 +350,21 @@ def test_skip_existing_never_keeps_a_namesakes_mask_or_an_older_one(tmp_path: Pa
     os.utime(tmp_path / "b" / "film.png", ns=(mask.stat().st_mtime_ns + 10**9,) * 2)
     again = predict_paths([tmp_path / "b"], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
     assert again.skipped == 0 and again.rows[0]["height"] == H and mask_of(out, again.rows[0]).shape == (H, W)
+
+
+def test_skip_existing_tells_relative_namesakes_apart(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    # `cd a && predict film.png`, then `cd b && predict film.png --skip-existing` into the same --out
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    Image.fromarray(chest(H * 2, W, seed=2)).save(tmp_path / "b" / "film.png")  # b's film is the older file
+    Image.fromarray(chest(seed=1)).save(tmp_path / "a" / "film.png")
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "a")
+    (first,) = run([Path("film.png")], out, checkpoint)
+    assert first["input"] == str(tmp_path / "a" / "film.png")  # recorded absolute
+    monkeypatch.chdir(tmp_path / "b")
+    (second,) = run([Path("film.png")], out, checkpoint, skip_existing=True)
+    assert second["height"] == 2 * H and mask_of(out, second).shape == (2 * H, W)
+    assert read_csv(out / "predictions.csv")[0]["input"] == str(tmp_path / "b" / "film.png")
 
 
 def test_an_interrupted_run_keeps_its_rows_for_the_resume(tmp_path: Path, checkpoint: Path) -> None:

@@ -157,6 +157,19 @@ def test_a_real_film_on_a_flat_canvas_is_judged_by_the_film(canvas: float) -> No
         assert contrast == pytest.approx(midline_contrast(figure[40:552, 60:572]), abs=0.02)
 
 
+def test_a_contrast_boosted_film_on_a_white_page_is_not_read_from_one_half() -> None:
+    """Boosted contrast prints the mediastinum as white as the page: the film falls into pieces on the canvas,
+    and a box round the largest piece alone held one lung and the page (read as inverted)."""
+    from cxrseg import assets
+    from cxrseg.imaging import read_image
+
+    film = np.clip((read_image(assets.SAMPLE_DIR / "image" / "CHNCXR_0019_0.png") - 0.5) * 2 + 0.5, 0, 1)
+    page = np.ones((600, 600), np.float32)
+    page[44:556, 44:556] = film
+    assert (film == 1).mean() > 0.2
+    assert midline_contrast(page) > 0.1 and midline_contrast(page) == pytest.approx(midline_contrast(film), abs=0.02)
+
+
 def test_midline_contrast_of_tiny_or_flat_images_is_unknown() -> None:
     assert math.isnan(midline_contrast(np.arange(21.0).reshape(3, 7)))
     assert math.isnan(midline_contrast(np.arange(21.0).reshape(7, 3)))

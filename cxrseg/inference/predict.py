@@ -114,7 +114,7 @@ def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int) -> 
 
 
 def _error_row(job: Job, message: str) -> dict[str, Any]:
-    return empty_row() | {"input": str(job.source), "status": "error", "message": message}
+    return empty_row() | {"input": _recorded(job.source), "status": "error", "message": message}
 
 
 def _write_outputs(
@@ -148,7 +148,7 @@ def _write_one(
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
         return _error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")
     return {
-        "input": str(job.source),
+        "input": _recorded(job.source),
         "status": "ok",
         "message": "",
         "mask": job.name + MASK,
@@ -158,9 +158,15 @@ def _write_one(
     }
 
 
+def _recorded(source: Path) -> str:
+    """An input as its row names it: an absolute path (not resolved through links), so that a table read
+    later, from another folder, still says which file each mask came from."""
+    return str(source.absolute())
+
+
 def _same_input(recorded: str, source: Path) -> bool:
     """Whether a previous row's `input` names this file (the same path, or another path to the same file)."""
-    if recorded == printable(str(source)):
+    if recorded == printable(_recorded(source)):
         return True
     try:
         return os.path.samefile(recorded, source)
@@ -192,7 +198,7 @@ def _triage(plan: Plan, out_dir: Path, csv_path: Path, options: PredictOptions) 
         if job.error:
             rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
-            rows[index], kept = previous[printable(job.name + MASK)] | {"input": str(job.source)}, kept + 1
+            rows[index], kept = previous[printable(job.name + MASK)] | {"input": _recorded(job.source)}, kept + 1
         else:
             todo.append(index)
     return rows, todo, kept

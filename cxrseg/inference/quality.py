@@ -30,6 +30,7 @@ BORDER_WIDTH = 2  # model-input pixels each side of the mask outline
 MIN_MIDLINE_CONTRAST = 0.0  # train films: min 0.077, median 0.31; inverting a film negates it
 CANVAS_TOLERANCE = 0.02  # share of the grey window within which a pixel has the canvas colour
 CANVAS_FRAME = 0.8  # share of the outermost pixels that must have it for a flat canvas to count
+FILM_PIECE = 0.05  # regions off the canvas at least this share of the largest are parts of the film
 
 # predictions.csv columns and their types (docs/predict.md describes each); empty cells: '' for text, else None
 COLUMNS: dict[str, type] = {
@@ -95,11 +96,12 @@ def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.
 
 def film_box(image: np.ndarray) -> tuple[slice, slice]:
     """The rows and columns of the film when it lies on a flat canvas (a journal figure, a scan with a wide
-    even margin): the bounding box of the largest connected region that differs from the canvas colour.
+    even margin): the bounding box of the large connected regions that differ from the canvas colour.
 
     The canvas is the median of the image's outermost pixels, when at least CANVAS_FRAME of them lie within
-    CANVAS_TOLERANCE of the grey window from it; otherwise, or when the region is smaller than a quarter of
-    the image's height or width, the whole image. Captions and arrows on the canvas are smaller regions.
+    CANVAS_TOLERANCE of the grey window from it; otherwise, or when the box is smaller than a quarter of the
+    image's height or width, the whole image. The box holds every region of at least FILM_PIECE of the
+    largest one's area; captions and arrows on the canvas are smaller regions.
     """
     whole = (slice(0, image.shape[0]), slice(0, image.shape[1]))
     if min(image.shape) < 8:
@@ -113,8 +115,13 @@ def film_box(image: np.ndarray) -> tuple[slice, slice]:
     labels, count = ndimage.label(np.abs(image - canvas) > tolerance)
     if count == 0:
         return whole
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:]))
-    rows, cols = ndimage.find_objects(labels)[largest]
+    sizes = np.bincount(labels.ravel())[1:]
+    # a film whose own pixels reach the canvas colour (a white mediastinum on a white page) falls apart in
+    # pieces: the box holds every large one, captions and arrows are far smaller
+    boxes = ndimage.find_objects(labels)
+    pieces = [box for box, size in zip(boxes, sizes, strict=True) if size >= FILM_PIECE * sizes.max()]
+    rows = slice(min(b[0].start for b in pieces), max(b[0].stop for b in pieces))
+    cols = slice(min(b[1].start for b in pieces), max(b[1].stop for b in pieces))
     if rows.stop - rows.start < image.shape[0] / 4 or cols.stop - cols.start < image.shape[1] / 4:
         return whole
     return rows, cols
