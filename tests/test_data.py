@@ -134,6 +134,20 @@ def test_masks_stored_as_0_1_or_16_bit_are_read(tmp_path: Path) -> None:
     assert (read_mask(tmp_path / "deep.png") == truth).all()
 
 
+def test_masks_in_other_value_conventions_are_not_read_as_empty(tmp_path: Path) -> None:
+    _, truth = ellipse_pair(3)
+    labels = truth.astype(np.uint8)
+    labels[:, : truth.shape[1] // 2] *= 2  # one number per lung: 0/1/2
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    Image.fromarray(truth.astype(np.uint8) * 100).save(tmp_path / "hundred.png")  # 0/100
+    Image.fromarray(truth.astype(np.uint16) * 4095).save(tmp_path / "twelve.png")  # 12-bit 0/4095 in 16 bits
+    red = np.zeros((*truth.shape, 3), np.uint8)
+    red[truth, 0] = 255  # a red drawing: grey 76 once converted
+    Image.fromarray(red).save(tmp_path / "red.png")
+    for name in ("labels.png", "hundred.png", "twelve.png", "red.png"):
+        assert (read_mask(tmp_path / name) == truth).all(), name
+
+
 def test_every_unreadable_file_is_listed_at_once(dataset: Path) -> None:
     for name in ("case_001.png", "case_004.png"):
         (dataset / "image" / name).write_bytes(b"\x89PNG broken")
