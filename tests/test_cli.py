@@ -80,6 +80,19 @@ def test_errors_are_one_red_line_without_traceback(tmp_path: Path) -> None:
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_a_file_as_runs_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrseg", "train", "--data", str(SAMPLE_DIR), "--runs-dir", "afile", *TINY],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: cannot write afile: Not a directory (ENOTDIR); choose another output path."]
+
+
 @pytest.mark.parametrize(
     "argv",
     [["train", "--no-such-flag"], ["no-such-command"], ["evaluate", "--split", "sideways"], ["train", "--epochs", "x"]],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,13 +139,16 @@ def test_sigterm_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path, data:
 
 
 def test_ctrl_c_exits_130_with_the_resume_command(tmp_path: Path, data: Path) -> None:
-    with start_cli(tmp_path, tiny_args(data, tmp_path / "int"), delay=0.1) as victim:
-        run = wait_for_epoch(tmp_path / "int", 1)
+    runs = tmp_path / "int runs"  # the printed command must survive a space when pasted into a shell
+    with start_cli(tmp_path, tiny_args(data, runs), delay=0.1) as victim:
+        run = wait_for_epoch(runs, 1)
         victim.send_signal(signal.SIGINT)
         _, stderr = victim.communicate(timeout=60)
     assert victim.returncode == 130, stderr
     assert "Ctrl-C" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    resumed = run_cli(tmp_path, ["train", "--resume", str(run)])
+    command = shlex.split(" ".join(stderr.split("Resume with:", 1)[1].split()))
+    assert command == ["cxrseg", "train", "--resume", str(run)]
+    resumed = run_cli(tmp_path, command[1:])
     assert resumed.returncode == 0, resumed.stderr
 
 

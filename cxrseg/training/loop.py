@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -187,7 +188,7 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
             name = "Ctrl-C" if stop["signal"] == signal.SIGINT else "SIGTERM"
             raise TrainingInterrupted(
                 f"Stopped by {name} at epoch {epoch}, step {step + 1}; state saved. "
-                f"Resume with: cxrseg train --resume {run.run_dir}",
+                f"Resume with: cxrseg train --resume {shlex.quote(str(run.run_dir))}",
                 130 if stop["signal"] == signal.SIGINT else 143,
             )
     return seen

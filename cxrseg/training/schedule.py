@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from cxrseg.errors import TrainingError
+from cxrseg.files import output_error
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -68,9 +69,14 @@ class LRSchedule:
 def new_run_dir(runs_dir: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-        with contextlib.suppress(FileExistsError):
-            (runs_dir / f"{stamp}{suffix}").mkdir(parents=True)
-            return runs_dir / f"{stamp}{suffix}"
+        path = runs_dir / f"{stamp}{suffix}"
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:  # a file where the runs folder should be, a read-only or full disk
+            raise output_error(runs_dir, exc) from exc
+        return path
     raise TrainingError(f"Could not create a new run folder in {runs_dir}; clean it up.")
 
 
