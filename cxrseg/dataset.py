@@ -221,7 +221,8 @@ def load_pairs(
         loaded = list(pool.map(attempt, pairs))
     failed = [item for item in loaded if isinstance(item, str)]
     if failed:
-        raise DataError(_listing(failed, "files could not be read") + ".")
+        listing = _listing(failed, "files could not be read")
+        raise DataError(listing if listing.endswith(".") else listing + ".")
     geometries = [g for _, _, g, _ in loaded]
     ignored = None
     if any(i is not None for *_, i in loaded):

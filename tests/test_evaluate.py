@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,42 @@ def test_bad_pairs_become_error_rows_and_the_run_goes_on(setup, tmp_path: Path) 
     write_csv(evaluation, tmp_path / "scores.csv")
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert [r["error"] != "" for r in rows] == [False, False, True, True] and rows[2]["dice"] == ""
+
+
+def test_the_command_names_each_pair_it_could_not_score_and_exits_1(setup, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrseg.checkpoint import CheckpointInfo, save_checkpoint
+    from cxrseg.cli.app import app
+
+    model, settings, data = setup
+    (data / "test_image" / "case_001.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((40, 64), dtype=np.uint8)).save(data / "test_mask" / "case_002.jpeg")
+    save_checkpoint(tmp_path / "m.safetensors", model, CheckpointInfo(settings=settings))
+    args = ["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(data), "--device", "cpu"]
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(app, args + extra)
+        assert result.exit_code == 1, result.output
+        assert "case_001.png" in result.output and "2 of 4 pairs could not be scored" in result.output
+        assert "image 64x64 px but mask" in result.output and "case_002.jpeg 64x40 px" in result.output
+
+
+def test_folders_scored_on_different_splits_say_so(setup, tmp_path: Path) -> None:
+    """A checkpoint trained on two folders, one without test_image/: each is scored on its own default split."""
+    from typer.testing import CliRunner
+
+    from cxrseg.checkpoint import CheckpointInfo, save_checkpoint
+    from cxrseg.cli.app import app
+
+    model, settings, data = setup
+    bare = write_dataset(tmp_path / "bare", n_train=6, n_test=0)
+    shutil.rmtree(bare / "test_image"), shutil.rmtree(bare / "test_mask")
+    trained = settings.model_copy(update={"data": settings.data.model_copy(update={"root": [data, bare]})})
+    save_checkpoint(tmp_path / "m.safetensors", model, CheckpointInfo(settings=trained))
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert report["split"] == f"test of {data}, val of {bare}" and report["n_images"] == 4 + 1
 
 
 def test_worker_processes_score_exactly_as_in_process(setup) -> None:

@@ -106,6 +106,17 @@ def test_combined_data_folders_keep_their_own_validation_split(tmp_path: Path) -
     assert row["val_dice"] == pytest.approx((by_folder[str(a)] + 2 * by_folder[str(b)]) / 3, abs=1e-6)
 
 
+def test_the_same_folder_twice_is_refused(tmp_path: Path) -> None:
+    a = write_dataset(tmp_path / "a", n_train=10, n_test=1)
+    (tmp_path / "link").symlink_to(a)
+    for again in (a, tmp_path / "link"):  # the same string, or another path to the folder
+        args = tiny_args(a, tmp_path / "runs", epochs=1)
+        args[args.index("--data") + 2 : args.index("--data") + 2] = ["--data", str(again)]
+        result = CliRunner().invoke(app, args)
+        assert f"--data {again} is the same folder as --data {a}" in str(result.exception)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 @pytest.mark.slow
 def test_fine_tuning_one_epoch_beats_ten_epochs_from_scratch_on_real_films(tmp_path: Path) -> None:
     data = tmp_path / "sample"

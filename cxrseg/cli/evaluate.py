@@ -20,6 +20,7 @@ from cxrseg.cli.common import (
     RunsDirOption,
     TtaOption,
     chosen_checkpoint,
+    console,
     flag_settings,
     progress_bar,
     require_paths,
@@ -28,6 +29,8 @@ from cxrseg.cli.common import (
 )
 from cxrseg.cli.options import option
 from cxrseg.dataset import Split
+
+MAX_SHOWN = 10  # failed pairs listed one per line; the rest are counted
 
 if TYPE_CHECKING:
     from cxrseg.checkpoint import CheckpointInfo
@@ -117,8 +120,20 @@ def evaluate(
         say(f"Report written to {report}")
     if as_json:
         stdout.print_json(json.dumps(result.as_json() | {"checkpoint": str(checkpoint), "split": split}))
-        return
-    _print_table(result, checkpoint, split)
+    else:
+        _print_table(result, checkpoint, split)
+    _report_failures(result)
+
+
+def _report_failures(result: Evaluation) -> None:
+    """One line per pair that could not be scored (left out of the summary), then exit code 1."""
+    for row in result.failed[:MAX_SHOWN]:
+        console.print(f"[red]failed:[/red] {escape(row.error)}", highlight=False, soft_wrap=True)
+    if len(result.failed) > MAX_SHOWN:
+        console.print(f"[red]... and {len(result.failed) - MAX_SHOWN} more pairs not scored[/red] (see --csv)")
+    if result.failed:
+        console.print(f"{len(result.failed)} of {len(result.failed) + len(result.rows)} pairs could not be scored.")
+        raise typer.Exit(1)
 
 
 def _pairs(
@@ -133,10 +148,12 @@ def _pairs(
     if data_default and checkpoint.resolve() != BUNDLED_MODEL.resolve() and trained.root != roots:
         roots = trained.root
         say(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on")
-    pairs = []
-    for root in roots:
-        pairs += select_pairs(root, split or default_split(root), trained.val_fraction, trained.split_seed)
-    return pairs, split or default_split(roots[0])
+    pairs, splits = [], [split or default_split(root) for root in roots]
+    for root, chosen in zip(roots, splits, strict=True):
+        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
+    if len(set(splits)) == 1:
+        return pairs, splits[0]
+    return pairs, ", ".join(f"{chosen} of {root}" for root, chosen in zip(roots, splits, strict=True))
 
 
 def _spacing(text: str | None) -> tuple[float, float] | None:

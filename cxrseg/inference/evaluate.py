@@ -73,7 +73,10 @@ def load_pair(pair: Pair, size: int) -> LoadedPair | str:
     except Exception as exc:  # one odd file must not end the evaluation
         return f"{pair.image}: unexpected {type(exc).__name__} while reading ({exc}); check or remove this pair."
     if image.shape != truth.shape:
-        return f"{pair.image.name} {image.shape} vs {pair.mask.name} {truth.shape}: image and mask sizes differ."
+        return (
+            f"{pair.image}: image {image.shape[1]}x{image.shape[0]} px but mask {pair.mask} "
+            f"{truth.shape[1]}x{truth.shape[0]} px: image and mask sizes differ; fix or remove this pair."
+        )
     return LoadedPair(fit_image(image, size), truth)
 
 

@@ -19,7 +19,7 @@ from cxrseg.dataset import (
     dataset_splits,
     load_pairs,
 )
-from cxrseg.errors import DataError
+from cxrseg.errors import ConfigError, DataError
 from cxrseg.imaging import read_mask
 
 FEW_VALIDATION_IMAGES = 10
@@ -41,6 +41,11 @@ def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]
     """Train pairs of all folders, and (folder index, pair) for validation; each folder keeps its own split."""
     train: list[Pair] = []
     val: list[tuple[int, Pair]] = []
+    seen: dict[Path, Path] = {}
+    for root in settings.data.root:  # the same films twice would count twice in training and in validation
+        if root.resolve() in seen:
+            raise ConfigError(f"--data {root} is the same folder as --data {seen[root.resolve()]}; give each once.")
+        seen[root.resolve()] = root
     for index, root in enumerate(settings.data.root):
         splits = dataset_splits(root, settings.data.val_fraction, settings.data.split_seed, with_ignores=True)
         train += splits["train"]
