@@ -34,7 +34,10 @@ class DataSettings(Section):
     """Where the dataset lives and how it is split."""
 
     root: Annotated[list[Path], NoDecode] = Field(
-        [Path("data/chest-segmentation-image")], min_length=1, description="one or more dataset folders"
+        [Path("data/chest-segmentation-image")],
+        min_length=1,
+        validate_default=True,
+        description="one or more dataset folders",
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each folder's image/ kept for validation")
     split_seed: int = 0
@@ -43,6 +46,13 @@ class DataSettings(Section):
     @classmethod
     def _one_or_more(cls, value: object) -> object:
         return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        """Made absolute (links not resolved) where the settings are made, so that a checkpoint's settings
+        still name the folders when read from another working directory."""
+        return [path.absolute() for path in value]
 
 
 class PreprocessSettings(Section):

@@ -150,7 +150,10 @@ def default_split(root: Path) -> Split:
 
 
 def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
-    """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder)."""
+    """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder). `test` needs only
+    test_image/+test_mask/: a held-out set is scored without the training folders beside it."""
+    if split == "test" and root.is_dir() and (root / TEST_IMAGE_DIR).is_dir():
+        return find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR)
     splits = dataset_splits(root, val_fraction, seed)
     if split == "all":
         return sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)

@@ -90,6 +90,16 @@ def test_validation_is_carved_from_image_even_with_a_test_folder(tmp_path: Path)
     assert default_split(root) == "test"
 
 
+def test_a_held_out_set_alone_is_scored_on_test(tmp_path: Path) -> None:
+    """Only test_image/ and test_mask/ (or a training side that could not train): `test` needs no more."""
+    root = write_dataset(tmp_path / "held_out", n_train=0, n_test=3)
+    assert [p.name for p in select_pairs(root, "test")] == ["case_000", "case_001", "case_002"]
+    (root / "image" / "stray.png").write_bytes(b"")  # a training side that would stop a training run
+    assert len(select_pairs(root, "test")) == 3
+    with pytest.raises(DataError):
+        select_pairs(root, "val")
+
+
 def test_test_split_of_a_folder_without_one_says_what_to_use(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", n_train=4, n_test=0)
     for folder in ("test_image", "test_mask"):
