@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
     )
 
-    data: DataSettings = DataSettings()
+    data: DataSettings = Field(default_factory=DataSettings)  # built when used: folders follow the working dir
     preprocess: PreprocessSettings = PreprocessSettings()
     model: ModelSettings = ModelSettings()
     augment: AugmentSettings = AugmentSettings()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from cxrseg.config import Settings, load_settings, with_overrides
+from cxrseg.config import Settings, load_settings, settings_from_json, with_overrides
 from cxrseg.errors import ConfigError
 
 
@@ -56,3 +57,14 @@ def test_item9_section_env_variable_that_is_not_json_is_a_config_error(monkeypat
     with pytest.raises(ConfigError, match="CXRSEG_") as caught:
         load_settings()
     assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+
+
+def test_dataset_folders_are_kept_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint's settings must still name its folders when read from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.model_validate({"data": {"root": ["films", "more/films"]}})
+    assert settings.data.root == [tmp_path / "films", tmp_path / "more" / "films"]
+    assert Settings().data.root == [tmp_path / "data" / "chest-segmentation-image"]
+    monkeypatch.chdir(tmp_path.parent)
+    again = settings_from_json(json.loads(settings.model_dump_json()))
+    assert again.data.root == settings.data.root
