@@ -18,8 +18,8 @@ DEFAULT_STYLE = "dim"  # typer's own style for "[default: ...]"
 def setting_default(path: str) -> Any:
     """The default of a setting such as "train.epochs", from the Settings classes (no env, no config file)."""
     section, name = path.split(".")
-    defaults = Settings.model_fields[section].default
-    return getattr(defaults, name)
+    # the declared default, as written (a folder relative to where the command runs, not made absolute here)
+    return Settings.model_fields[section].annotation.model_fields[name].get_default(call_default_factory=True)
 
 
 def _show(value: Any, names: tuple[str, ...]) -> str:
