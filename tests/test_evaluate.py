@@ -62,6 +62,8 @@ def test_the_command_names_each_pair_it_could_not_score_and_exits_1(setup, tmp_p
         assert result.exit_code == 1, result.output
         assert "case_001.png" in result.output and "2 of 4 pairs could not be scored" in result.output
         assert "image 64x64 px but mask" in result.output and "case_002.jpeg 64x40 px" in result.output
+        if extra:  # the failures go to stderr: stdout stays one JSON document
+            assert json.loads(result.stdout)["n_failed"] == 2
 
 
 def test_folders_scored_on_different_splits_say_so(setup, tmp_path: Path) -> None:
@@ -80,6 +82,26 @@ def test_folders_scored_on_different_splits_say_so(setup, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["split"] == f"test of {data}, val of {bare}" and report["n_images"] == 4 + 1
+
+
+def test_a_checkpoint_away_from_its_training_folder_scores_the_default_folder_here(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained in A on A/data/chest-segmentation-image, copied to B with its own copy of the data."""
+    from typer.testing import CliRunner
+
+    from cxrseg.checkpoint import CheckpointInfo, save_checkpoint
+    from cxrseg.cli.app import app
+
+    model, settings, _ = setup
+    trained = settings.model_copy(update={"data": settings.data.model_copy(update={"root": [tmp_path / "A" / "gone"]})})
+    save_checkpoint(tmp_path / "m.safetensors", model, CheckpointInfo(settings=trained))
+    (tmp_path / "B").mkdir()
+    write_dataset(tmp_path / "B" / "data" / "chest-segmentation-image", n_train=4, n_test=3)
+    monkeypatch.chdir(tmp_path / "B")
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "not found here" in result.output and '"n_images": 3' in result.output
 
 
 def test_worker_processes_score_exactly_as_in_process(setup) -> None:

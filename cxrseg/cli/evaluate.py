@@ -146,8 +146,14 @@ def _pairs(
     trained = info.settings.data
     roots = settings.data.root
     if data_default and checkpoint.resolve() != BUNDLED_MODEL.resolve() and trained.root != roots:
-        roots = trained.root
-        say(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on")
+        if all(root.is_dir() for root in trained.root):
+            roots = trained.root
+            say(f"Data: {', '.join(map(str, roots))}, the folder(s) the checkpoint was trained on")
+        else:  # a run copied to another place or machine: its training folders are not here
+            say(
+                f"Data: {', '.join(map(str, roots))}; the checkpoint was trained on "
+                f"{', '.join(map(str, trained.root))}, not found here (pass --data to choose)"
+            )
     pairs, splits = [], [split or default_split(root) for root in roots]
     for root, chosen in zip(roots, splits, strict=True):
         pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
