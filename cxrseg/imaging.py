@@ -129,14 +129,17 @@ LABEL_MAX = 10  # a mask whose largest value is at most this is a label map (0/1
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a mask as bool (H, W). Lung is any label of a label map (largest value at most LABEL_MAX: 0/1
-    masks, or 1 and 2 for the two lungs), else above half the largest value: > 127.5 for 0/255 masks (JPEG
-    grey edges drop out), > 32767.5 for 0/65535, > 2047.5 for 12-bit 0/4095, > 38 for a red mask (grey 76)."""
+    """Read a mask as bool (H, W). Lung is > 0.5 for masks in [0, 1] (0/1, or soft float masks), any label
+    of a label map (largest value 2 to LABEL_MAX: 1 and 2 for the two lungs), else above half the largest
+    value: > 127.5 for 0/255 masks (JPEG grey edges drop out), > 32767.5 for 0/65535, > 2047.5 for 12-bit
+    0/4095, > 38 for a red mask (grey 76)."""
     image = load_picture(path)
     if image.mode not in SIXTEEN_BIT and image.mode not in FLOAT_MODES and image.mode != "L":
         image = image.convert("L")
     values = np.asarray(image)
     top = float(values.max()) if values.size else 0.0
+    if top <= 1:  # 0/1, or a soft float mask in [0, 1]
+        return values > 0.5
     if top <= LABEL_MAX:
         return values > 0
     return values > top / 2

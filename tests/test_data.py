@@ -154,7 +154,9 @@ def test_masks_in_other_value_conventions_are_not_read_as_empty(tmp_path: Path) 
     red = np.zeros((*truth.shape, 3), np.uint8)
     red[truth, 0] = 255  # a red drawing: grey 76 once converted
     Image.fromarray(red).save(tmp_path / "red.png")
-    for name in ("labels.png", "hundred.png", "twelve.png", "red.png"):
+    soft = np.where(truth, 0.9, 0.1).astype(np.float32)  # a soft float mask with a floor
+    Image.fromarray(soft, "F").save(tmp_path / "soft.tif")
+    for name in ("labels.png", "hundred.png", "twelve.png", "red.png", "soft.tif"):
         assert (read_mask(tmp_path / name) == truth).all(), name
 
 
