@@ -166,3 +166,24 @@ def test_every_unreadable_file_is_listed_at_once(dataset: Path) -> None:
     with pytest.raises(DataError) as info:
         load_pairs(find_pairs(dataset / "image", dataset / "mask"), 32)
     assert "case_001.png" in str(info.value) and "case_004.png" in str(info.value)
+
+
+def test_training_warns_about_masks_with_no_lung_or_all_lung(tmp_path: Path) -> None:
+    from cxrseg.training.data import load_training_data, split_folders
+    from tests.conftest import tiny_config
+
+    data = write_dataset(tmp_path / "data", n_train=10, n_test=0, jpeg_masks=False)
+    for folder in ("test_image", "test_mask"):
+        (data / folder).rmdir()
+    settings = tiny_config(tmp_path / "runs", data)
+    notes: list[str] = []
+    load_training_data(settings, on_status=notes.append)
+    assert not [note for note in notes if "no lung" in note]  # real ellipse masks: nothing to say
+    train, _ = split_folders(settings)
+    empty, full = train[0].mask, train[1].mask
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(empty)
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(full)
+    notes.clear()
+    load_training_data(settings, on_status=notes.append)
+    [warning] = [note for note in notes if "no lung" in note]
+    assert warning.startswith("Warning: 2 training masks") and empty.name in warning and full.name in warning

@@ -53,6 +53,16 @@ def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]
     return train, val
 
 
+ALL_LUNG = 0.9  # a mask holding more of its film than this is not a lung mask (train masks: at most 0.43)
+
+
+def odd_masks(cached: CachedSet) -> list[str]:
+    """Names of the masks with no lung at all, or lung over more than ALL_LUNG of their film (an inverted or
+    wrong file): training on them teaches the model to miss or to flood the lungs."""
+    share = (cached.masks * cached.valid).flatten(1).sum(1) / cached.valid.flatten(1).sum(1).clamp(min=1)
+    return [pair.mask.name for pair, s in zip(cached.pairs, share.tolist(), strict=True) if s == 0 or s > ALL_LUNG]
+
+
 def load_training_data(
     settings: Settings, rank: int = 0, world_size: int = 1, on_status: Callable[[str], None] | None = None
 ) -> TrainingData:
@@ -86,8 +96,16 @@ def load_training_data(
             )
     shard = val_items[rank::world_size]  # each rank validates a shard
     size = settings.preprocess.image_size
+    train = load_pairs(train_pairs, size)
+    odd = odd_masks(train)
+    if odd and on_status:
+        shown = ", ".join(odd[:10]) + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
+        on_status(
+            f"Warning: {len(odd)} training masks with no lung or nearly all lung: {shown}; check that they are "
+            "the right files, drawn white on black."
+        )
     return TrainingData(
-        train=load_pairs(train_pairs, size),
+        train=train,
         val=load_pairs([replace(pair, ignore=None) for _, pair in shard], size),  # scored whole
         truths=[read_mask(pair.mask) for _, pair in shard],
         val_folder=[index for index, _ in shard],
