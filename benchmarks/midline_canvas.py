@@ -15,16 +15,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from common import cpu_model
 from PIL import Image, ImageDraw
 
 import cxrseg.inference.quality as quality
 from cxrseg.dataset import select_pairs
-from cxrseg.imaging import read_image
+from cxrseg.imaging import grey_window, read_image
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lungs"
 
 
-def whole(image: np.ndarray) -> tuple[slice, slice]:
+def whole(image: np.ndarray, window: object = None) -> tuple[slice, slice]:
     return slice(0, image.shape[0]), slice(0, image.shape[1])
 
 
@@ -54,11 +55,12 @@ def main() -> None:
     parser.add_argument("--figures", type=int, default=40)
     parser.add_argument("--gains", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="contrast boosts to try")
     args = parser.parse_args()
+    print(f"cxrseg midline contrast, CPU {cpu_model()} (counts, not timings); `train` films of {args.data}")
     pairs = select_pairs(args.data, "train")
     films = [read_image(pair.image) for pair in pairs]
     for boxed in (False, True):
         values = np.array([contrast(film, boxed) for film in films])
-        boxes = sum(quality.film_box(film) != whole(film) for film in films) if boxed else 0
+        boxes = sum(quality.film_box(f, grey_window(f)) != whole(f) for f in films) if boxed else 0
         print(
             f"train films ({len(films)}), {'film box' if boxed else 'whole image'}: min {values.min():.3f}, "
             f"median {np.median(values):.3f}, max {values.max():.3f}"

@@ -42,7 +42,7 @@ class Pair:
         return self.image.stem
 
 
-def _listing(paths: Sequence[object], what: str) -> str:
+def listing(paths: Sequence[object], what: str) -> str:
     shown = ", ".join(str(p) for p in paths[:MAX_LISTED])
     more = f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else ""
     return f"{len(paths)} {what}: {shown}{more}"
@@ -64,7 +64,7 @@ def _by_stem(files: list[Path], folder: Path, strip: str = "") -> dict[str, Path
             clashes.append(f"{stems[stem].name}/{path.name}")
         stems[stem] = path
     if clashes:
-        raise DataError(f"{folder}: " + _listing(clashes, "file names share a stem") + "; keep one of each.")
+        raise DataError(f"{folder}: " + listing(clashes, "file names share a stem") + "; keep one of each.")
     return stems
 
 
@@ -83,9 +83,9 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
     if lonely_images or lonely_masks:
         parts = []
         if lonely_images:
-            parts.append(_listing(lonely_images, f"images without a mask in {mask_dir}"))
+            parts.append(listing(lonely_images, f"images without a mask in {mask_dir}"))
         if lonely_masks:
-            parts.append(_listing(lonely_masks, f"masks without an image in {image_dir}"))
+            parts.append(listing(lonely_masks, f"masks without an image in {image_dir}"))
         raise DataError("; ".join(parts) + ". Pairs are matched by file name stem; add or remove files.")
     if not images:
         raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}.")
@@ -103,7 +103,7 @@ def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
     stray = [ignores[s] for s in sorted(ignores.keys() - {pair.name for pair in pairs})]
     if stray:
         raise DataError(
-            _listing(stray, f"ignore masks without a training image in {ignore_dir.parent / IMAGE_DIR}")
+            listing(stray, f"ignore masks without a training image in {ignore_dir.parent / IMAGE_DIR}")
             + "; ignore/ holds masks for image/ films only, matched by file name stem; rename or remove them."
         )
     return [Pair(p.image, p.mask, ignores.get(p.name)) for p in pairs]
@@ -152,7 +152,7 @@ def default_split(root: Path) -> Split:
 def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
     """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder). `test` needs only
     test_image/+test_mask/: a held-out set is scored without the training folders beside it."""
-    if split == "test" and root.is_dir() and (root / TEST_IMAGE_DIR).is_dir():
+    if split == "test" and (root / TEST_IMAGE_DIR).is_dir():
         return find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR)
     splits = dataset_splits(root, val_fraction, seed)
     if split == "all":
@@ -178,7 +178,7 @@ def check_sizes(pairs: Sequence[Pair]) -> None:
             bad.append(f"{pair.image.name} {image} vs {IGNORE_DIR}/{pair.ignore.name} {ignore}")
     if bad:
         raise DataError(
-            _listing(bad, "pairs are unreadable or differ in size (height, width)") + "; fix or remove them."
+            listing(bad, "pairs are unreadable or differ in size (height, width)") + "; fix or remove them."
         )
 
 
@@ -224,8 +224,8 @@ def load_pairs(
         loaded = list(pool.map(attempt, pairs))
     failed = [item for item in loaded if isinstance(item, str)]
     if failed:
-        listing = _listing(failed, "files could not be read")
-        raise DataError(listing if listing.endswith(".") else listing + ".")
+        message = listing(failed, "files could not be read")
+        raise DataError(message if message.endswith(".") else message + ".")
     geometries = [g for _, _, g, _ in loaded]
     ignored = None
     if any(i is not None for *_, i in loaded):

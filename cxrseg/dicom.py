@@ -46,18 +46,19 @@ def _head(path: Path) -> bytes:
         return b""
 
 
+def _has_preamble(head: bytes) -> bool:
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def has_dicom_preamble(path: Path) -> bool:
     """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
-    head = _head(path)
-    return len(head) == 132 and head[128:] == b"DICM"
+    return _has_preamble(_head(path))
 
 
 def is_dicom(path: Path) -> bool:
     """A DICOM preamble, or a .dcm/.dicom name on a file that does not begin like a PNG/JPEG/TIFF/BMP picture."""
     head = _head(path)
-    if len(head) == 132 and head[128:] == b"DICM":
-        return True
-    return path.suffix.lower() in DICOM_SUFFIXES and not head.startswith(PICTURE_SIGNATURES)
+    return _has_preamble(head) or (path.suffix.lower() in DICOM_SUFFIXES and not head.startswith(PICTURE_SIGNATURES))
 
 
 def read_xray(path: Path, max_pixels: int = MAX_PIXELS) -> Xray:

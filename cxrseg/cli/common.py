@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cxrseg.cli.options import option
@@ -18,6 +19,7 @@ from cxrseg.config import Backend, Device, Settings, load_settings, with_overrid
 console = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
 DEBUG_ENV = os.environ.get("CXRSEG_DEBUG", "").lower() in ("1", "true", "yes")
+MAX_SHOWN = 10  # failures listed one per line; the rest are counted
 debug = {"on": DEBUG_ENV}
 
 ConfigOption = Annotated[
@@ -131,3 +133,12 @@ BackendOption = Annotated[
     Backend | None,
     option(help="torch, onnxruntime (CPU), or auto (see README: Deploy).", setting="inference.backend"),
 ]
+
+
+def print_failures(messages: list[str], rest: str) -> None:
+    """The first MAX_SHOWN failure messages one per line on stderr, then how many more (`rest` says what and
+    where to find them)."""
+    for message in messages[:MAX_SHOWN]:
+        console.print(f"[red]failed:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    if len(messages) > MAX_SHOWN:
+        console.print(f"[red]... and {len(messages) - MAX_SHOWN} more {rest}")

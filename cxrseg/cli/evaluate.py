@@ -22,6 +22,7 @@ from cxrseg.cli.common import (
     chosen_checkpoint,
     console,
     flag_settings,
+    print_failures,
     progress_bar,
     require_paths,
     say,
@@ -29,8 +30,6 @@ from cxrseg.cli.common import (
 )
 from cxrseg.cli.options import option
 from cxrseg.dataset import Split
-
-MAX_SHOWN = 10  # failed pairs listed one per line; the rest are counted
 
 if TYPE_CHECKING:
     from cxrseg.checkpoint import CheckpointInfo
@@ -127,10 +126,7 @@ def evaluate(
 
 def _report_failures(result: Evaluation) -> None:
     """One line per pair that could not be scored (left out of the summary), then exit code 1."""
-    for row in result.failed[:MAX_SHOWN]:
-        console.print(f"[red]failed:[/red] {escape(row.error)}", highlight=False, soft_wrap=True)
-    if len(result.failed) > MAX_SHOWN:
-        console.print(f"[red]... and {len(result.failed) - MAX_SHOWN} more pairs not scored[/red] (see --csv)")
+    print_failures([row.error for row in result.failed], "pairs not scored[/red] (see --csv)")
     if result.failed:
         console.print(f"{len(result.failed)} of {len(result.failed) + len(result.rows)} pairs could not be scored.")
         raise typer.Exit(1)

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from cxrseg.cli.common import (
+    MAX_SHOWN,
     BackendOption,
     BatchSizeOption,
     CheckpointOption,
@@ -22,6 +23,7 @@ from cxrseg.cli.common import (
     chosen_checkpoint,
     console,
     flag_settings,
+    print_failures,
     progress_bar,
     require_paths,
     stdout,
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
     from cxrseg.inference.predict import PredictOptions, PredictResult
     from cxrseg.inference.shard import Shard
 
-MAX_SHOWN = 10
 OUTPUT = "Output"
 
 Inputs = Annotated[
@@ -226,10 +227,7 @@ def _report_merge(path: Path, rows: int, failed: int) -> None:
 def _summarize(result: PredictResult) -> None:
     failed = [row for row in result.rows if row["status"] != "ok"]
     flagged = sum(bool(row.get("flags")) for row in result.rows if row["status"] == "ok")
-    for row in failed[:MAX_SHOWN]:
-        console.print(f"[red]failed:[/red] {escape(row['message'])}", highlight=False, soft_wrap=True)
-    if len(failed) > MAX_SHOWN:
-        console.print(f"[red]... and {len(failed) - MAX_SHOWN} more failed inputs[/red] (status column of the CSV)")
+    print_failures([row["message"] for row in failed], "failed inputs[/red] (status column of the CSV)")
     if result.ignored:
         shown = escape(", ".join(str(p) for p in result.ignored[:MAX_SHOWN]))
         more = f" and {len(result.ignored) - MAX_SHOWN} more" if len(result.ignored) > MAX_SHOWN else ""

@@ -94,21 +94,21 @@ def border_confidence(prob: np.ndarray, valid: np.ndarray, threshold: float = 0.
     return float(np.abs(2 * prob[band] - 1).mean()) if band.any() else math.nan
 
 
-def film_box(image: np.ndarray) -> tuple[slice, slice]:
+def film_box(image: np.ndarray, window: tuple[float, float]) -> tuple[slice, slice]:
     """The rows and columns of the film when it lies on a flat canvas (a journal figure, a scan with a wide
     even margin): the bounding box of the large connected regions that differ from the canvas colour.
 
     The canvas is the median of the image's outermost pixels, when at least CANVAS_FRAME of them lie within
-    CANVAS_TOLERANCE of the grey window from it; otherwise, or when the box is smaller than a quarter of the
-    image's height or width, the whole image. The box holds every region of at least FILM_PIECE of the
-    largest one's area; captions and arrows on the canvas are smaller regions.
+    CANVAS_TOLERANCE of the grey `window` (grey_window of the image) from it; otherwise, or when the box is
+    smaller than a quarter of the image's height or width, the whole image. The box holds every region of at
+    least FILM_PIECE of the largest one's area; captions and arrows on the canvas are smaller regions.
     """
     whole = (slice(0, image.shape[0]), slice(0, image.shape[1]))
     if min(image.shape) < 8:
         return whole
     frame = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
     canvas = float(np.median(frame))
-    low, high = grey_window(image)
+    low, high = window
     tolerance = CANVAS_TOLERANCE * (high - low)
     if high <= low or np.mean(np.abs(frame - canvas) <= tolerance) < CANVAS_FRAME:
         return whole
@@ -136,7 +136,10 @@ def midline_contrast(image: np.ndarray) -> float:
     Positive on a normal frontal film (air is dark), negative on an inverted one; it needs no mask, so it
     still works when the model, fooled by the inversion, segments the wrong structures.
     """
-    image = image[film_box(image)]
+    window = grey_window(image)
+    box = film_box(image, window)
+    if box != (slice(0, image.shape[0]), slice(0, image.shape[1])):
+        image, window = image[box], grey_window(image[box])
     height, width = image.shape
     if height < 4 or width < 8:
         return math.nan
@@ -148,7 +151,7 @@ def midline_contrast(image: np.ndarray) -> float:
             image[rows, int(0.65 * width) : int(0.85 * width)].ravel(),
         ]
     )
-    low, high = grey_window(image)
+    low, high = window
     if high <= low:
         return math.nan
     return float((np.median(strip) - np.median(fields)) / (high - low))

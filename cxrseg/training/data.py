@@ -17,6 +17,7 @@ from cxrseg.dataset import (
     Pair,
     count_pairs,
     dataset_splits,
+    listing,
     load_pairs,
 )
 from cxrseg.errors import ConfigError, DataError
@@ -99,9 +100,8 @@ def load_training_data(
     train = load_pairs(train_pairs, size)
     odd = odd_masks(train)
     if odd and on_status:
-        shown = ", ".join(odd[:10]) + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
         on_status(
-            f"Warning: {len(odd)} training masks with no lung or nearly all lung: {shown}; check that they are "
+            f"Warning: {listing(odd, 'training masks with no lung or nearly all lung')}; check that they are "
             "the right files, drawn white on black."
         )
     return TrainingData(
