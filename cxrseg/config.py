@@ -114,6 +114,9 @@ class TrainSettings(Section):
     patience: int | None = Field(None, ge=1)
     max_time: float | None = Field(None, gt=0, description="seconds; accepts 90s, 30m, 2h, 1h30m")
     deterministic: bool = False
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="per-step decay of a moving average of the weights, validated and saved; 0: off"
+    )
     init_from: str | None = Field(None, description="start from `pretrained` (the bundled model) or a checkpoint file")
 
     @field_validator("max_time", mode="before")

@@ -59,6 +59,14 @@ BatchSize = Annotated[
     int | None, option(help="Images per step and process.", setting="train.batch_size", panel=OPTIMISATION)
 ]
 Lr = Annotated[float | None, option(help="Peak learning rate of AdamW.", setting="train.lr", panel=OPTIMISATION)]
+EmaDecay = Annotated[
+    float | None,
+    option(
+        help="Validate and save a moving average of the weights with this per-step decay (e.g. 0.99); 0: off.",
+        setting="train.ema_decay",
+        panel=OPTIMISATION,
+    ),
+]
 PrecisionOption = Annotated[
     Precision | None,
     option(help="Autocast precision; auto picks bf16 where it is fast.", setting="train.precision", panel=OPTIMISATION),
@@ -111,6 +119,7 @@ def train(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     lr: Lr = None,
+    ema_decay: EmaDecay = None,
     precision: PrecisionOption = None,
     patience: Patience = None,
     max_time: MaxTime = None,
@@ -139,7 +148,7 @@ def train(
         "train": {
             **{"epochs": epochs, "batch_size": batch_size, "lr": lr, "runs_dir": runs_dir, "seed": seed},
             **{"device": device, "precision": precision, "patience": patience, "max_time": max_time},
-            **{"deterministic": deterministic, "init_from": init_from, "previews": previews},
+            **{"deterministic": deterministic, "init_from": init_from, "previews": previews, "ema_decay": ema_decay},
             "save_images": save_images,
         },
     }

@@ -179,6 +179,8 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
         position.step, seen = step + 1, seen + len(index)
         position.loss_sum += loss_sum / ctx.world_size
         position.loss_count += 1
@@ -198,7 +200,7 @@ def _end_epoch(run: Run, epoch: int, seen: int, epoch_started: float) -> EpochRe
     """Validate, record the epoch, write last/best checkpoints, previews and the resumable state."""
     settings, position, cfg = run.settings, run.position, run.settings.train
     train_seconds = time.perf_counter() - epoch_started
-    val_dice, val_iou, by_folder, previews = validate(run.model, run.data, settings, run.device, run.dtype, run.ctx)
+    val_dice, val_iou, by_folder, previews = validate(run.scored, run.data, settings, run.device, run.dtype, run.ctx)
     is_best = val_dice > position.best_dice
     if is_best:
         position.best_dice, position.best_epoch = val_dice, epoch
@@ -223,9 +225,9 @@ def _end_epoch(run: Run, epoch: int, seen: int, epoch_started: float) -> EpochRe
             epoch=epoch,
             metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
         )
-        save_checkpoint(run.run_dir / "last.safetensors", run.model, info)
+        save_checkpoint(run.run_dir / "last.safetensors", run.scored, info)
         if is_best:
-            save_checkpoint(run.run_dir / "best.safetensors", run.model, info)
+            save_checkpoint(run.run_dir / "best.safetensors", run.scored, info)
         if previews:
             save_png(preview_sheet(previews), run.run_dir / "previews" / f"epoch_{epoch:03d}.png")
         append_metrics(run.run_dir, asdict(report))

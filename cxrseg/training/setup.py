@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
 from cxrseg.checkpoint import build_model
@@ -54,12 +55,18 @@ class Run:
     scaler: torch.amp.GradScaler
     run_dir: Path
     position: Position
+    ema: AveragedModel | None = None
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the moving average when train.ema_decay is set."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save_state(self) -> None:
         states = gather_objects(self.generator.get_state(), self.ctx)
         if self.ctx.is_main:
             save_resume_state(
-                self.run_dir, self.model, self.optimizer, self.scheduler, self.position, states, self.scaler
+                self.run_dir, self.model, self.optimizer, self.scheduler, self.position, states, self.scaler, self.ema
             )
 
 
@@ -101,7 +108,7 @@ def set_up(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     run = Run(
         settings, ctx, cb, device, dtype, data, model, net, optimizer, scheduler, sampler, generator, scaler,
-        Path(), Position(),
+        Path(), Position(), _moving_average(model, cfg.ema_decay),
     )  # fmt: skip
     note = _open_run_dir(run, resume_dir, schedule, total_steps, held)
     precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
@@ -120,7 +127,7 @@ def _open_run_dir(
     if resume_dir is not None:
         run.run_dir = resume_dir
         run.position, generator_state, note = load_resume_state(
-            resume_dir, run.model, run.optimizer, run.scheduler, ctx.rank, ctx.world_size, run.scaler
+            resume_dir, run.model, run.optimizer, run.scheduler, ctx.rank, ctx.world_size, run.scaler, run.ema
         )
         if generator_state is not None:
             run.generator.set_state(generator_state)
@@ -136,3 +143,10 @@ def _open_run_dir(
         write_text(run.run_dir / "settings.json", run.settings.model_dump_json(indent=2))
         write_text(run.run_dir / "environment.json", environment_json)
     return note
+
+
+def _moving_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the weights and batch-norm statistics, updated after each step."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

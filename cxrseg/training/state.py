@@ -46,9 +46,13 @@ def save_resume_state(
     position: Position,
     generator_states: list[torch.Tensor],
     scaler: torch.amp.GradScaler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> None:
     """One atomic file holds everything a resume needs, so its parts can never disagree."""
     tensors = {f"model.{k}": v for k, v in strip_prefixes(unwrap(model).state_dict()).items()}
+    if ema is not None:
+        tensors |= {f"ema.{k}": v for k, v in strip_prefixes(ema.module.state_dict()).items()}
+        tensors["ema_steps"] = ema.n_averaged
     tensors["rng.torch"] = torch.get_rng_state()
     for rank, state in enumerate(generator_states):
         tensors[f"rng.generator.{rank}"] = state
@@ -99,6 +103,7 @@ def load_resume_state(
     rank: int = 0,
     world_size: int = 1,
     scaler: torch.amp.GradScaler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> tuple[Position, torch.Tensor | None, str]:
     """Restore from run_dir/state.safetensors, falling back to the previous state file if it is corrupt.
 
@@ -131,6 +136,11 @@ def load_resume_state(
         scaler.load_state_dict(extra["scaler"])
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     unwrap(model).load_state_dict(weights)
+    if ema is not None:
+        if "ema_steps" not in tensors:
+            raise CheckpointError(f"{path} holds no moving average of the weights; resume without train.ema_decay.")
+        ema.module.load_state_dict({k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")})
+        ema.n_averaged.copy_(tensors["ema_steps"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     version, internal, gauss = extra["rng_python"]
