@@ -113,7 +113,14 @@ def set_up(
     note = _open_run_dir(run, resume_dir, schedule, total_steps, held)
     precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
     note = "; ".join(
-        filter(None, [note, f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s"])
+        filter(
+            None,
+            [
+                note,
+                f"{device} x{ctx.world_size}, {precision}, data decoded in {load_seconds:.1f}s",
+                moving_average_note(cfg.ema_decay, total_steps),
+            ],
+        )
     )
     cb.on_start(run.run_dir, steps_per_epoch, len(data.train.pairs), data.n_val, note)
     return run
@@ -146,7 +153,30 @@ def _open_run_dir(
 
 
 def _moving_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of the weights and batch-norm statistics, updated after each step."""
+    """An exponential moving average of the weights and batch-norm statistics, updated after each step.
+
+    Integer buffers (batch-norm step counts) are copied: an average of counts is not a count.
+    """
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    blend = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], steps: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
+            blend(averaged, current, steps)
+        else:
+            for kept, now in zip(averaged, current, strict=True):
+                kept.copy_(now)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def moving_average_note(decay: float, total_steps: int) -> str:
+    """A warning when the weights of the first step still weigh much in the run's final average."""
+    if decay <= 0 or decay**total_steps <= 0.1:
+        return ""
+    return (
+        f"with --ema-decay {decay} the first step's weights still make {decay**total_steps:.0%} of the final "
+        f"average after {total_steps} steps; lower the decay or train longer"
+    )
