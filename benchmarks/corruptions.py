@@ -265,8 +265,44 @@ CORRUPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """Several corruptions at once, as on a real film: each step with its own draw, in the order given."""
+
+    name: str
+    steps: tuple[str, ...]
+
+    @property
+    def geometric(self) -> bool:
+        return any(CORRUPTIONS[step].geometric for step in self.steps)
+
+
+STACKED = {
+    s.name: s
+    for s in [
+        Stacked("icu_portable", ("consolidation_both", "portable", "burnt_text", "zoom_in_apex")),
+        Stacked("journal_figure", ("consolidation", "zoom_in_apex", "low_res_256", "jpeg_q15", "burnt_text")),
+        Stacked("whiteout_rotated", ("whiteout", "portable", "rotate_15")),
+        Stacked("effusion_tight_dark", ("effusion", "consolidation", "zoom_in_apex", "gamma_0.45")),
+        Stacked("small_noisy_margin", ("zoom_out", "noise")),
+        Stacked("small_low_res_noisy", ("zoom_out", "low_res_256", "noise", "gamma_2.2")),
+    ]
+}
+"""Stacked corruptions: reported apart from the single ones, whose mean they leave as it was."""
+
+ALL: dict[str, Corruption | Stacked] = {**CORRUPTIONS, **STACKED}
+
+
 def corrupt(name: str, image: np.ndarray, mask: np.ndarray, key: str) -> Pair:
     """Apply corruption `name` with a generator seeded by the benchmark seed, the corruption and `key`
-    (the image's name), so every image gets the same draw on every run and in any order."""
+    (the image's name), so every image gets the same draw on every run and in any order. A stacked
+    corruption seeds each of its steps apart, by its own name and the step's."""
+    if name in STACKED:
+        for step in STACKED[name].steps:
+            rng = np.random.default_rng(
+                [SEED, zlib.crc32(name.encode()), zlib.crc32(step.encode()), zlib.crc32(key.encode())]
+            )
+            image, mask = CORRUPTIONS[step].apply(image, mask, rng)
+        return image, mask
     rng = np.random.default_rng([SEED, zlib.crc32(name.encode()), zlib.crc32(key.encode())])
     return CORRUPTIONS[name].apply(image, mask, rng)

@@ -34,7 +34,7 @@ def test_issue_list_is_covered() -> None:
     assert len(corruptions.CORRUPTIONS) >= 11
 
 
-@pytest.mark.parametrize("name", list(corruptions.CORRUPTIONS))
+@pytest.mark.parametrize("name", list(corruptions.ALL))
 def test_deterministic_and_seeded_per_image(name: str, pair: tuple[np.ndarray, np.ndarray]) -> None:
     image, mask = pair
     first = corruptions.corrupt(name, image, mask, "case_000")
@@ -95,3 +95,29 @@ def test_whiteout_whitens_one_whole_lung(pair: tuple[np.ndarray, np.ndarray]) ->
     labels, _ = ndimage.label(mask)
     raised = sorted(((out[labels == i].astype(int) - image[labels == i]) > 40).mean() for i in (1, 2))
     assert raised[1] > 0.85 and raised[0] < 0.02, "one lung white nearly to its edge, the other untouched"
+
+
+@pytest.mark.parametrize("name", list(corruptions.STACKED))
+def test_stacked_corruptions_keep_image_and_mask_aligned(name: str, pair: tuple[np.ndarray, np.ndarray]) -> None:
+    image, mask = pair
+    out, out_mask = corruptions.corrupt(name, image, mask, "case_000")
+    assert out.shape == out_mask.shape and out_mask.any()
+    if not corruptions.STACKED[name].geometric:
+        assert np.array_equal(out_mask, mask)
+    first_alone = corruptions.corrupt(corruptions.STACKED[name].steps[0], image, mask, "case_000")[0]
+    assert out.shape != first_alone.shape or not np.array_equal(out, first_alone)  # more than its first step
+
+
+def test_a_stacked_corruption_applies_every_step(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    image, mask = pair
+    alone, alone_mask = corruptions.corrupt("zoom_out", image, mask, "case_000")
+    out, out_mask = corruptions.corrupt("small_noisy_margin", image, mask, "case_000")
+    assert out_mask.sum() < 0.5 * mask.sum() and alone_mask.sum() < 0.5 * mask.sum()  # shrunk to 65 %
+
+    def grain(picture: np.ndarray) -> float:  # mean step between neighbouring pixels
+        return float(np.abs(np.diff(picture.astype(int), axis=1)).mean())
+
+    assert np.bincount(alone.ravel()).max() > 0.3 * alone.size  # zoom_out alone: a flat margin
+    assert grain(out) > 3 * grain(alone) + 5  # then noise over margin and film
+    assert set(corruptions.STACKED).isdisjoint(corruptions.CORRUPTIONS)
+    assert all(step in corruptions.CORRUPTIONS for s in corruptions.STACKED.values() for step in s.steps)
