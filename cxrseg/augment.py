@@ -56,10 +56,14 @@ def frame(
     inside = warped[:, k + 1 : k + 2].clamp(0, 1)
     images = warped[:, :1]
     masks = torch.cat([warped[:, 1:2] > 0.5, warped[:, 2 : k + 1] > 0], dim=1).float()
-    # A film scanned with wide margins: the border is image (dark, grey or bright), not padding.
+    # A film scanned or photographed with wide margins: the border is image, not padding. Mostly dark, else any
+    # grey up to white; half of them grainy (a photo's noise, a light box, a scanner's bed), so that a large
+    # textured region beside the chest is not taken for lung.
     as_film = chance(n, cfg.border_p, generator).view(n, 1, 1, 1)
-    fill = torch.where(chance(n, 0.7, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.5, 1, generator))
-    filled = images + (1 - inside) * fill.view(n, 1, 1, 1)
+    fill = torch.where(chance(n, 0.6, generator), uniform(n, 0, 0.25, generator), uniform(n, 0.25, 1, generator))
+    grain = torch.where(chance(n, 0.5, generator), uniform(n, 0.02, 0.1, generator), torch.zeros(n))
+    margin = fill.view(n, 1, 1, 1) + grain.view(n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
+    filled = (images + (1 - inside) * margin).clamp(0, 1)
     images = torch.where(as_film, filled, images)
     valid = torch.where(as_film, valid, (inside > 0.5).float())
     # A film of another aspect ratio, fitted with padding: blank a band at two opposite sides.

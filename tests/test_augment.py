@@ -270,3 +270,14 @@ def test_a_share_of_films_is_left_as_it_is() -> None:
     assert 70 <= len(kept) <= 130  # a quarter of 400 (standard deviation 8.7): not an eighth, not two fifths
     plain = augment_batch(images, masks, valid, AugmentSettings(), torch.Generator().manual_seed(5))
     assert not any(torch.equal(plain[0][i], images[i]) for i in range(400))  # by default every film changes
+
+
+def test_zoom_out_margins_take_any_grey_and_some_are_grainy() -> None:
+    images, masks, valid = lungs()
+    images, masks, valid = (t.repeat(16, 1, 1, 1) for t in (images, masks, valid))  # 16 draws of one film
+    shrink = OFF.model_copy(update={"zoom_min": 0.6, "zoom_max": 0.61, "border_p": 1})
+    out, _, _ = frame(images, masks, valid, shrink, torch.Generator().manual_seed(3))
+    corner = out[:, 0, :4, :4].flatten(1)  # outside the shrunk film in every draw
+    levels, spread = corner.mean(1), corner.std(1)
+    assert ((levels > 0.3) & (levels < 0.5)).any()  # mid-grey margins, not only dark or bright ones
+    assert (spread > 0.02).any() and (spread < 1e-6).any()  # grainy margins and flat ones
