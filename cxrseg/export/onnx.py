@@ -45,7 +45,12 @@ def _attach(proto, metadata: dict[str, str]) -> None:
 
 
 def _quantize(proto, paths: list[Path], size: int, work: Path):
-    """Static QDQ quantization: uint8 activations calibrated on `paths`, int8 per-channel weights."""
+    """Static QDQ quantization: uint8 activations calibrated on `paths`, int8 per-channel weights in 7 bits.
+
+    The 7-bit range keeps the file right on every x86 CPU: without VNNI (AVX2 only, as on many laptops) ONNX
+    Runtime's uint8 x int8 kernel can saturate its 16-bit sums, which cost the bundled model 2 % of its mask
+    pixels on an AMD EPYC (Zen 3) at the full 8 bits; with 7 bits 99.96 % agree with torch there.
+    """
     onnx = require("onnx", "ONNX export")
     quantization = require("onnxruntime.quantization", "ONNX Runtime quantization")
     fp32, prepared, int8 = work / "fp32.onnx", work / "prepared.onnx", work / "int8.onnx"
@@ -57,6 +62,7 @@ def _quantize(proto, paths: list[Path], size: int, work: Path):
         CalibrationReader(paths, size, INPUT_NAME),
         quant_format=quantization.QuantFormat.QDQ,
         per_channel=True,
+        reduce_range=True,
         activation_type=quantization.QuantType.QUInt8,
         weight_type=quantization.QuantType.QInt8,
         calibrate_method=quantization.CalibrationMethod.MinMax,
