@@ -144,3 +144,9 @@ def _unpack_one(case: dict) -> None:
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_unpacking_ends_in_a_dataset_or_a_typed_error_and_stays_inside(budget: int) -> None:
     run_property(budget, cases, _unpack_one)
+
+
+def test_a_zip_member_with_an_empty_name_is_skipped_not_a_crash() -> None:
+    case = {"pack": "zip", "with_dataset": False, "odd_first": False, "members": [("", "file", 0, "..")]}
+    _unpack_one({**case, "cut": None, "max_bytes": 2000, "max_files": 3})  # found by the fuzzer: an IndexError
+    _unpack_one({**case, "with_dataset": True, "cut": None, "max_bytes": 10**6, "max_files": 100})

@@ -90,6 +90,11 @@ def _prepare(into: Path, parts: tuple[str, ...] | None, is_dir: bool) -> Path | 
     return target
 
 
+def _zip_dir(info: zipfile.ZipInfo) -> bool:
+    """ZipInfo.is_dir without its IndexError on a member with an empty name (skipped as junk)."""
+    return info.filename.endswith("/")
+
+
 def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
@@ -98,10 +103,10 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
             kind = stat.S_IFMT(info.external_attr >> 16)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 _refuse_special(info.filename, source)
-        files = [i for i in infos if not i.is_dir()]
+        files = [i for i in infos if not _zip_dir(i)]
         budget.check(sum(i.file_size for i in files), len(files))
         for info in infos:
-            target = _prepare(into, _safe_parts(info.filename, source), info.is_dir())
+            target = _prepare(into, _safe_parts(info.filename, source), _zip_dir(info))
             if target is not None:
                 with zf.open(info) as src:
                     budget.copy(src, target)
