@@ -27,7 +27,8 @@ from common import header, row, verdict
 
 from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.checkpoint import load_checkpoint
-from cxrseg.config import InferenceSettings, with_overrides
+from cxrseg.config import InferenceSettings
+from cxrseg.config_sources import with_overrides
 from cxrseg.dataset import select_pairs
 from cxrseg.device import cpu_has_bf16
 from cxrseg.export import export_onnx, load_onnx

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from cxrseg import __version__
 from cxrseg.assets import BUNDLED_MODEL
-from cxrseg.config import Settings, settings_from_json
+from cxrseg.config import Settings
+from cxrseg.config_sources import settings_from_json
 from cxrseg.errors import CheckpointError, OutputError
 from cxrseg.files import atomic_path
 from cxrseg.model import UNet

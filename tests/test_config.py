@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrseg.config import Settings, load_settings, settings_from_json, with_overrides
+from cxrseg.config import Settings
+from cxrseg.config_sources import load_settings, settings_from_json, with_overrides
 from cxrseg.errors import ConfigError
 
 

@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cxrseg.cli.options import option
-from cxrseg.config import Backend, Device, Settings, load_settings, with_overrides
+from cxrseg.config import Backend, Device, Settings
+from cxrseg.config_sources import load_settings, with_overrides
 
 # soft_wrap: a long path stays on one line (a terminal wraps it itself; a log file keeps it whole)
 console = Console(stderr=True, soft_wrap=True)

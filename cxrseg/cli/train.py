@@ -14,7 +14,8 @@ from rich.table import Table
 
 from cxrseg.cli.common import ConfigOption, console, flag_settings, progress_bar, require_paths, say
 from cxrseg.cli.options import option
-from cxrseg.config import Device, Precision, with_overrides
+from cxrseg.config import Device, Precision
+from cxrseg.config_sources import with_overrides
 
 if TYPE_CHECKING:
     from cxrseg.training.loop import EpochReport

@@ -16,7 +16,8 @@ import torch
 
 from cxrseg import __version__
 from cxrseg.checkpoint import strip_prefixes, unwrap
-from cxrseg.config import Settings, settings_from_json
+from cxrseg.config import Settings
+from cxrseg.config_sources import settings_from_json
 from cxrseg.errors import CheckpointError, OutputError, TrainingError
 from cxrseg.files import write_text
 from cxrseg.inference.render import plot_progress, save_png
