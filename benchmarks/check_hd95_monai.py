@@ -43,7 +43,7 @@ def predicted_masks(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     cfg = InferenceSettings()
     engine, _ = load_engine(BUNDLED_MODEL, cfg)
     pairs = find_pairs(root / "test_image", root / "test_mask")
-    decode, keep = partial(load_pair, size=engine.size), partial(_masks, cfg=cfg)
+    decode, keep = partial(load_pair, size=engine.size, trim=engine.trim), partial(_masks, cfg=cfg)
     return list(run_pipeline(engine, pairs, decode, keep, workers=0))
 
 

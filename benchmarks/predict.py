@@ -49,7 +49,7 @@ def _model_rate(engine, files: list[Path], n: int) -> float:
     from cxrseg.inference.engine import fit_image, stack
 
     batch_size = engine.cfg.batch_size
-    images, valid = stack([fit_image(read_image(p), engine.size) for p in files[:batch_size]])
+    images, valid = stack([fit_image(read_image(p), engine.size, engine.trim) for p in files[:batch_size]])
     for count in {batch_size, n % batch_size or batch_size}:  # warm-up, each batch shape once
         engine.forward(images[:count], valid[:count])
     done, start = 0, time.perf_counter()

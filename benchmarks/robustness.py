@@ -41,13 +41,14 @@ TILE = 160
 
 
 def split_pairs(root: Path, split: str, val_fraction: float, seed: int) -> list[Pair]:
-    """The pairs of `split`: `test` is test_image/ + test_mask/, `val` the seeded validation split of image/."""
+    """The pairs of `split`: `test` is test_image/ + test_mask/, `val` the seeded validation split of image/,
+    `train` the rest of image/ (the films a bundled model was fitted on)."""
     if split == "test":
         return find_pairs(root / "test_image", root / "test_mask")
     splits = dataset_splits(root, val_fraction, seed)
-    if "val" not in splits:
-        raise SystemExit(f"{root}: this cxrseg offers no 'val' split yet; use --split test.")
-    return splits["val"]
+    if split not in splits:
+        raise SystemExit(f"{root}: this cxrseg offers no '{split}' split yet; use --split test.")
+    return splits[split]
 
 
 def load_8bit(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Dataset folder (test_image/, image/ ...).")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--split", choices=["test", "val", "train"], default="test")
     parser.add_argument("--json", type=Path, help="Write every figure, per image too, to this JSON file.")
     parser.add_argument(
         "--only", nargs="+", action="extend", choices=["clean", *ALL], metavar="NAME", help="Only these rows."

@@ -50,6 +50,9 @@ class PreprocessSettings(Section):
     """How an X-ray becomes a model input; stored in every checkpoint."""
 
     image_size: int = Field(128, ge=32, le=2048)
+    trim_border: bool = Field(
+        False, description="crop rows and columns of one grey (a canvas, a frame, padding) off the edges first"
+    )
 
     @field_validator("image_size")
     @classmethod

@@ -14,7 +14,7 @@ import torch
 
 from cxrseg.errors import DataError
 from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
-from cxrseg.preprocess import Geometry, fit_to_square, valid_region
+from cxrseg.preprocess import Geometry, content_box, fit_to_square, valid_region
 
 Split = Literal["train", "val", "test", "all"]
 IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
@@ -195,17 +195,25 @@ class CachedSet:
 
 
 def load_pairs(
-    pairs: Sequence[Pair], size: int, workers: int = 4, on_item: Callable[[], None] | None = None
+    pairs: Sequence[Pair],
+    size: int,
+    workers: int = 4,
+    on_item: Callable[[], None] | None = None,
+    *,
+    trim: bool = False,
 ) -> CachedSet:
-    """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size."""
+    """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size; with `trim`, each
+    image's uniform margins (cxrseg.preprocess.content_box) are cropped off first, its masks cropped alike."""
     check_sizes(pairs)
 
     def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray | None]:
-        image, geometry = fit_to_square(read_image(pair.image), size)
-        mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size)
+        image = read_image(pair.image)
+        content = content_box(image) if trim else None
+        image, geometry = fit_to_square(image, size, content)
+        mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size, content)
         ignored = None
         if pair.ignore:  # any model pixel touched by an ignored pixel is left out
-            touched, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size)
+            touched, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size, content)
             ignored = (touched > 0).astype(np.float32)
         if on_item:
             on_item()

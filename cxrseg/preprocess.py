@@ -1,4 +1,5 @@
-"""The one preprocessing used by train, evaluate and predict: fit into a square, normalise, and restore."""
+"""The one preprocessing used by train, evaluate and predict: crop uniform margins, fit into a square, normalise,
+and restore."""
 
 from __future__ import annotations
 
@@ -9,10 +10,45 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+Box = tuple[int, int, int, int]  # (top, left, height, width) of a part of an image
+
+MARGIN_TOLERANCE = 4 / 255  # a margin row or column spans at most this range of grey (a flat margin saved as JPEG)
+MIN_CONTENT = 16  # px a side: a film is never cropped below this, a blank image is kept whole
+
+
+def content_box(image: np.ndarray, tolerance: float = MARGIN_TOLERANCE) -> Box:
+    """(top, left, height, width) of `image` (float (H, W) in [0, 1]) inside its uniform margins.
+
+    Rows, then columns, of one grey (range at most `tolerance` across what is left of them) are cropped off
+    each edge in turn until none is left: a film pasted into a canvas, a figure's white frame, black padding.
+    Margins of different greys on different sides go too. A margin with any texture (noise, a gradient,
+    a label) stops the crop. A blank image, or content under MIN_CONTENT px a side, is kept whole.
+    """
+    height, width = image.shape
+    top, bottom, left, right = 0, height, 0, width
+    while True:
+        before = (top, bottom, left, right)
+        rows = np.ptp(image[top:bottom, left:right], axis=1) > tolerance
+        if not rows.any():
+            return 0, 0, height, width
+        kept = np.flatnonzero(rows)
+        top, bottom = top + int(kept[0]), top + int(kept[-1]) + 1
+        columns = np.ptp(image[top:bottom, left:right], axis=0) > tolerance
+        if not columns.any():  # e.g. a left-right ramp: every column is one grey
+            return 0, 0, height, width
+        kept = np.flatnonzero(columns)
+        left, right = left + int(kept[0]), left + int(kept[-1]) + 1
+        if (top, bottom, left, right) == before:
+            break
+    if bottom - top < min(MIN_CONTENT, height) or right - left < min(MIN_CONTENT, width):
+        return 0, 0, height, width
+    return top, left, bottom - top, right - left
+
 
 @dataclass(frozen=True)
 class Geometry:
-    """How an (height, width) image was scaled by `scale` and padded into a square model input."""
+    """How an (height, width) image was cropped to `content`, scaled by `scale` and padded into a square model
+    input. `content` is (top, left, height, width) of the part fitted; None for the whole image."""
 
     height: int
     width: int
@@ -22,17 +58,31 @@ class Geometry:
     left: int
     inner_height: int
     inner_width: int
+    content: Box | None = None
+
+    @property
+    def box(self) -> Box:
+        """(top, left, height, width) of the part of the image that was fitted."""
+        return self.content or (0, 0, self.height, self.width)
 
 
-def fit_geometry(height: int, width: int, size: int) -> Geometry:
-    scale = size / max(height, width)
-    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return Geometry(height, width, size, scale, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
+def fit_geometry(height: int, width: int, size: int, content: Box | None = None) -> Geometry:
+    """Where an (height, width) image, or its `content` part, lands in a (size, size) model input."""
+    if content == (0, 0, height, width):
+        content = None
+    inner_height, inner_width = (content[2], content[3]) if content else (height, width)
+    scale = size / max(inner_height, inner_width)
+    inner_h, inner_w = max(1, round(inner_height * scale)), max(1, round(inner_width * scale))
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    return Geometry(height, width, size, scale, top, left, inner_h, inner_w, content)
 
 
-def fit_to_square(array: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
-    """Aspect-preserving resize (antialiased bilinear) of a float (H, W) array, zero-padded to (size, size)."""
-    geometry = fit_geometry(*array.shape, size)
+def fit_to_square(array: np.ndarray, size: int, content: Box | None = None) -> tuple[np.ndarray, Geometry]:
+    """Aspect-preserving resize (antialiased bilinear) of a float (H, W) array, or of its `content` part (see
+    content_box; a mask takes its image's), zero-padded to (size, size)."""
+    geometry = fit_geometry(*array.shape, size, content)
+    top, left, height, width = geometry.box
+    array = array[top : top + height, left : left + width]
     resized = Image.fromarray(array.astype(np.float32), mode="F").resize(
         (geometry.inner_width, geometry.inner_height), Image.Resampling.BILINEAR
     )
@@ -59,11 +109,15 @@ def normalize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def restore(probabilities: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Undo fit_to_square on a (S, S) probability map: crop the padding, resize to (height, width)."""
+    """Undo fit_to_square on a (S, S) probability map: crop the padding, resize to the fitted part's size and
+    place it in an (height, width) map, zero in any cropped margin."""
     inner = probabilities[
         geometry.top : geometry.top + geometry.inner_height, geometry.left : geometry.left + geometry.inner_width
     ]
-    resized = F.interpolate(
-        inner[None, None].float(), size=(geometry.height, geometry.width), mode="bilinear", align_corners=False
-    )
-    return resized[0, 0]
+    top, left, height, width = geometry.box
+    resized = F.interpolate(inner[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    if geometry.content is None:
+        return resized
+    full = torch.zeros((geometry.height, geometry.width), dtype=resized.dtype)
+    full[top : top + height, left : left + width] = resized
+    return full

@@ -43,6 +43,16 @@ ImageSize = Annotated[
     int | None,
     option(help="Model input size: a multiple of 16 and of 2**depth.", setting="preprocess.image_size", panel=MODEL),
 ]
+TrimBorder = Annotated[
+    bool | None,
+    option(
+        "--trim-border/--no-trim-border",
+        help="Crop margins of one grey (a canvas, a frame, padding) off each film before fitting; kept in the model.",
+        setting="preprocess.trim_border",
+        panel=MODEL,
+        flag=True,
+    ),
+]
 BaseChannels = Annotated[
     int | None, option(help="U-Net width of the first level.", setting="model.base_channels", panel=MODEL)
 ]
@@ -114,6 +124,7 @@ def train(
     data: Data = None,
     augment: Augment = None,
     image_size: ImageSize = None,
+    trim_border: TrimBorder = None,
     base_channels: BaseChannels = None,
     depth: Depth = None,
     init_from: InitFrom = None,
@@ -143,7 +154,7 @@ def train(
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/, or run `cxrseg download`")
     flags = {
         "data": {"root": data or None},
-        "preprocess": {"image_size": image_size},
+        "preprocess": {"image_size": image_size, "trim_border": trim_border},
         "model": {"base_channels": base_channels, "depth": depth},
         "augment": {"enabled": augment},
         "train": {

@@ -44,7 +44,7 @@ def _attach(proto, metadata: dict[str, str]) -> None:
     proto.doc_string = "cxrseg lung U-Net; settings and preprocessing in metadata_props"
 
 
-def _quantize(proto, paths: list[Path], size: int, work: Path):
+def _quantize(proto, paths: list[Path], size: int, work: Path, trim: bool):
     """Static QDQ quantization: uint8 activations calibrated on `paths`, int8 per-channel weights in 7 bits.
 
     The 7-bit range keeps the file right on every x86 CPU: without VNNI (AVX2 only, as on many laptops) ONNX
@@ -59,7 +59,7 @@ def _quantize(proto, paths: list[Path], size: int, work: Path):
     quantization.quantize_static(
         str(prepared),
         str(int8),
-        CalibrationReader(paths, size, INPUT_NAME),
+        CalibrationReader(paths, size, INPUT_NAME, trim=trim),
         quant_format=quantization.QuantFormat.QDQ,
         per_channel=True,
         reduce_range=True,
@@ -73,7 +73,7 @@ def _quantize(proto, paths: list[Path], size: int, work: Path):
 def validate(model: UNet, onnx_path: Path, paths: list[Path], threshold: float) -> tuple[float, float]:
     """(largest probability difference, share of equal mask pixels) of ONNX Runtime against torch fp32."""
     onnx_model = load_onnx(onnx_path)
-    images, valid = model_inputs(paths, onnx_model.image_size)
+    images, valid = model_inputs(paths, onnx_model.image_size, onnx_model.info.settings.preprocess.trim_border)
     x = normalize(images, valid)
     with torch.no_grad():
         expected = (torch.sigmoid(model(x)) * valid).numpy()
@@ -99,7 +99,7 @@ def export_onnx(
     proto = to_onnx_proto(model, size)
     if int8:
         with tempfile.TemporaryDirectory(prefix="cxrseg-quantize-") as work:
-            proto = _quantize(proto, calibration_paths, size, Path(work))
+            proto = _quantize(proto, calibration_paths, size, Path(work), info.settings.preprocess.trim_border)
     _attach(proto, _metadata(info, checkpoint_path, "int8" if int8 else "fp32", calibration_paths))
     onnx = require("onnx", "ONNX export")
     checks = sample_images()

@@ -18,7 +18,7 @@ from cxrseg.device import amp_dtype, autocast, resolve_device, use_channels_last
 from cxrseg.inference.backend import load_model
 from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.postprocess import clean_and_count
-from cxrseg.preprocess import Geometry, fit_to_square, normalize, restore, valid_region
+from cxrseg.preprocess import Geometry, content_box, fit_to_square, normalize, restore, valid_region
 from cxrseg.runtime import OnnxModel
 
 # (N, 1, S, S) fitted images in [0, 1] and their valid regions -> (N, 1, S, S) float32 probabilities on the CPU.
@@ -34,9 +34,10 @@ class Fitted:
     geometry: Geometry
 
 
-def fit_image(gray: np.ndarray, size: int) -> Fitted:
-    """Fit a decoded (H, W) grey image into the (size, size) model input."""
-    image, geometry = fit_to_square(gray, size)
+def fit_image(gray: np.ndarray, size: int, trim: bool = False) -> Fitted:
+    """Fit a decoded (H, W) grey image into the (size, size) model input; with `trim`, its uniform margins
+    (see cxrseg.preprocess.content_box) are cropped off first."""
+    image, geometry = fit_to_square(gray, size, content_box(gray) if trim else None)
     return Fitted(image, geometry)
 
 
@@ -102,12 +103,14 @@ class Engine:
         size: the model's square input side, from the checkpoint's preprocessing settings.
         cfg: threshold, post-processing, batch size and test-time augmentation.
         device: where the forward pass runs.
+        trim: crop uniform margins before fitting (the checkpoint's preprocess.trim_border).
     """
 
     forward: Forward
     size: int
     cfg: InferenceSettings
     device: torch.device
+    trim: bool = False
 
     def probabilities(self, items: Sequence[Fitted]) -> torch.Tensor:
         """(N, 1, S, S) float32 probabilities of a list of fitted images."""
@@ -137,7 +140,7 @@ def engine_for(
             cfg = cfg.model_copy(update={"batch_size": batch_size})
         dtype = amp_dtype(device, settings.train.precision)
     forward = partial(forward_probabilities, model, device=device, dtype=dtype, tta=cfg.tta)
-    return Engine(forward, settings.preprocess.image_size, cfg, device)
+    return Engine(forward, settings.preprocess.image_size, cfg, device, settings.preprocess.trim_border)
 
 
 def load_engine(checkpoint: Path, cfg: InferenceSettings, images: int | None = None) -> tuple[Engine, CheckpointInfo]:

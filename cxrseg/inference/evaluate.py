@@ -64,7 +64,7 @@ class LoadedPair:
     truth: np.ndarray  # (H, W) bool at the mask's own resolution
 
 
-def load_pair(pair: Pair, size: int) -> LoadedPair | str:
+def load_pair(pair: Pair, size: int, trim: bool = False) -> LoadedPair | str:
     """Decode and fit one pair (in a worker process); a string is the reason it cannot be scored."""
     try:
         image, truth = read_image(pair.image), read_mask(pair.mask)
@@ -77,7 +77,7 @@ def load_pair(pair: Pair, size: int) -> LoadedPair | str:
             f"{pair.image}: image {image.shape[1]}x{image.shape[0]} px but mask {pair.mask} "
             f"{truth.shape[1]}x{truth.shape[0]} px: image and mask sizes differ; fix or remove this pair."
         )
-    return LoadedPair(fit_image(image, size), truth)
+    return LoadedPair(fit_image(image, size, trim), truth)
 
 
 Scored = tuple[ImageScore, np.ndarray | None, np.ndarray | None]  # the row; with keep_masks, truth and prediction
@@ -143,7 +143,7 @@ def evaluate_model(
     """
     engine = engine_for(model, settings, cfg)
     workers = default_workers() if workers is None else workers
-    decode = partial(load_pair, size=engine.size)
+    decode = partial(load_pair, size=engine.size, trim=engine.trim)
     score_one = partial(_score, cfg=cfg, keep_masks=on_image is not None, spacing=spacing)
     rows: list[ImageScore] = []
     for row, truth, mask in run_pipeline(engine, list(pairs), decode, score_one, workers):

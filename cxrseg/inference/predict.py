@@ -99,14 +99,14 @@ class _Decoded:
     spacing_source: str
 
 
-def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int) -> _Decoded | str:
+def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int, trim: bool = False) -> _Decoded | str:
     """Read and fit one input (in a decoding process); a string is the error message."""
     try:
         xray = read_xray(job.source, options.max_pixels)
         step = max(1, max(xray.gray.shape) // 512)  # the contrast needs no more than ~512 px
         display = display_image(xray.gray, overlay_size) if options.overlay else None
         midline = midline_contrast(xray.gray[::step, ::step])
-        return _Decoded(fit_image(xray.gray, size), display, midline, xray.spacing, xray.spacing_source)
+        return _Decoded(fit_image(xray.gray, size, trim), display, midline, xray.spacing, xray.spacing_source)
     except CxrsegError as exc:
         return str(exc)
     except Exception as exc:  # one odd file must not end a 10,000-image run
@@ -239,7 +239,7 @@ def predict_paths(
     def save() -> None:
         write_rows([row for row in rows if row is not None], csv_path)
 
-    decode = partial(_decode, size=engine.size, options=options, overlay_size=cfg.overlay_size)
+    decode = partial(_decode, size=engine.size, options=options, overlay_size=cfg.overlay_size, trim=engine.trim)
     write = partial(_write_one, out_dir=out_dir, cfg=cfg, options=options)
     start = last_save = time.perf_counter()
     try:

@@ -97,7 +97,8 @@ def load_training_data(
             )
     shard = val_items[rank::world_size]  # each rank validates a shard
     size = settings.preprocess.image_size
-    train = load_pairs(train_pairs, size)
+    trim = settings.preprocess.trim_border
+    train = load_pairs(train_pairs, size, trim=trim)
     odd = odd_masks(train)
     if odd and on_status:
         on_status(
@@ -106,7 +107,7 @@ def load_training_data(
         )
     return TrainingData(
         train=train,
-        val=load_pairs([replace(pair, ignore=None) for _, pair in shard], size),  # scored whole
+        val=load_pairs([replace(pair, ignore=None) for _, pair in shard], size, trim=trim),  # scored whole
         truths=[read_mask(pair.mask) for _, pair in shard],
         val_folder=[index for index, _ in shard],
         folders=folders,

@@ -13,9 +13,19 @@ from cxrseg.errors import ConfigError
 
 SHAPE = {
     ("preprocess", "image_size"): "--image-size",
+    ("preprocess", "trim_border"): "--trim-border",
     ("model", "depth"): "--depth",
     ("model", "base_channels"): "--base-channels",
 }
+
+
+def _named(flag: str, mine: object, theirs: object) -> str:
+    """A conflict in words: "--depth 5 (the checkpoint has 4)", "--no-trim-border (the checkpoint has
+    trim-border on)"."""
+    if isinstance(mine, bool):
+        switch = flag if mine else flag.replace("--", "--no-", 1)
+        return f"{switch} (the checkpoint has {flag.removeprefix('--')} {'on' if theirs else 'off'})"
+    return f"{flag} {mine} (the checkpoint has {theirs})"
 
 
 def init_checkpoint_path(init_from: str) -> Path:
@@ -38,7 +48,7 @@ def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | 
         mine = getattr(getattr(settings, section), field)
         theirs = getattr(getattr(info.settings, section), field)
         if mine != theirs and mine != getattr(getattr(defaults, section), field):
-            conflicts.append(f"{flag} {mine} (the checkpoint has {theirs})")
+            conflicts.append(_named(flag, mine, theirs))
     if conflicts:
         raise ConfigError(
             f"--init-from {settings.train.init_from}: {', '.join(conflicts)} conflicts with {path}; the model "

@@ -1,0 +1,125 @@
+"""Uniform margins cropped before the model: a film pasted into a canvas, a figure's frame, black padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
+from cxrseg.checkpoint import read_info
+from cxrseg.cli.app import app
+from cxrseg.dataset import find_pairs, load_pairs
+from cxrseg.inference.engine import fit_image
+from cxrseg.preprocess import MIN_CONTENT, content_box, restore
+
+RNG = np.random.default_rng(7)
+
+
+def film(height: int, width: int) -> np.ndarray:
+    """Texture in every row and column, as a radiograph has."""
+    return RNG.uniform(0.2, 0.8, (height, width)).astype(np.float32)
+
+
+def pasted(inner: np.ndarray, top: int, left: int, shape: tuple[int, int], grey: float) -> np.ndarray:
+    canvas = np.full(shape, grey, dtype=np.float32)
+    canvas[top : top + inner.shape[0], left : left + inner.shape[1]] = inner
+    return canvas
+
+
+@pytest.mark.parametrize("grey", [0.0, 0.5, 1.0])
+def test_a_film_pasted_into_a_flat_canvas_is_found(grey: float) -> None:
+    assert content_box(pasted(film(60, 40), 17, 23, (128, 100), grey)) == (17, 23, 60, 40)
+
+
+def test_margins_of_different_greys_on_each_side_all_go() -> None:
+    image = np.zeros((100, 90), dtype=np.float32)  # black above
+    image[90:] = 1.0  # a white strip below
+    image[10:90, :7] = 0.3  # grey on the left, between the strips
+    image[10:90, 85:] = 0.8
+    image[10:90, 7:85] = film(80, 78)
+    assert content_box(image) == (10, 7, 80, 78)
+
+
+def test_a_flat_margin_saved_as_jpeg_goes_a_grainy_one_stays() -> None:
+    inner = film(50, 50)
+    jpeg_like = pasted(inner, 20, 30, (100, 120), 0.5) + RNG.uniform(-1.5 / 255, 1.5 / 255, (100, 120))
+    assert content_box(jpeg_like.astype(np.float32)) == (20, 30, 50, 50)
+    grainy = pasted(inner, 20, 30, (100, 120), 0.5) + RNG.normal(0, 0.03, (100, 120))
+    assert content_box(grainy.astype(np.float32)) == (0, 0, 100, 120)
+
+
+def test_a_label_in_the_margin_stops_the_crop_there() -> None:
+    image = pasted(film(50, 50), 40, 30, (100, 120), 0.0)
+    image[10:14, 60:70] = 1.0  # a burnt-in letter above the film
+    top, left, height, width = content_box(image)
+    assert (top, height) == (10, 80) and (left, width) == (30, 50)
+
+
+def test_blank_ramped_and_tiny_images_are_kept_whole() -> None:
+    assert content_box(np.zeros((40, 30), dtype=np.float32)) == (0, 0, 40, 30)
+    ramp = np.tile(np.linspace(0, 1, 30, dtype=np.float32), (40, 1))  # every column is one grey
+    assert content_box(ramp) == (0, 0, 40, 30)
+    speck = pasted(film(MIN_CONTENT - 1, 40), 30, 10, (100, 100), 0.0)
+    assert content_box(speck) == (0, 0, 100, 100)
+
+
+def test_the_model_sees_the_film_alone_and_the_map_goes_back_in_place() -> None:
+    inner = film(60, 40)
+    canvas = pasted(inner, 17, 23, (128, 100), 0.5)
+    trimmed = fit_image(canvas, 64, trim=True)
+    assert np.array_equal(trimmed.image, fit_image(inner, 64).image)
+    assert not np.array_equal(fit_image(canvas, 64).image, trimmed.image)  # without trim: the canvas, smaller
+    back = restore(torch.ones(64, 64), trimmed.geometry).numpy()
+    assert back.shape == (128, 100)
+    assert back[17:77, 23:63].min() > 0.999
+    back[17:77, 23:63] = 0
+    assert back.max() == 0  # nothing in the cropped margin
+
+
+def test_training_crops_each_mask_with_its_image(tmp_path: Path) -> None:
+    inner = film(60, 40)
+    mask = np.zeros((60, 40), dtype=bool)
+    mask[10:50, 5:20] = True
+    for name, image, truth in (
+        ("canvas", pasted(inner, 17, 23, (128, 100), 0.0), pasted(mask.astype(np.float32), 17, 23, (128, 100), 0)),
+        ("alone", inner, mask.astype(np.float32)),
+    ):
+        (tmp_path / name / "image").mkdir(parents=True)
+        (tmp_path / name / "mask").mkdir()
+        Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(tmp_path / name / "image" / "a.png")
+        Image.fromarray((truth > 0.5).astype(np.uint8) * 255).save(tmp_path / name / "mask" / "a.png")
+    loaded = {
+        name: load_pairs(find_pairs(tmp_path / name / "image", tmp_path / name / "mask"), 32, workers=1, trim=True)
+        for name in ("canvas", "alone")
+    }
+    assert torch.equal(loaded["canvas"].images, loaded["alone"].images)
+    assert torch.equal(loaded["canvas"].masks, loaded["alone"].masks)
+    assert loaded["canvas"].masks.sum() > 0
+
+
+def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alone(tmp_path: Path) -> None:
+    """Real pixels: a sample film shrunk into a wide mid-grey canvas gets exactly the lungs it gets alone, and
+    none in the margin, where a model shown the canvas can draw a lung-shaped ghost."""
+    assert read_info(BUNDLED_MODEL).settings.preprocess.trim_border
+    with Image.open(SAMPLE_DIR / "test_image" / "CHNCXR_0071_0.png") as opened:
+        small = opened.convert("L").resize((320, 320), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (512, 512), 128)
+    canvas.paste(small, (150, 100))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    small.save(inputs / "alone.png")
+    canvas.save(inputs / "canvas.png")
+    out = tmp_path / "out"
+    args = ["predict", str(inputs), "--out", str(out), "--checkpoint", str(BUNDLED_MODEL), "--no-overlay"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "alone.mask.png") as alone, Image.open(out / "canvas.mask.png") as framed:
+        alone_mask, framed_mask = np.asarray(alone) > 127, np.asarray(framed) > 127
+    assert alone_mask.sum() > 0.15 * alone_mask.size  # two lungs found
+    assert np.array_equal(framed_mask[100:420, 150:470], alone_mask)
+    assert framed_mask.sum() == alone_mask.sum()  # nothing in the margin
