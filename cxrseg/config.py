@@ -134,6 +134,9 @@ class InferenceSettings(Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     postprocess: bool = True
     min_component_fraction: float = Field(0.002, ge=0, lt=1)
+    keep_by: Literal["area", "confident_area"] = Field(
+        "area", description="which two parts the clean-up keeps: the largest, or those with most pixels >= 0.9"
+    )
     tta: bool = False
     device: Device = "auto"
     backend: Backend = Field("auto", description="torch, onnxruntime (CPU), or auto: see cxrseg.backend")

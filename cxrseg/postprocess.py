@@ -13,20 +13,37 @@ def count_components(mask: np.ndarray) -> int:
     return int(ndimage.label(mask, structure=EIGHT)[1])
 
 
-def clean_mask(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> np.ndarray:
-    """Keep at most `keep` largest connected components (8-connected) whose area is at least
-    `min_fraction` of the image, and fill holes inside each. Returns a new boolean mask."""
-    return clean_and_count(mask, min_fraction, keep)[0]
+CONFIDENT = 0.9  # probability from which a pixel counts towards a part's confident area
 
 
-def clean_and_count(mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2) -> tuple[np.ndarray, int]:
-    """(clean_mask(mask), components of `mask` before the clean-up) from one labelling."""
+def clean_mask(
+    mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2, prob: np.ndarray | None = None
+) -> np.ndarray:
+    """Keep at most `keep` connected components (8-connected) whose area is at least `min_fraction` of the
+    image, and fill holes inside each. Returns a new boolean mask.
+
+    Without `prob` the largest are kept. With `prob` (the probability map `mask` was thresholded from), those
+    with the largest confident area (pixels of probability >= CONFIDENT), ties by area: a large, diffuse part
+    the model half-believes, such as a ghost drawn in a noisy margin, loses to a smaller lung it is sure of.
+    """
+    return clean_and_count(mask, min_fraction, keep, prob)[0]
+
+
+def clean_and_count(
+    mask: np.ndarray, min_fraction: float = 0.002, keep: int = 2, prob: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """(clean_mask(mask, ..., prob), components of `mask` before the clean-up) from one labelling."""
     labels, count = ndimage.label(mask, structure=EIGHT)
     if count == 0:
         return np.zeros_like(mask, dtype=bool), 0
-    areas = np.bincount(labels.ravel())[1:]
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     min_area = min_fraction * mask.size
-    order = [i + 1 for i in np.argsort(areas)[::-1][:keep] if areas[i] >= min_area]
+    if prob is None:
+        ranked = np.argsort(areas, kind="stable")[::-1]
+    else:
+        confident = np.bincount(labels[prob >= CONFIDENT], minlength=count + 1)[1:]
+        ranked = np.lexsort((areas, confident))[::-1]  # by confident area, then area
+    order = [i + 1 for i in ranked if areas[i] >= min_area][:keep]
     kept = np.zeros_like(mask, dtype=bool)
     objects = ndimage.find_objects(labels)
     for label in order:  # fill holes inside each kept part's bounding box only: much faster on large films

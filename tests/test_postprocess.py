@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
+from cxrseg.config import InferenceSettings
+from cxrseg.inference.engine import finish
 from cxrseg.postprocess import (
     EIGHT,
     LEFT,
@@ -19,6 +21,7 @@ from cxrseg.postprocess import (
     lung_sides,
     square_spread,
 )
+from cxrseg.preprocess import fit_geometry
 
 
 def test_keeps_two_largest_fills_holes_drops_specks() -> None:
@@ -188,3 +191,48 @@ def test_clean_and_count_counts_the_parts_before_cleaning(mask: np.ndarray) -> N
     cleaned, raw = clean_and_count(mask, min_fraction=0.01)
     np.testing.assert_array_equal(cleaned, clean_mask(mask, min_fraction=0.01))
     assert raw == count_components(mask)
+
+
+def ghost_and_lungs() -> tuple[np.ndarray, np.ndarray]:
+    """A probability map: a large diffuse ghost (0.75) above two smaller lungs the model is sure of (0.97),
+    each lung with a soft rim (0.6) that belongs to it."""
+    prob = np.zeros((120, 100), dtype=np.float32)
+    prob[2:40, 5:95] = 0.75  # 3,420 px
+    prob[50:110, 10:40] = 0.97  # 1,800 px
+    prob[50:110, 60:85] = 0.97  # 1,500 px
+    prob[49, 10:40] = prob[49, 60:85] = 0.6
+    return prob > 0.5, prob
+
+
+def test_keeping_by_confident_area_drops_a_large_diffuse_ghost() -> None:
+    mask, prob = ghost_and_lungs()
+    by_area = clean_mask(mask)
+    assert by_area[20, 50] and not by_area[80, 70]  # the ghost kept, the smaller lung dropped
+    kept = clean_mask(mask, prob=prob)
+    assert not kept[2:40].any()
+    assert np.array_equal(kept, mask & (np.arange(120)[:, None] >= 49))  # both lungs whole, soft rims included
+
+
+def test_keeping_by_confident_area_falls_back_on_area_without_confident_pixels() -> None:
+    mask, prob = ghost_and_lungs()
+    prob = np.where(mask, 0.6, 0.0)  # nothing at or above 0.9 anywhere: the largest two, as before
+    assert np.array_equal(clean_mask(mask, prob=prob), clean_mask(mask))
+
+
+def test_keeping_by_confident_area_still_drops_parts_under_the_size_floor() -> None:
+    mask, prob = ghost_and_lungs()
+    mask[115:117, 0:2] = True  # a confident speck of 4 px: under 0.2 % of the image
+    prob[115:117, 0:2] = 1.0
+    kept = clean_mask(mask, prob=prob)
+    assert not kept[115:117, 0:2].any() and kept[80, 20] and kept[80, 70]
+
+
+def test_the_engine_keeps_parts_as_inference_keep_by_says() -> None:
+    mask, prob = ghost_and_lungs()
+    geometry = fit_geometry(120, 100, 120)  # scale 1: the map goes back unchanged
+    square = np.zeros((120, 120), dtype=np.float32)
+    square[:, geometry.left : geometry.left + 100] = prob
+    for keep_by, expected in (("area", clean_mask(mask)), ("confident_area", clean_mask(mask, prob=prob))):
+        finished = finish(square, geometry, InferenceSettings(keep_by=keep_by))
+        assert np.array_equal(finished.mask, expected), keep_by
+    assert not np.array_equal(clean_mask(mask), clean_mask(mask, prob=prob))

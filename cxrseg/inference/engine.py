@@ -91,7 +91,8 @@ def finish(prob: np.ndarray | torch.Tensor, geometry: Geometry, cfg: InferenceSe
     mask = full > cfg.threshold
     if not cfg.postprocess:
         return Finished(full, mask, None)
-    return Finished(full, *clean_and_count(mask, cfg.min_component_fraction))
+    prob = full if cfg.keep_by == "confident_area" else None
+    return Finished(full, *clean_and_count(mask, cfg.min_component_fraction, prob=prob))
 
 
 @dataclass
