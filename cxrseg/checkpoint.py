@@ -22,7 +22,7 @@ from cxrseg.files import atomic_path
 from cxrseg.model import UNet
 
 FORMAT = "cxrseg-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this cxrseg reads and writes; 2: preprocess.trim_border may be on
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -79,11 +79,18 @@ def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo, *,
     atomic_save(state, checkpoint_metadata(info), path)
 
 
+def format_version(settings: Settings) -> int:
+    """The oldest format that describes a model with these settings. A model that crops uniform margins (2)
+    must not be read by a cxrseg that would drop the setting and feed it the whole canvas; others stay at 1,
+    readable by every version."""
+    return 2 if settings.preprocess.trim_border else 1
+
+
 def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:
     """The string metadata every cxrseg model file carries (safetensors header, ONNX metadata_props)."""
     return {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(format_version(info.settings)),
         "cxrseg_version": __version__,
         "settings": info.settings.model_dump_json(),
         "epoch": str(info.epoch),

@@ -17,6 +17,7 @@ import torch
 from cxrseg.checkpoint import CheckpointInfo, checkpoint_from_metadata, checkpoint_metadata
 from cxrseg.errors import CheckpointError, ConfigError
 from cxrseg.model import UNet
+from cxrseg.preprocess import MARGIN_TOLERANCE, MIN_CONTENT
 
 ONNX_SUFFIX = ".onnx"
 INSTALL_HINT = 'pip install "cxrseg[onnx]"'
@@ -111,9 +112,17 @@ def _open(source: str | bytes, path: Path, threads: int | None) -> OnnxModel:
 def describe_preprocessing(settings_json: str) -> str:
     """The input contract in words and numbers, stored in the ONNX metadata for readers other than cxrseg."""
     preprocess = json.loads(settings_json)["preprocess"]
+    trim = {}
+    if preprocess.get("trim_border"):
+        trim["trim"] = (
+            f"before the fit: repeatedly crop off each edge the rows, then the columns, whose grey range (max - "
+            f"min, values in [0, 1]) is at most {MARGIN_TOLERANCE:.6f}, until none is left; keep the whole image "
+            f"if nothing or under {MIN_CONTENT} px a side would remain; the mask is zero in the cropped margins"
+        )
     return json.dumps(
         {
             **preprocess,
+            **trim,
             "fit": "grey values in [0, 1]; aspect-preserving bilinear resize of the long side to image_size, "
             "centred, zero padding to image_size x image_size",
             "normalize": "z-score over the non-padding pixels (std floored at 1e-3); padding set to 0",

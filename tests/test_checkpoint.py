@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from cxrseg.checkpoint import (
@@ -253,3 +253,18 @@ def test_half_precision_checkpoint_loads_back_as_float32_with_the_same_predictio
     x = torch.randn(2, 1, settings.preprocess.image_size, settings.preprocess.image_size)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=2e-2)
+
+
+def test_a_model_that_crops_margins_is_format_2_others_stay_readable_by_older_versions(
+    tmp_path: Path, settings: Settings
+) -> None:
+    trims = settings.model_copy(update={"preprocess": settings.preprocess.model_copy(update={"trim_border": True})})
+    for name, chosen, version in (("plain", settings, "1"), ("trims", trims, "2")):
+        path = tmp_path / f"{name}.safetensors"
+        save_checkpoint(path, build_model(chosen), CheckpointInfo(settings=chosen))
+        with safe_open(str(path), framework="pt") as handle:
+            assert handle.metadata()["format_version"] == version
+        assert load_checkpoint(path)[1].settings.preprocess.trim_border is chosen.preprocess.trim_border
+    future = _with_metadata(tmp_path / "future.safetensors", tmp_path / "trims.safetensors", format_version="3")
+    with pytest.raises(CheckpointError, match="newer than this cxrseg"):
+        load_checkpoint(future)

@@ -145,3 +145,27 @@ def test_fine_tuning_one_epoch_beats_ten_epochs_from_scratch_on_real_films(tmp_p
     scratch_best = max(r["val_dice"] for r in metrics(run_dir(tmp_path / "s")))
     assert tuned_best >= scratch_best, (tuned_best, scratch_best)
     assert tuned_best > 0.9
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("--trim-border", "--no-trim-border"), ("--no-trim-border", "--trim-border")]
+)
+def test_init_from_names_a_preprocessing_switch_that_conflicts_even_when_it_is_the_default(
+    first: str,
+    second: str,
+    tmp_path: Path,
+    dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert CliRunner().invoke(app, [*tiny_args(dataset, tmp_path / "first", epochs=1), first]).exit_code == 0
+    source = run_dir(tmp_path / "first") / "last.safetensors"
+    args = [*tiny_args(dataset, tmp_path / "second", epochs=1), "--init-from", str(source), second]
+    monkeypatch.setattr(sys, "argv", ["cxrseg", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code != 0
+    out = " ".join(capsys.readouterr().err.split())
+    theirs = "on" if first == "--trim-border" else "off"
+    assert f"{second} (the checkpoint has trim-border {theirs})" in out and "Traceback" not in out
+    assert not (tmp_path / "second").exists() or not any((tmp_path / "second").glob("*/*.safetensors"))

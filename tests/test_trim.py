@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from cxrseg.checkpoint import read_info
 from cxrseg.cli.app import app
 from cxrseg.dataset import find_pairs, load_pairs
 from cxrseg.inference.engine import fit_image
-from cxrseg.preprocess import MIN_CONTENT, content_box, restore
+from cxrseg.preprocess import MARGIN_TOLERANCE, MIN_CONTENT, content_box, restore
+from cxrseg.runtime import describe_preprocessing
 
 RNG = np.random.default_rng(7)
 
@@ -106,7 +108,7 @@ def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alo
     """Real pixels: a sample film shrunk into a wide mid-grey canvas gets exactly the lungs it gets alone, and
     none in the margin, where a model shown the canvas can draw a lung-shaped ghost."""
     assert read_info(BUNDLED_MODEL).settings.preprocess.trim_border
-    with Image.open(SAMPLE_DIR / "test_image" / "CHNCXR_0071_0.png") as opened:
+    with Image.open(SAMPLE_DIR / "image" / "CHNCXR_0071_0.png") as opened:
         small = opened.convert("L").resize((320, 320), Image.Resampling.BILINEAR)
     canvas = Image.new("L", (512, 512), 128)
     canvas.paste(small, (150, 100))
@@ -123,3 +125,13 @@ def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alo
     assert alone_mask.sum() > 0.15 * alone_mask.size  # two lungs found
     assert np.array_equal(framed_mask[100:420, 150:470], alone_mask)
     assert framed_mask.sum() == alone_mask.sum()  # nothing in the margin
+
+
+def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops() -> None:
+    settings = read_info(BUNDLED_MODEL).settings
+    for trim in (False, True):
+        preprocess = settings.preprocess.model_copy(update={"trim_border": trim})
+        chosen = settings.model_copy(update={"preprocess": preprocess})
+        contract = json.loads(describe_preprocessing(chosen.model_dump_json()))
+        assert contract["trim_border"] is trim and ("trim" in contract) is trim
+    assert f"{MARGIN_TOLERANCE:.6f}" in contract["trim"] and f"{MIN_CONTENT} px" in contract["trim"]

@@ -149,6 +149,7 @@ def train(
     Under `torchrun --nproc-per-node N -m cxrseg train ...` it trains with DistributedDataParallel.
     """
     from cxrseg.training.distributed import from_torchrun, teardown
+    from cxrseg.training.init import check_init_flags
     from cxrseg.training.loop import train as run_training
 
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/, or run `cxrseg download`")
@@ -165,6 +166,9 @@ def train(
         },
     }
     settings = _settings(ctx, flags, resume, config)
+    shape = {("preprocess", "image_size"): image_size, ("preprocess", "trim_border"): trim_border}
+    shape |= {("model", "base_channels"): base_channels, ("model", "depth"): depth}
+    check_init_flags(settings, [key for key, value in shape.items() if value is not None])
     dist_ctx = from_torchrun(os.environ)
     view = progress_bar() if dist_ctx.is_main else contextlib.nullcontext()
     try:

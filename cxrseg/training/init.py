@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
 
 from cxrseg.assets import BUNDLED_MODEL
-from cxrseg.checkpoint import read_checkpoint
+from cxrseg.checkpoint import read_checkpoint, read_info
 from cxrseg.config import Settings
 from cxrseg.errors import ConfigError
 
@@ -33,26 +34,41 @@ def init_checkpoint_path(init_from: str) -> Path:
     return BUNDLED_MODEL if init_from == "pretrained" else Path(init_from)
 
 
-def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | None]:
-    """Settings with the model shape and preprocessing of `train.init_from`, and its weights (None without it).
-
-    A shape setting that differs from both the default and the checkpoint was asked for on purpose: it conflicts
-    with the checkpoint and stops with a message naming its flag.
-    """
-    if not settings.train.init_from:
-        return settings, None
-    path = init_checkpoint_path(settings.train.init_from)
-    weights, info = read_checkpoint(path)
+def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collection[tuple[str, str]] = ()) -> None:
+    """Stop with a message naming each shape setting of `settings` that contradicts the checkpoint at `path`
+    (whose settings are `theirs`) and was asked for on purpose: given explicitly (`asked`, (section, field)
+    pairs such as the command-line flags), or differing from the default."""
     defaults, conflicts = Settings(), []
     for (section, field), flag in SHAPE.items():
         mine = getattr(getattr(settings, section), field)
-        theirs = getattr(getattr(info.settings, section), field)
-        if mine != theirs and mine != getattr(getattr(defaults, section), field):
-            conflicts.append(_named(flag, mine, theirs))
+        other = getattr(getattr(theirs, section), field)
+        if mine != other and ((section, field) in asked or mine != getattr(getattr(defaults, section), field)):
+            conflicts.append(_named(flag, mine, other))
     if conflicts:
         raise ConfigError(
             f"--init-from {settings.train.init_from}: {', '.join(conflicts)} conflicts with {path}; the model "
             "shape and preprocessing come from the checkpoint, so drop the flag or train from scratch."
         )
+
+
+def check_init_flags(settings: Settings, asked: Collection[tuple[str, str]]) -> None:
+    """check_init against `train.init_from`'s checkpoint (its header only), before anything is decoded; a no-op
+    without init_from. The command line calls it with the flags it was given, which may equal the defaults."""
+    if settings.train.init_from:
+        path = init_checkpoint_path(settings.train.init_from)
+        check_init(settings, read_info(path).settings, path, asked)
+
+
+def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | None]:
+    """Settings with the model shape and preprocessing of `train.init_from`, and its weights (None without it).
+
+    A shape setting that differs from both the default and the checkpoint was asked for on purpose: it conflicts
+    with the checkpoint and stops with a message naming its flag (see check_init).
+    """
+    if not settings.train.init_from:
+        return settings, None
+    path = init_checkpoint_path(settings.train.init_from)
+    weights, info = read_checkpoint(path)
+    check_init(settings, info.settings, path)
     update = {"preprocess": info.settings.preprocess, "model": info.settings.model}
     return settings.model_copy(update=update), weights
