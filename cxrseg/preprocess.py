@@ -21,8 +21,9 @@ def content_box(image: np.ndarray, tolerance: float = MARGIN_TOLERANCE) -> Box:
 
     Rows, then columns, of one grey (range at most `tolerance` across what is left of them) are cropped off
     each edge in turn until none is left: a film pasted into a canvas, a figure's white frame, black padding.
-    Margins of different greys on different sides go too. A margin with any texture (noise, a gradient,
-    a label) stops the crop. A blank image, or content under MIN_CONTENT px a side, is kept whole.
+    Margins of different greys on different sides go too. A margin with texture along its rows or columns
+    (noise, a label, a shade running along the edge) stops the crop; one shaded only across them, each row
+    or column one grey, goes. A blank image, or content under MIN_CONTENT px a side, is kept whole.
     """
     height, width = image.shape
     top, bottom, left, right = 0, height, 0, width

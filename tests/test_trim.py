@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -125,6 +126,10 @@ def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alo
     assert alone_mask.sum() > 0.15 * alone_mask.size  # two lungs found
     assert np.array_equal(framed_mask[100:420, 150:470], alone_mask)
     assert framed_mask.sum() == alone_mask.sum()  # nothing in the margin
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = {Path(row["input"]).stem: row for row in csv.DictReader(handle)}
+    assert rows["canvas"]["lung_fraction"] == rows["alone"]["lung_fraction"]  # a share of the film, not the canvas
+    assert "lung_fraction_low" not in rows["canvas"]["flags"]
 
 
 def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops() -> None:

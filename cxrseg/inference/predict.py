@@ -143,7 +143,8 @@ def _write_one(
         prob, mask, raw_components = finish(model_prob, geometry, cfg)
         border = border_confidence(model_prob, valid_region(geometry), cfg.threshold)
         labelled = lung_sides(mask)  # once, for the lung areas and the overlay's colours
-        measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled, raw_components)
+        film_px = geometry.box[2] * geometry.box[3] if geometry.content else 0
+        measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled, raw_components, film_px)
         _write_outputs(job, item, mask, prob, out_dir, options, labelled[0])
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
         return _error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")

@@ -65,10 +65,12 @@ class LungMeasures:
     mean_probability: float  # mean lung probability inside the final mask; nan when empty
     border_confidence: float  # mean |2p - 1| near the outline at model resolution; nan without outline
     midline_contrast: float  # mediastinum minus lung-field median grey over the 1-99 % range; < 0: inverted
+    film_px: int = 0  # pixels of the film the model saw (uniform margins cropped); 0: the whole image
 
     @property
     def lung_fraction(self) -> float:
-        return self.lung_px / max(1, self.height * self.width)
+        """Lung share of the film: of the whole image, or of what is left once uniform margins are cropped."""
+        return self.lung_px / max(1, self.film_px or self.height * self.width)
 
 
 def split_sides(mask: np.ndarray, labelled: tuple[np.ndarray, int] | None = None) -> tuple[int, int, int]:
@@ -165,12 +167,14 @@ def measure(
     midline: float = math.nan,
     labelled: tuple[np.ndarray, int] | None = None,
     raw_components: int | None = None,
+    film_px: int = 0,
 ) -> LungMeasures:
     """Measures of a final boolean mask and its probability map (both at original size).
 
     `border` (border_confidence of the model output) and `midline` (midline_contrast of the X-ray) are
     computed by the caller, where the model-resolution map and the grey image are at hand; `labelled` is
-    lung_sides(mask) and `raw_components` the parts of prob > threshold, when the caller has them.
+    lung_sides(mask) and `raw_components` the parts of prob > threshold, when the caller has them; `film_px`
+    the area the model saw when uniform margins were cropped (lung_fraction is a share of it).
     """
     right, left, components = split_sides(mask, labelled)
     lung = right + left
@@ -185,6 +189,7 @@ def measure(
         mean_probability=float(prob[mask].mean()) if lung else math.nan,
         border_confidence=border,
         midline_contrast=midline,
+        film_px=film_px,
     )
 
 
