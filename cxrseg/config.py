@@ -138,6 +138,9 @@ class InferenceSettings(Section):
         "area", description="which two parts the clean-up keeps: the largest, or those with most pixels >= 0.9"
     )
     tta: bool = False
+    trim_border: bool | None = Field(
+        None, description="crop uniform margins before the model; None: as the checkpoint's preprocess.trim_border"
+    )
     device: Device = "auto"
     backend: Backend = Field("auto", description="torch, onnxruntime (CPU), or auto: see cxrseg.backend")
     overlay_size: int = Field(1024, ge=16)  # predict's overlays: longest side in pixels (larger X-rays shrink)

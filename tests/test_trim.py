@@ -105,10 +105,24 @@ def test_training_crops_each_mask_with_its_image(tmp_path: Path) -> None:
     assert loaded["canvas"].masks.sum() > 0
 
 
-def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alone(tmp_path: Path) -> None:
-    """Real pixels: a sample film shrunk into a wide mid-grey canvas gets exactly the lungs it gets alone, and
-    none in the margin, where a model shown the canvas can draw a lung-shaped ghost."""
-    assert read_info(BUNDLED_MODEL).settings.preprocess.trim_border
+def predict_masks(inputs: Path, out: Path, *flags: str) -> tuple[dict[str, np.ndarray], dict[str, dict[str, str]]]:
+    """`cxrseg predict` with the bundled model: the written masks and the predictions.csv rows, by input stem."""
+    args = ["predict", str(inputs), "--out", str(out), "--checkpoint", str(BUNDLED_MODEL), "--no-overlay"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--backend", "torch", *flags])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = {Path(row["input"]).stem: row for row in csv.DictReader(handle)}
+    masks = {}
+    for stem, row in rows.items():
+        with Image.open(out / row["mask"]) as written:
+            masks[stem] = np.asarray(written) > 127
+    return masks, rows
+
+
+def test_predict_trim_border_segments_a_film_in_a_canvas_as_the_film_alone(tmp_path: Path) -> None:
+    """Real pixels: a sample film shrunk into a wide mid-grey canvas gets, with --trim-border, exactly the lungs
+    it gets alone and none in the margin; the bundled model does not crop unless asked."""
+    assert not read_info(BUNDLED_MODEL).settings.preprocess.trim_border
     with Image.open(SAMPLE_DIR / "image" / "CHNCXR_0071_0.png") as opened:
         small = opened.convert("L").resize((320, 320), Image.Resampling.BILINEAR)
     canvas = Image.new("L", (512, 512), 128)
@@ -117,19 +131,14 @@ def test_the_bundled_model_trims_and_segments_a_film_in_a_canvas_as_the_film_alo
     inputs.mkdir()
     small.save(inputs / "alone.png")
     canvas.save(inputs / "canvas.png")
-    out = tmp_path / "out"
-    args = ["predict", str(inputs), "--out", str(out), "--checkpoint", str(BUNDLED_MODEL), "--no-overlay"]
-    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--backend", "torch"])
-    assert result.exit_code == 0, result.output
-    with Image.open(out / "alone.mask.png") as alone, Image.open(out / "canvas.mask.png") as framed:
-        alone_mask, framed_mask = np.asarray(alone) > 127, np.asarray(framed) > 127
-    assert alone_mask.sum() > 0.15 * alone_mask.size  # two lungs found
-    assert np.array_equal(framed_mask[100:420, 150:470], alone_mask)
-    assert framed_mask.sum() == alone_mask.sum()  # nothing in the margin
-    with (out / "predictions.csv").open(newline="") as handle:
-        rows = {Path(row["input"]).stem: row for row in csv.DictReader(handle)}
+    masks, rows = predict_masks(inputs, tmp_path / "trimmed", "--trim-border")
+    assert masks["alone"].sum() > 0.15 * masks["alone"].size  # two lungs found
+    assert np.array_equal(masks["canvas"][100:420, 150:470], masks["alone"])
+    assert masks["canvas"].sum() == masks["alone"].sum()  # nothing in the margin
     assert rows["canvas"]["lung_fraction"] == rows["alone"]["lung_fraction"]  # a share of the film, not the canvas
     assert "lung_fraction_low" not in rows["canvas"]["flags"]
+    plain, _ = predict_masks(inputs, tmp_path / "plain")  # the checkpoint's default: the canvas as it is
+    assert not np.array_equal(plain["canvas"][100:420, 150:470], plain["alone"])
 
 
 def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops() -> None:

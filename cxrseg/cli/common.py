@@ -119,6 +119,15 @@ TtaOption = Annotated[
     bool | None,
     option("--tta/--no-tta", help="Average with a flipped prediction.", setting="inference.tta", flag=True),
 ]
+TrimOption = Annotated[
+    bool | None,
+    option(
+        "--trim-border/--no-trim-border",
+        help="Crop margins of one grey (a canvas, a figure's frame, black padding) off each X-ray before the model.",
+        default="as the checkpoint was trained",
+        flag=True,
+    ),
+]
 PostprocessOption = Annotated[
     bool | None,
     option(

@@ -18,6 +18,7 @@ from cxrseg.cli.common import (
     DeviceOption,
     PostprocessOption,
     RunsDirOption,
+    TrimOption,
     TtaOption,
     chosen_checkpoint,
     console,
@@ -76,6 +77,7 @@ def evaluate(
     report: ReportOption = None,
     spacing: SpacingOption = None,
     tta: TtaOption = None,
+    trim_border: TrimOption = None,
     postprocess: PostprocessOption = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
@@ -92,7 +94,14 @@ def evaluate(
         raise typer.BadParameter(f"{csv} is a folder; give a file name such as {example}", param_hint="--csv")
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/")
-    inference = {"tta": tta, "postprocess": postprocess, "batch_size": batch_size, "device": device, "backend": backend}
+    inference = {
+        "trim_border": trim_border,
+        "tta": tta,
+        "postprocess": postprocess,
+        "batch_size": batch_size,
+        "device": device,
+        "backend": backend,
+    }
     overrides = {"data": {"root": [data] if data else None}, "train": {"runs_dir": runs_dir}, "inference": inference}
     settings = flag_settings(ctx, overrides, config)
     checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)

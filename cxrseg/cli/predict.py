@@ -19,6 +19,7 @@ from cxrseg.cli.common import (
     DeviceOption,
     PostprocessOption,
     RunsDirOption,
+    TrimOption,
     TtaOption,
     chosen_checkpoint,
     console,
@@ -93,6 +94,7 @@ def predict(
     as_json: AsJson = False,
     report: Report = False,
     tta: TtaOption = None,
+    trim_border: TrimOption = None,
     postprocess: PostprocessOption = None,
     threshold: Threshold = None,
     batch_size: BatchSizeOption = None,
@@ -118,7 +120,13 @@ def predict(
         return
     _check_usage(inputs, out, sample, recursive, checkpoint)
     assert out is not None  # _check_usage refused it
-    inference = {"tta": tta, "postprocess": postprocess, "threshold": threshold, "batch_size": batch_size}
+    inference = {
+        "trim_border": trim_border,
+        "tta": tta,
+        "postprocess": postprocess,
+        "threshold": threshold,
+        "batch_size": batch_size,
+    }
     inference |= {"device": device, "backend": backend}
     settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}, "inference": inference}, config)
     part, ranks = _shard(shard, settings.inference.device)

@@ -104,7 +104,8 @@ class Engine:
         size: the model's square input side, from the checkpoint's preprocessing settings.
         cfg: threshold, post-processing, batch size and test-time augmentation.
         device: where the forward pass runs.
-        trim: crop uniform margins before fitting (the checkpoint's preprocess.trim_border).
+        trim: crop uniform margins before fitting (inference.trim_border, else the checkpoint's
+            preprocess.trim_border).
     """
 
     forward: Forward
@@ -141,7 +142,8 @@ def engine_for(
             cfg = cfg.model_copy(update={"batch_size": batch_size})
         dtype = amp_dtype(device, settings.train.precision)
     forward = partial(forward_probabilities, model, device=device, dtype=dtype, tta=cfg.tta)
-    return Engine(forward, settings.preprocess.image_size, cfg, device, settings.preprocess.trim_border)
+    trim = settings.preprocess.trim_border if cfg.trim_border is None else cfg.trim_border
+    return Engine(forward, settings.preprocess.image_size, cfg, device, trim)
 
 
 def load_engine(checkpoint: Path, cfg: InferenceSettings, images: int | None = None) -> tuple[Engine, CheckpointInfo]:
