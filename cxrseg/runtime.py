@@ -116,7 +116,7 @@ def describe_preprocessing(settings_json: str) -> str:
     if preprocess.get("trim_border"):
         trim["trim"] = (
             f"before the fit: repeatedly crop off each edge the rows, then the columns, whose grey range (max - "
-            f"min, values in [0, 1]) is at most {MARGIN_TOLERANCE:.6f}, until none is left; keep the whole image "
+            f"min, values in [0, 1]) is at most {MARGIN_TOLERANCE!r} (4/255), until none is left; keep the whole image "
             f"if nothing or under {MIN_CONTENT} px a side would remain; the mask is zero in the cropped margins"
         )
     return json.dumps(

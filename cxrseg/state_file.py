@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
-from cxrseg.checkpoint import FORMAT, FORMAT_VERSION, read_safetensors, write_safetensors
+from cxrseg.checkpoint import FORMAT, read_safetensors, write_safetensors
 from cxrseg.errors import CheckpointError
 from cxrseg.files import atomic_path
+
+STATE_FORMAT_VERSION = 1  # of the state file itself, apart from the model checkpoints' format
 
 
 def save_state(
@@ -30,7 +32,7 @@ def save_state(
                 scalars.setdefault(str(index), {})[key] = value
     metadata = {
         "format": FORMAT + "-state",
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(STATE_FORMAT_VERSION),
         "param_groups": json.dumps(state["param_groups"]),
         "optimizer_scalars": json.dumps(scalars),
         "extra": json.dumps(extra),
@@ -52,6 +54,11 @@ def load_state(
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT + "-state":
         raise CheckpointError(f"{path} is not a cxrseg training state file.")
+    if not metadata.get("format_version", "0").isdigit() or int(metadata["format_version"]) > STATE_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is training state format {metadata.get('format_version')!r}, not one this cxrseg reads; "
+            "resume it with the cxrseg that wrote it, or start a new run."
+        )
     state: dict[int, dict[str, Any]] = {}
     extra_tensors: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():

@@ -268,3 +268,18 @@ def test_a_model_that_crops_margins_is_format_2_others_stay_readable_by_older_ve
     future = _with_metadata(tmp_path / "future.safetensors", tmp_path / "trims.safetensors", format_version="3")
     with pytest.raises(CheckpointError, match="newer than this cxrseg"):
         load_checkpoint(future)
+
+
+def test_a_state_file_of_a_newer_or_unreadable_format_is_refused_with_one_line(
+    tmp_path: Path, settings: Settings
+) -> None:
+    model = build_model(settings)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = tmp_path / "state.safetensors"
+    save_state(state, optimizer, {"epoch": 1})
+    with safe_open(str(state), framework="pt") as handle:
+        assert handle.metadata()["format_version"] == "1"  # the state format did not change with the models'
+    for version in ("2", "x"):
+        newer = _with_metadata(tmp_path / f"state-{version}.safetensors", state, format_version=version)
+        with pytest.raises(CheckpointError, match="not one this cxrseg reads; resume it with the cxrseg that wrote"):
+            load_state(newer, optimizer)

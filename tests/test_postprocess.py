@@ -220,11 +220,15 @@ def test_keeping_by_confident_area_falls_back_on_area_without_confident_pixels()
 
 
 def test_keeping_by_confident_area_still_drops_parts_under_the_size_floor() -> None:
+    """One lung, a diffuse ghost and a confident 4 px speck: the speck ranks second by confident area but is
+    under the floor (0.2 % of the image), so the lung and the ghost are kept."""
     mask, prob = ghost_and_lungs()
-    mask[115:117, 0:2] = True  # a confident speck of 4 px: under 0.2 % of the image
+    mask[50:110, 60:85] = False  # one lung only
+    prob[50:110, 60:85] = 0
+    mask[115:117, 0:2] = True
     prob[115:117, 0:2] = 1.0
     kept = clean_mask(mask, prob=prob)
-    assert not kept[115:117, 0:2].any() and kept[80, 20] and kept[80, 70]
+    assert not kept[115:117, 0:2].any() and kept[80, 20] and kept[20, 50]
 
 
 def test_the_engine_keeps_parts_as_inference_keep_by_says() -> None:

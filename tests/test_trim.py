@@ -148,4 +148,40 @@ def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops()
         chosen = settings.model_copy(update={"preprocess": preprocess})
         contract = json.loads(describe_preprocessing(chosen.model_dump_json()))
         assert contract["trim_border"] is trim and ("trim" in contract) is trim
-    assert f"{MARGIN_TOLERANCE:.6f}" in contract["trim"] and f"{MIN_CONTENT} px" in contract["trim"]
+    assert f"{MARGIN_TOLERANCE!r}" in contract["trim"] and f"{MIN_CONTENT} px" in contract["trim"]
+
+
+def test_evaluate_trim_border_scores_films_in_a_canvas_as_the_films_alone(tmp_path: Path) -> None:
+    """Real pixels through `cxrseg evaluate`: with --trim-border, sample films shrunk into a mid-grey canvas
+    (their masks pasted alike) score exactly as the shrunk films alone; without it the scores differ."""
+    for folder in ("alone", "canvas"):
+        (tmp_path / folder / "image").mkdir(parents=True)
+        (tmp_path / folder / "mask").mkdir()
+    for name in ("CHNCXR_0001_0", "CHNCXR_0071_0", "CHNCXR_0098_0"):
+        with (
+            Image.open(SAMPLE_DIR / "image" / f"{name}.png") as image,
+            Image.open(SAMPLE_DIR / "mask" / f"{name}.png") as mask,
+        ):
+            small = image.convert("L").resize((300, 300), Image.Resampling.BILINEAR)
+            small_mask = mask.convert("L").resize((300, 300), Image.Resampling.NEAREST)
+        small.save(tmp_path / "alone" / "image" / f"{name}.png")
+        small_mask.save(tmp_path / "alone" / "mask" / f"{name}.png")
+        canvas, canvas_mask = Image.new("L", (512, 480), 128), Image.new("L", (512, 480), 0)
+        canvas.paste(small, (170, 40))
+        canvas_mask.paste(small_mask, (170, 40))
+        canvas.save(tmp_path / "canvas" / "image" / f"{name}.png")
+        canvas_mask.save(tmp_path / "canvas" / "mask" / f"{name}.png")
+
+    def per_image(folder: str, *flags: str) -> list[float]:
+        csv_path = tmp_path / f"{folder}{''.join(flags)}.csv"
+        args = ["evaluate", "--checkpoint", str(BUNDLED_MODEL), "--data", str(tmp_path / folder), "--split", "all"]
+        args += ["--csv", str(csv_path), "--device", "cpu", "--backend", "torch"]
+        result = CliRunner().invoke(app, [*args, *flags])
+        assert result.exit_code == 0, result.output
+        with csv_path.open(newline="") as handle:
+            return [float(row["dice"]) for row in sorted(csv.DictReader(handle), key=lambda row: row["image"])]
+
+    alone = per_image("alone", "--trim-border")
+    assert min(alone) > 0.85
+    assert per_image("canvas", "--trim-border") == alone
+    assert per_image("canvas") != alone

@@ -132,7 +132,7 @@ PostprocessOption = Annotated[
     bool | None,
     option(
         "--postprocess/--no-postprocess",
-        help="Keep the 2 largest parts, fill holes, drop specks.",
+        help="Keep 2 parts (the largest; see inference.keep_by), fill holes, drop specks.",
         setting="inference.postprocess",
         flag=True,
     ),

@@ -53,7 +53,7 @@ def _item(index: int, row: dict[str, Any], thumb: tuple[str, tuple[int, int]] | 
     cells.append((" ".join(flags), ", ".join(flags)))
     facts = []
     if ok:
-        facts.append(f"lungs {number(row.get('lung_fraction'), 3)} of image")
+        facts.append(f"lungs {number(row.get('lung_fraction'), 3)} of the film")
         facts.append(f"right {number(row.get('right_lung_px'), 0)} px, left {number(row.get('left_lung_px'), 0)} px")
     return Item(
         index=index,
