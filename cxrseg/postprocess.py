@@ -114,14 +114,15 @@ PAIR_SHARE = 0.25  # the smaller of two lungs is at least this share of the larg
 PAIR_OVERLAP = 0.25  # ... and at most this share of the narrower one's columns is shared with the other
 
 
-def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def lung_sides(mask: np.ndarray, middle: float | None = None) -> tuple[np.ndarray, int]:
     """Label each 8-connected component wholly by the side of the midline its centroid lies on.
 
     The midline runs halfway between the centroids of the two largest parts when they look like a pair of
     lungs: comparable in area and side by side (they share at most a quarter of the narrower one's columns,
     where two pieces of one lung lie one above the other). A film pasted off-centre into a figure, or framed
     with a wide margin on one side, is so split at its own mediastinum. Otherwise (one part, or a lung and
-    small pieces) the midline is the image's middle column. Returns ((H, W) uint8 with 0 background, RIGHT or
+    small pieces) the midline is `middle`, by default the image's middle column (the film's, when uniform
+    margins were cropped off before the model). Returns ((H, W) uint8 with 0 background, RIGHT or
     LEFT; number of components).
     """
     labels, count = ndimage.label(mask, structure=EIGHT)
@@ -136,7 +137,7 @@ def lung_sides(mask: np.ndarray) -> tuple[np.ndarray, int]:
         centroids[label - 1] = column_counts @ columns / sizes[label - 1]
         used = columns[column_counts > 0]
         spans[label - 1] = used[0], used[-1] + 1
-    midline = (mask.shape[1] - 1) / 2
+    midline = (mask.shape[1] - 1) / 2 if middle is None else middle
     if count >= 2:
         second, first = np.argsort(sizes, kind="stable")[-2:]
         shared = min(spans[first, 1], spans[second, 1]) - max(spans[first, 0], spans[second, 0])

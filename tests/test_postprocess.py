@@ -240,3 +240,12 @@ def test_the_engine_keeps_parts_as_inference_keep_by_says() -> None:
         finished = finish(square, geometry, InferenceSettings(keep_by=keep_by))
         assert np.array_equal(finished.mask, expected), keep_by
     assert not np.array_equal(clean_mask(mask), clean_mask(mask, prob=prob))
+
+
+def test_one_lung_takes_its_side_from_the_films_middle_when_given() -> None:
+    """A film in the left 60 columns of a 100-column canvas: a lung at columns 35-50 lies left of the canvas'
+    middle but in the film's right half: the patient's left lung."""
+    mask = np.zeros((40, 100), dtype=bool)
+    mask[5:35, 35:50] = True
+    assert lung_sides(mask)[0][20, 40] == RIGHT  # by the canvas' middle column (49.5)
+    assert lung_sides(mask, middle=29.5)[0][20, 40] == LEFT  # by the film's

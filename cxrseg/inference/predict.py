@@ -142,8 +142,9 @@ def _write_one(
         geometry = item.fitted.geometry
         prob, mask, raw_components = finish(model_prob, geometry, cfg)
         border = border_confidence(model_prob, valid_region(geometry), cfg.threshold)
-        labelled = lung_sides(mask)  # once, for the lung areas and the overlay's colours
-        film_px = geometry.box[2] * geometry.box[3] if geometry.content else 0
+        _, left, height, width = geometry.box  # the film the model saw: the whole image unless margins were cropped
+        labelled = lung_sides(mask, left + (width - 1) / 2)  # once, for the lung areas and the overlay's colours
+        film_px = height * width if geometry.content else 0
         measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled, raw_components, film_px)
         _write_outputs(job, item, mask, prob, out_dir, options, labelled[0])
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
