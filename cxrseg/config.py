@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+KeepBy = Literal["area", "confident_area"]  # which parts the clean-up keeps: the largest, or the surest
 Backend = Literal["auto", "torch", "onnxruntime"]
 
 
@@ -134,7 +135,7 @@ class InferenceSettings(Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     postprocess: bool = True
     min_component_fraction: float = Field(0.002, ge=0, lt=1)
-    keep_by: Literal["area", "confident_area"] = Field(
+    keep_by: KeepBy = Field(
         "area", description="which two parts the clean-up keeps: the largest, or those with most pixels >= 0.9"
     )
     tta: bool = False

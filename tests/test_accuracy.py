@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
 from cxrseg.cli.app import app
 from cxrseg.inference.quality import split_sides
+from tests.test_robustness_benchmark import corruptions
 
 MEAN_DICE_FLOOR = 0.93
 IMAGE_DICE_FLOOR = 0.75
@@ -117,3 +118,28 @@ def test_evaluate_all_sample_pairs_scores_above_the_floor() -> None:
     assert report["n_images"] == 24
     assert report["dice"] >= MEAN_DICE_FLOOR and report["iou"] >= 0.87, report
     assert report["hd95"] <= 25, report  # pixels at 512 px; a mirrored mask is > 60 px off
+
+
+def test_keep_by_confident_area_keeps_the_lungs_over_a_ghost_in_a_noisy_margin(tmp_path: Path) -> None:
+    """Real pixels: sample film CHNCXR_0125 shrunk, halved, noisy and darkened in a wide margin (the benchmark's
+    small_low_res_noisy chain). The bundled model draws a large faint ghost in the margin; kept by area it
+    displaces a lung, kept by confident area (`--keep-by confident_area`) the two lungs stay."""
+    with (
+        Image.open(SAMPLE_DIR / "image" / "CHNCXR_0125_0.png") as image,
+        Image.open(SAMPLE_DIR / "mask" / "CHNCXR_0125_0.png") as mask,
+    ):
+        film, truth = np.asarray(image.convert("L")), np.asarray(mask.convert("L")) > 127
+    film, truth = corruptions.corrupt("small_low_res_noisy", film, truth, "CHNCXR_0125_0")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(film).save(tmp_path / "in" / "a.png")
+
+    def dice_with(*flags: str) -> float:
+        out = tmp_path / f"out{len(flags)}"
+        args = ["predict", str(tmp_path / "in"), "--out", str(out), "--checkpoint", str(BUNDLED_MODEL), "--no-overlay"]
+        result = CliRunner().invoke(app, [*args, "--device", "cpu", "--backend", "torch", *flags])
+        assert result.exit_code == 0, result.output
+        with Image.open(out / "a.png.mask.png") as written:
+            return dice(np.asarray(written) > 127, truth)
+
+    assert dice_with() < 0.7  # the default: the two largest parts, the ghost among them
+    assert dice_with("--keep-by", "confident_area") > 0.9

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cxrseg.cli.options import option
-from cxrseg.config import Backend, Device, Settings
+from cxrseg.config import Backend, Device, KeepBy, Settings
 from cxrseg.config_sources import load_settings, with_overrides
 
 # soft_wrap: a long path stays on one line (a terminal wraps it itself; a log file keeps it whole)
@@ -139,6 +139,14 @@ PostprocessOption = Annotated[
 ]
 BatchSizeOption = Annotated[int | None, option(help="Images per forward pass.", setting="inference.batch_size", min=1)]
 DeviceOption = Annotated[Device | None, option(help="Where the model runs.", setting="inference.device")]
+KeepByOption = Annotated[
+    KeepBy | None,
+    option(
+        help="Which 2 parts the clean-up keeps: the largest (area), or those with most pixels of probability "
+        ">= 0.9 (confident_area: a large faint ghost beside the chest loses to a lung).",
+        setting="inference.keep_by",
+    ),
+]
 BackendOption = Annotated[
     Backend | None,
     option(help="torch, onnxruntime (CPU), or auto (see README: Deploy).", setting="inference.backend"),

@@ -16,6 +16,7 @@ from cxrseg.cli.common import (
     CheckpointOption,
     ConfigOption,
     DeviceOption,
+    KeepByOption,
     PostprocessOption,
     RunsDirOption,
     TrimOption,
@@ -78,6 +79,7 @@ def evaluate(
     spacing: SpacingOption = None,
     tta: TtaOption = None,
     trim_border: TrimOption = None,
+    keep_by: KeepByOption = None,
     postprocess: PostprocessOption = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
@@ -96,6 +98,7 @@ def evaluate(
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/")
     inference = {
         "trim_border": trim_border,
+        "keep_by": keep_by,
         "tta": tta,
         "postprocess": postprocess,
         "batch_size": batch_size,

@@ -17,6 +17,7 @@ from cxrseg.cli.common import (
     CheckpointOption,
     ConfigOption,
     DeviceOption,
+    KeepByOption,
     PostprocessOption,
     RunsDirOption,
     TrimOption,
@@ -95,6 +96,7 @@ def predict(
     report: Report = False,
     tta: TtaOption = None,
     trim_border: TrimOption = None,
+    keep_by: KeepByOption = None,
     postprocess: PostprocessOption = None,
     threshold: Threshold = None,
     batch_size: BatchSizeOption = None,
@@ -122,6 +124,7 @@ def predict(
     assert out is not None  # _check_usage refused it
     inference = {
         "trim_border": trim_border,
+        "keep_by": keep_by,
         "tta": tta,
         "postprocess": postprocess,
         "threshold": threshold,
