@@ -14,7 +14,7 @@ import torch
 
 from cxrseg.errors import DataError
 from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
-from cxrseg.preprocess import Geometry, content_box, fit_to_square, valid_region
+from cxrseg.preprocess import Geometry, fit_film, fit_to_square, valid_region
 
 Split = Literal["train", "val", "test", "all"]
 IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
@@ -203,17 +203,15 @@ def load_pairs(
     trim: bool = False,
 ) -> CachedSet:
     """Decode every pair once (threads; Pillow releases the GIL) and resize to the model size; with `trim`, each
-    image's uniform margins (cxrseg.preprocess.content_box) are cropped off first, its masks cropped alike."""
+    image's uniform margins are cropped off first (cxrseg.preprocess.fit_film), its masks cropped alike."""
     check_sizes(pairs)
 
     def load(pair: Pair) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray | None]:
-        image = read_image(pair.image)
-        content = content_box(image) if trim else None
-        image, geometry = fit_to_square(image, size, content)
-        mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size, content)
+        image, geometry = fit_film(read_image(pair.image), size, trim)
+        mask, _ = fit_to_square(read_mask(pair.mask).astype(np.float32), size, geometry.content)
         ignored = None
         if pair.ignore:  # any model pixel touched by an ignored pixel is left out
-            touched, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size, content)
+            touched, _ = fit_to_square(read_mask(pair.ignore).astype(np.float32), size, geometry.content)
             ignored = (touched > 0).astype(np.float32)
         if on_item:
             on_item()

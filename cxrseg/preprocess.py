@@ -94,6 +94,13 @@ def fit_to_square(array: np.ndarray, size: int, content: Box | None = None) -> t
     return out, geometry
 
 
+def fit_film(gray: np.ndarray, size: int, trim: bool) -> tuple[np.ndarray, Geometry]:
+    """fit_to_square of a decoded X-ray, its uniform margins cropped off first when `trim` (the model's
+    preprocess.trim_border, or inference.trim_border); its masks follow with fit_to_square(mask, size,
+    geometry.content)."""
+    return fit_to_square(gray, size, content_box(gray) if trim else None)
+
+
 def valid_region(geometry: Geometry) -> np.ndarray:
     """(size, size) float mask: 1 where the image is, 0 in the padding."""
     valid = np.zeros((geometry.size, geometry.size), dtype=np.float32)

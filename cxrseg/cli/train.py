@@ -166,9 +166,7 @@ def train(
         },
     }
     settings = _settings(ctx, flags, resume, config)
-    shape = {("preprocess", "image_size"): image_size, ("preprocess", "trim_border"): trim_border}
-    shape |= {("model", "base_channels"): base_channels, ("model", "depth"): depth}
-    check_init_flags(settings, [key for key, value in shape.items() if value is not None])
+    check_init_flags(settings, flags)
     dist_ctx = from_torchrun(os.environ)
     view = progress_bar() if dist_ctx.is_main else contextlib.nullcontext()
     try:

@@ -12,7 +12,7 @@ from cxrseg.assets import SAMPLE_DIR
 from cxrseg.dataset import IMAGE_DIR, TEST_IMAGE_DIR, list_images
 from cxrseg.errors import DataError
 from cxrseg.imaging import read_image
-from cxrseg.preprocess import content_box, fit_to_square, normalize, valid_region
+from cxrseg.preprocess import fit_film, normalize, valid_region
 
 MAX_CALIBRATION = 64  # ORT keeps every calibration batch's activations in memory; 64 X-rays settle the ranges
 
@@ -40,13 +40,10 @@ def calibration_images(folder: Path | None, limit: int = MAX_CALIBRATION) -> lis
 def model_inputs(paths: Sequence[Path], size: int, trim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fitted images and their non-padding regions, (N, 1, S, S) each, exactly as inference prepares them (with
     `trim`, uniform margins cropped off first, as preprocess.trim_border asks)."""
-    images, valid = [], []
-    for path in paths:
-        gray = read_image(path)
-        image, geometry = fit_to_square(gray, size, content_box(gray) if trim else None)
-        images.append(image)
-        valid.append(valid_region(geometry))
-    return torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(valid))[:, None]
+    fitted = [fit_film(read_image(path), size, trim) for path in paths]
+    images = torch.from_numpy(np.stack([image for image, _ in fitted]))[:, None]
+    valid = torch.from_numpy(np.stack([valid_region(geometry) for _, geometry in fitted]))[:, None]
+    return images, valid
 
 
 class CalibrationReader:

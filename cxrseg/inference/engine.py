@@ -18,7 +18,7 @@ from cxrseg.device import amp_dtype, autocast, resolve_device, use_channels_last
 from cxrseg.inference.backend import load_model
 from cxrseg.memory import available_bytes, fit_batch_size
 from cxrseg.postprocess import clean_and_count
-from cxrseg.preprocess import Geometry, content_box, fit_to_square, normalize, restore, valid_region
+from cxrseg.preprocess import Geometry, fit_film, normalize, restore, valid_region
 from cxrseg.runtime import OnnxModel
 
 # (N, 1, S, S) fitted images in [0, 1] and their valid regions -> (N, 1, S, S) float32 probabilities on the CPU.
@@ -37,7 +37,7 @@ class Fitted:
 def fit_image(gray: np.ndarray, size: int, trim: bool = False) -> Fitted:
     """Fit a decoded (H, W) grey image into the (size, size) model input; with `trim`, its uniform margins
     (see cxrseg.preprocess.content_box) are cropped off first."""
-    image, geometry = fit_to_square(gray, size, content_box(gray) if trim else None)
+    image, geometry = fit_film(gray, size, trim)
     return Fitted(image, geometry)
 
 

@@ -144,8 +144,7 @@ def _write_one(
         border = border_confidence(model_prob, valid_region(geometry), cfg.threshold)
         _, left, height, width = geometry.box  # the film the model saw: the whole image unless margins were cropped
         labelled = lung_sides(mask, left + (width - 1) / 2)  # once, for the lung areas and the overlay's colours
-        film_px = height * width if geometry.content else 0
-        measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled, raw_components, film_px)
+        measures = measure(mask, prob, cfg.threshold, border, item.midline, labelled, raw_components, height * width)
         _write_outputs(job, item, mask, prob, out_dir, options, labelled[0])
     except Exception as exc:  # e.g. a full disk: this input failed, the run goes on
         return _error_row(job, f"{job.source}: outputs not written ({type(exc).__name__}: {exc}).")

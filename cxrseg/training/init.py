@@ -51,11 +51,13 @@ def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collecti
         )
 
 
-def check_init_flags(settings: Settings, asked: Collection[tuple[str, str]]) -> None:
+def check_init_flags(settings: Settings, flags: dict[str, dict[str, object]]) -> None:
     """check_init against `train.init_from`'s checkpoint (its header only), before anything is decoded; a no-op
-    without init_from. The command line calls it with the flags it was given, which may equal the defaults."""
+    without init_from. `flags`: the command line's values by section and field (None: not given); a shape flag
+    given is checked even when it equals the default."""
     if settings.train.init_from:
         path = init_checkpoint_path(settings.train.init_from)
+        asked = [(section, field) for section, field in SHAPE if flags.get(section, {}).get(field) is not None]
         check_init(settings, read_info(path).settings, path, asked)
 
 
