@@ -3,6 +3,7 @@ and restore."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ Box = tuple[int, int, int, int]  # (top, left, height, width) of a part of an im
 
 MARGIN_TOLERANCE = 4 / 255  # a margin row or column spans at most this range of grey (a flat margin saved as JPEG)
 MIN_CONTENT = 16  # px a side: a film is never cropped below this, a blank image is kept whole
+MIN_CONTENT_SHARE = 0.1  # nor below this share of the image's side: a mark on a blank film is not a film
 
 
 def content_box(image: np.ndarray, tolerance: float = MARGIN_TOLERANCE) -> Box:
@@ -23,7 +25,8 @@ def content_box(image: np.ndarray, tolerance: float = MARGIN_TOLERANCE) -> Box:
     each edge in turn until none is left: a film pasted into a canvas, a figure's white frame, black padding.
     Margins of different greys on different sides go too. A margin with texture along its rows or columns
     (noise, a label, a shade running along the edge) stops the crop; one shaded only across them, each row
-    or column one grey, goes. A blank image, or content under MIN_CONTENT px a side, is kept whole.
+    or column one grey, goes. A blank image, or content under MIN_CONTENT px or MIN_CONTENT_SHARE of the
+    image's side, whichever is more, is kept whole (see `min_content`).
     """
     height, width = image.shape
     top, bottom, left, right = 0, height, 0, width
@@ -41,9 +44,14 @@ def content_box(image: np.ndarray, tolerance: float = MARGIN_TOLERANCE) -> Box:
         left, right = left + int(kept[0]), left + int(kept[-1]) + 1
         if (top, bottom, left, right) == before:
             break
-    if bottom - top < min(MIN_CONTENT, height) or right - left < min(MIN_CONTENT, width):
+    if bottom - top < min_content(height) or right - left < min_content(width):
         return 0, 0, height, width
     return top, left, bottom - top, right - left
+
+
+def min_content(side: int) -> int:
+    """The least content (px) along a side of `side` px that content_box crops to."""
+    return min(side, max(MIN_CONTENT, math.ceil(MIN_CONTENT_SHARE * side)))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from cxrseg.checkpoint import read_info
 from cxrseg.cli.app import app
 from cxrseg.dataset import find_pairs, load_pairs
 from cxrseg.inference.engine import fit_image
-from cxrseg.preprocess import MARGIN_TOLERANCE, MIN_CONTENT, content_box, restore
+from cxrseg.preprocess import MARGIN_TOLERANCE, MIN_CONTENT, MIN_CONTENT_SHARE, content_box, restore
 from cxrseg.runtime import describe_preprocessing
 
 RNG = np.random.default_rng(7)
@@ -69,6 +69,17 @@ def test_blank_ramped_and_tiny_images_are_kept_whole() -> None:
     assert content_box(ramp) == (0, 0, 40, 30)
     speck = pasted(film(MIN_CONTENT - 1, 40), 30, 10, (100, 100), 0.0)
     assert content_box(speck) == (0, 0, 100, 100)
+
+
+def test_a_mark_on_a_large_blank_film_is_not_taken_for_the_film() -> None:
+    """A letter of 30 px on a blank 1000 px film is over the 16 px floor but a small share of the side: the
+    film stays whole. A film of a fifth of the side inside the same canvas is still found."""
+    mark = pasted(film(30, 30), 500, 500, (1000, 1000), 0.0)
+    assert content_box(mark) == (0, 0, 1000, 1000)
+    share = int(MIN_CONTENT_SHARE * 1000)
+    assert content_box(pasted(film(share - 1, 400), 100, 100, (1000, 1000), 0.0)) == (0, 0, 1000, 1000)
+    assert content_box(pasted(film(share, 400), 100, 100, (1000, 1000), 0.0)) == (100, 100, share, 400)
+    assert content_box(pasted(film(200, 200), 300, 400, (1000, 1000), 0.5)) == (300, 400, 200, 200)
 
 
 def test_the_model_sees_the_film_alone_and_the_map_goes_back_in_place() -> None:
@@ -148,7 +159,8 @@ def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops()
         chosen = settings.model_copy(update={"preprocess": preprocess})
         contract = json.loads(describe_preprocessing(chosen.model_dump_json()))
         assert contract["trim_border"] is trim and ("trim" in contract) is trim
-    assert f"{MARGIN_TOLERANCE!r}" in contract["trim"] and f"{MIN_CONTENT} px" in contract["trim"]
+    assert f"{MARGIN_TOLERANCE!r}" in contract["trim"]
+    assert f"max({MIN_CONTENT} px, ceil({MIN_CONTENT_SHARE} x the side))" in contract["trim"]
 
 
 def test_evaluate_trim_border_scores_films_in_a_canvas_as_the_films_alone(tmp_path: Path) -> None:
