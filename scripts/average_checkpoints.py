@@ -1,37 +1,48 @@
 """Average the weights of cxrseg checkpoints of one model shape: python scripts/average_checkpoints.py A B --out C.
 
 Every floating-point tensor (convolution weights, batch-norm scales, shifts and running statistics) becomes the
-weighted mean of the inputs' tensors; integer tensors (batch-norm step counts) are taken from the first input. The
-inputs must describe the same U-Net and the same preprocessing (a fine-tune and the model it started from, say);
-the output keeps the first input's settings and records its sources and weights in its metrics. With --data, the
-average is scored on the `val` split of that folder by the first input's split rule, as training would score it,
-and the Dice and IoU are recorded too (`cxrseg evaluate` and `predict` show them). Nothing is written over an input.
+weighted mean of the inputs' tensors (batch-norm statistics averaged as they are, not re-estimated); integer
+tensors (batch-norm step counts) are taken from the first input. The inputs must describe the same U-Net, the same
+preprocessing and the same train/val split rule (a fine-tune and the model it started from, say); the output keeps
+the first input's settings and epoch, and records its sources, weights and their epochs in its metrics. With --data,
+the average is scored on the `val` split of that folder by that split rule, with the first input's inference
+settings and no flip averaging, as training scores its checkpoints, and the Dice and IoU are recorded too
+(`cxrseg evaluate` and `predict` show them). Nothing is written over an input.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 import torch
 
-from cxrseg.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from cxrseg.config import InferenceSettings
-from cxrseg.dataset import select_pairs
+from cxrseg.checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from cxrseg.config import Settings
+from cxrseg.dataset import Pair, select_pairs
+from cxrseg.errors import CxrsegError
 from cxrseg.inference.evaluate import evaluate_model
+
+
+def kinds(settings: Settings) -> dict[str, object]:
+    """What must agree between checkpoints for their average to mean anything, and for its `val` to be unseen."""
+    split = (settings.data.val_fraction, settings.data.split_seed)
+    return {"model": settings.model, "preprocess": settings.preprocess, "train/val split": split}
 
 
 def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, CheckpointInfo]:
     if len(paths) != len(weights) or len(paths) < 2:
         raise SystemExit("give two or more checkpoints, and one weight for each (--weights)")
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise SystemExit(f"weights must be non-negative with a positive sum, not {weights}")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise SystemExit(f"weights must be finite, non-negative and of a positive sum, not {weights}")
     models, infos = zip(*(load_checkpoint(p) for p in paths), strict=True)
     first = infos[0].settings
     for path, info in zip(paths[1:], infos[1:], strict=True):
-        for part in ("model", "preprocess"):
-            if getattr(info.settings, part) != getattr(first, part):
-                raise SystemExit(f"{path}: its {part} settings differ from {paths[0]}'s; one shape only")
+        for what, value in kinds(info.settings).items():
+            if value != kinds(first)[what]:
+                raise SystemExit(f"{path}: its {what} settings differ from {paths[0]}'s; only one kind can be averaged")
     total = sum(weights)
     states = [m.state_dict() for m in models]
     merged = {}
@@ -42,7 +53,11 @@ def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, C
             merged[key] = value
     model = models[0]
     model.load_state_dict(merged)
-    metrics = {"average_of": [str(p) for p in paths], "average_weights": [w / total for w in weights]}
+    metrics = {
+        "average_of": [str(p) for p in paths],
+        "average_weights": [w / total for w in weights],
+        "average_epochs": [info.epoch for info in infos],
+    }
     return model, CheckpointInfo(settings=first, epoch=infos[0].epoch, metrics=metrics)
 
 
@@ -53,23 +68,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, help="score the average on this folder's `val` split and record it")
     args = parser.parse_args()
-    if args.out.resolve() in {p.resolve() for p in args.checkpoints}:
-        raise SystemExit(f"{args.out} is one of the inputs; choose another --out")
-    weights = args.weights or [1.0] * len(args.checkpoints)
-    model, info = average(args.checkpoints, weights)
-    if args.data:
-        data = info.settings.data
-        pairs = select_pairs(args.data, "val", data.val_fraction, data.split_seed)
-        scored = evaluate_model(model, info.settings, pairs, InferenceSettings(device="cpu"))
+    try:
+        run(args.checkpoints, args.weights or [1.0] * len(args.checkpoints), args.out, args.data)
+    except CxrsegError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def is_input(out: Path, paths: list[Path]) -> bool:
+    """Whether `out` names one of the inputs, by any spelling, link or case-folding of the file system."""
+    if not out.exists():
+        return out.resolve() in {p.resolve() for p in paths}
+    return any(p.exists() and os.path.samefile(out, p) for p in paths)
+
+
+def run(paths: list[Path], weights: list[float], out: Path, data: Path | None) -> None:
+    if is_input(out, paths):
+        raise SystemExit(f"{out} is one of the inputs; choose another --out")
+    pairs: list[Pair] = []
+    if data:  # the folder is checked before any weight is read
+        split = read_info(paths[0]).settings.data
+        pairs = select_pairs(data, "val", split.val_fraction, split.split_seed)
+    model, info = average(paths, weights)
+    if data:
+        cfg = info.settings.inference.model_copy(update={"tta": False, "device": "cpu"})
+        scored = evaluate_model(model, info.settings, pairs, cfg)
         if scored.failed:
-            raise SystemExit(
-                f"{len(scored.failed)} `val` pairs of {args.data} could not be read: {scored.failed[0].error}"
-            )
+            raise SystemExit(f"{data}: {len(scored.failed)} `val` pairs unreadable: {scored.failed[0].error}")
         dice, iou = scored.summary["dice"]["mean"], scored.summary["iou"]["mean"]
         info.metrics |= {"val_dice": dice, "val_iou": iou, "split": "val"}
-        print(f"`val` of {args.data}: {len(pairs)} pairs, Dice {dice:.4f}, IoU {iou:.4f}")
-    save_checkpoint(args.out, model, info)
-    print(f"{args.out}: the average of {len(args.checkpoints)} checkpoints, weights {info.metrics['average_weights']}")
+        print(f"`val` of {data}: {len(pairs)} pairs, Dice {dice:.4f}, IoU {iou:.4f}")
+    save_checkpoint(out, model, info)
+    print(f"{out}: the average of {len(paths)} checkpoints, weights {info.metrics['average_weights']}")
 
 
 if __name__ == "__main__":

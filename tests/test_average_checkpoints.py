@@ -23,46 +23,86 @@ def run(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, check=False)
 
 
-def tiny(path: Path, seed: int, channels: int = 4) -> dict[str, torch.Tensor]:
-    shape = {"model": {"base_channels": channels, "depth": 2}, "preprocess": {"image_size": 32}}
+def tiny(path: Path, seed: int, channels: int = 4, size: int = 32, steps: int = 1, **data: object) -> None:
+    shape = {"model": {"base_channels": channels, "depth": 2}, "preprocess": {"image_size": size}, "data": data}
     settings = Settings.model_validate(shape)
     torch.manual_seed(seed)
     model = build_model(settings)
-    model(torch.randn(4, 1, 32, 32))  # batch-norm statistics of their own
+    for _ in range(steps):  # batch-norm statistics and step counts of their own
+        model(torch.randn(4, 1, size, size))
     save_checkpoint(path, model.eval(), CheckpointInfo(settings=settings, epoch=seed))
-    return load_file(str(path))
 
 
 def test_the_average_is_the_weighted_mean_of_every_float_tensor(tmp_path: Path) -> None:
-    a, b = tiny(tmp_path / "a.safetensors", 1), tiny(tmp_path / "b.safetensors", 2)
+    tiny(tmp_path / "a.safetensors", 1)
+    tiny(tmp_path / "b.safetensors", 2, steps=5)
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     out = tmp_path / "c.safetensors"
     done = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--weights", 3, 1, "--out", out)
     assert done.returncode == 0, done.stderr
-    c = load_file(str(tmp_path / "c.safetensors"))
+    c = load_file(str(out))
     assert c.keys() == a.keys()
     for key, value in c.items():
         if value.is_floating_point():
             torch.testing.assert_close(value, 0.75 * a[key] + 0.25 * b[key])
-        else:
-            assert torch.equal(value, a[key])
+        else:  # batch-norm step counts: the first input's, not a mean (1 and 5 here)
+            assert not torch.equal(a[key], b[key]) and torch.equal(value, a[key])
     assert any(k.endswith("running_mean") for k in c)  # the statistics are averaged, not only the weights
-    model, info = load_checkpoint(tmp_path / "c.safetensors")
-    assert info.metrics["average_weights"] == [0.75, 0.25] and len(info.metrics["average_of"]) == 2
+    _, info = load_checkpoint(out)
+    assert info.metrics["average_weights"] == [0.75, 0.25] and info.metrics["average_epochs"] == [1, 2]
+    assert len(info.metrics["average_of"]) == 2 and info.epoch == 1
 
 
-def test_different_shapes_and_an_input_as_output_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("other", "named"),
+    [
+        ({"channels": 8}, "model settings differ"),
+        ({"size": 64}, "preprocess settings differ"),
+        ({"split_seed": 7}, "train/val split settings differ"),
+        ({"val_fraction": 0.3}, "train/val split settings differ"),
+    ],
+)
+def test_checkpoints_of_another_kind_are_refused(tmp_path: Path, other: dict[str, object], named: str) -> None:
+    """Another shape cannot be averaged; another split rule would make the average's `val` partly seen."""
     tiny(tmp_path / "a.safetensors", 1)
-    tiny(tmp_path / "wide.safetensors", 2, channels=8)
-    done = run(tmp_path / "a.safetensors", tmp_path / "wide.safetensors", "--out", tmp_path / "c.safetensors")
-    assert done.returncode != 0 and "model settings differ" in done.stderr
+    tiny(tmp_path / "b.safetensors", 2, **other)
+    done = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", tmp_path / "c.safetensors")
+    assert done.returncode != 0 and named in done.stderr, done.stderr
     assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("weights", [["nan", "1"], ["inf", "1"], ["-1", "2"], ["0", "0"], ["1"]])
+def test_weights_that_make_no_mean_are_refused(tmp_path: Path, weights: list[str]) -> None:
+    tiny(tmp_path / "a.safetensors", 1)
+    tiny(tmp_path / "b.safetensors", 2)
+    args = (tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--weights", *weights)
+    done = run(*args, "--out", tmp_path / "c.safetensors")
+    assert done.returncode != 0 and "weight" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_an_input_is_never_the_output_by_any_spelling(tmp_path: Path) -> None:
+    tiny(tmp_path / "a.safetensors", 1)
+    tiny(tmp_path / "b.safetensors", 2)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "a.safetensors")
     before = (tmp_path / "a.safetensors").read_bytes()
-    done = run(tmp_path / "a.safetensors", tmp_path / "a.safetensors", "--out", tmp_path / "a.safetensors")
-    assert done.returncode != 0 and "one of the inputs" in done.stderr
+    for out in (tmp_path / "a.safetensors", tmp_path / "sub" / ".." / "a.safetensors", tmp_path / "link.safetensors"):
+        done = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", out)
+        assert done.returncode != 0 and "one of the inputs" in done.stderr, (out, done.stderr)
     assert (tmp_path / "a.safetensors").read_bytes() == before
 
 
-@pytest.mark.slow  # the bundled model over the sample's `val` films
+def test_a_data_folder_without_pairs_is_one_line_before_any_work(tmp_path: Path) -> None:
+    tiny(tmp_path / "a.safetensors", 1)
+    tiny(tmp_path / "b.safetensors", 2)
+    (tmp_path / "empty").mkdir()
+    args = (tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--data", tmp_path / "empty")
+    done = run(*args, "--out", tmp_path / "c.safetensors")
+    assert done.returncode != 0 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert str(tmp_path / "empty") in done.stderr and not (tmp_path / "c.safetensors").exists()
+
+
 def test_the_recorded_val_dice_is_what_cxrseg_evaluate_measures(tmp_path: Path) -> None:
     """The bundled model averaged with itself is itself; the Dice recorded is cxrseg evaluate's on `val`."""
     out = tmp_path / "same.safetensors"
