@@ -117,8 +117,8 @@ def describe_preprocessing(settings_json: str) -> str:
         trim["trim"] = (
             f"before the fit: repeatedly crop off each edge the rows, then the columns, whose grey range (max - "
             f"min, values in [0, 1]) is at most {MARGIN_TOLERANCE!r} (4/255), until none is left; keep the whole image "
-            f"if nothing would remain, or under max({MIN_CONTENT} px, ceil({MIN_CONTENT_SHARE} x the side)) along "
-            "a side; the mask is zero in the cropped margins"
+            f"if nothing would remain, or under min(the side, max({MIN_CONTENT} px, ceil({MIN_CONTENT_SHARE} x the "
+            "side))) along a side; the mask is zero in the cropped margins"
         )
     return json.dumps(
         {

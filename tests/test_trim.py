@@ -80,6 +80,9 @@ def test_a_mark_on_a_large_blank_film_is_not_taken_for_the_film() -> None:
     assert content_box(pasted(film(share - 1, 400), 100, 100, (1000, 1000), 0.0)) == (0, 0, 1000, 1000)
     assert content_box(pasted(film(share, 400), 100, 100, (1000, 1000), 0.0)) == (100, 100, share, 400)
     assert content_box(pasted(film(200, 200), 300, 400, (1000, 1000), 0.5)) == (300, 400, 200, 200)
+    # rounded up: a tenth of 1005 px is 100.5, so 100 rows are too few and 101 enough
+    assert content_box(pasted(film(100, 400), 100, 100, (1005, 1005), 0.0)) == (0, 0, 1005, 1005)
+    assert content_box(pasted(film(101, 400), 100, 100, (1005, 1005), 0.0)) == (100, 100, 101, 400)
 
 
 def test_the_model_sees_the_film_alone_and_the_map_goes_back_in_place() -> None:
@@ -160,7 +163,7 @@ def test_the_onnx_input_contract_spells_out_the_crop_only_when_the_model_crops()
         contract = json.loads(describe_preprocessing(chosen.model_dump_json()))
         assert contract["trim_border"] is trim and ("trim" in contract) is trim
     assert f"{MARGIN_TOLERANCE!r}" in contract["trim"]
-    assert f"max({MIN_CONTENT} px, ceil({MIN_CONTENT_SHARE} x the side))" in contract["trim"]
+    assert f"min(the side, max({MIN_CONTENT} px, ceil({MIN_CONTENT_SHARE} x the side)))" in contract["trim"]
 
 
 def test_evaluate_trim_border_scores_films_in_a_canvas_as_the_films_alone(tmp_path: Path) -> None:
