@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -83,6 +84,11 @@ def _orientation(image: Image.Image) -> int:
     return value if value in _UPRIGHT else 1
 
 
+# what Pillow's decoders raise on malformed headers besides OSError and ValueError: a TIFF tag of the wrong type
+# (strip offsets stored as text: TypeError), counts that point past a table (IndexError, KeyError, struct.error)
+MALFORMED = (TypeError, IndexError, KeyError, struct.error, ZeroDivisionError)
+
+
 def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a PNG/JPEG/TIFF/BMP (EXIF orientation applied); the size is checked from the header first.
 
@@ -110,7 +116,7 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise DataError(f"{path}: file not found.") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, *MALFORMED) as exc:
         raise DataError(
             f"{path}: cannot be read as an image ({exc}); it is truncated or not a PNG/JPEG/TIFF/BMP/DICOM file. "
             "Replace or remove it."
@@ -159,6 +165,6 @@ def image_size(path: Path) -> tuple[int, int]:
                 width, height = height, width
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, *MALFORMED) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file.") from exc
     return height, width

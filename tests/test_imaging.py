@@ -111,3 +111,16 @@ def test_a_tiff_stored_rotated_is_refused_not_scrambled(tmp_path: Path) -> None:
     stored_with_orientation(path, np.tile(np.arange(0, 180, 3, dtype=np.uint8), (40, 1)), 6)
     with pytest.raises(DataError, match=r"film\.tif: an uncompressed TIFF stored rotated \(EXIF orientation 6\)"):
         read_image(path)
+
+
+def test_a_tiff_whose_strip_offsets_are_text_is_a_one_line_error(tmp_path: Path) -> None:
+    """Found by the decode fuzzer: a TIFF whose StripOffsets tag is typed ASCII made Pillow raise TypeError,
+    which escaped as a traceback instead of the one-line error every unreadable file gets."""
+    entries = [(0x100, 4, 1, 12), (0x101, 4, 1, 16), (0x102, 3, 1, 32), (0x103, 3, 1, 1), (0x106, 3, 1, 1)]
+    entries += [(0x111, 2, 1, 0x86), (0x116, 4, 1, 16), (0x117, 4, 1, 0x300), (0x11C, 3, 1, 1), (0x153, 3, 1, 3)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    path = tmp_path / "strip.tiff"
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00" + ifd + b"\x00" * 4 + b"\x00" * 0x300)
+    with pytest.raises(DataError, match="cannot be read as an image") as caught:
+        read_image(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
