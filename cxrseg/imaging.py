@@ -84,9 +84,18 @@ def _orientation(image: Image.Image) -> int:
     return value if value in _UPRIGHT else 1
 
 
-# what Pillow's decoders raise on malformed headers besides OSError and ValueError: a TIFF tag of the wrong type
+# what Pillow's decoders raise on malformed data besides OSError and ValueError: a TIFF tag of the wrong type
 # (strip offsets stored as text: TypeError), counts that point past a table (IndexError, KeyError, struct.error)
 MALFORMED = (TypeError, IndexError, KeyError, struct.error, ZeroDivisionError)
+
+
+def _decode(image: Image.Image) -> None:
+    """image.load(), with Pillow's errors on malformed data turned into OSError; caught around this call alone,
+    so that a bug in cxrseg's own code is never reported as a corrupt file."""
+    try:
+        image.load()
+    except MALFORMED as exc:
+        raise OSError(f"malformed image data, {type(exc).__name__}: {exc}") from exc
 
 
 def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -110,13 +119,13 @@ def load_picture(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                         "decoded reliably; save it upright, compressed (LZW) or as PNG and try again."
                     )
                 orientation = 1
-            image.load()
+            _decode(image)
             return image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image.copy()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found.") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, *MALFORMED) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(
             f"{path}: cannot be read as an image ({exc}); it is truncated or not a PNG/JPEG/TIFF/BMP/DICOM file. "
             "Replace or remove it."
@@ -128,7 +137,17 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     image = load_picture(path, max_pixels)
     if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # checked before stretching hides them
         raise DataError(f"{path}: image holds NaN or infinite values; export it again.")
-    return pil_to_gray(image)
+    try:
+        return pil_to_gray(image)
+    except (ValueError, OSError) as exc:  # a mode Pillow cannot turn into grey (LAB, La, ...)
+        raise unsupported_mode(path, image, exc) from exc
+
+
+def unsupported_mode(path: Path, image: Image.Image, exc: BaseException) -> DataError:
+    return DataError(
+        f"{path}: its image mode {image.mode} cannot be turned into grey ({exc}); save it as a grey or RGB "
+        "PNG/TIFF and try again."
+    )
 
 
 LABEL_MAX = 10  # a mask whose largest value is at most this is a label map (0/1, or a number per lung)
@@ -141,7 +160,10 @@ def read_mask(path: Path) -> np.ndarray:
     0/4095, > 38 for a red mask (grey 76)."""
     image = load_picture(path)
     if image.mode not in SIXTEEN_BIT and image.mode not in FLOAT_MODES and image.mode != "L":
-        image = image.convert("L")
+        try:
+            image = image.convert("L")
+        except (ValueError, OSError) as exc:
+            raise unsupported_mode(path, image, exc) from exc
     values = np.asarray(image)
     top = float(values.max()) if values.size else 0.0
     if top <= 1:  # 0/1, or a soft float mask in [0, 1]
@@ -165,6 +187,6 @@ def image_size(path: Path) -> tuple[int, int]:
                 width, height = height, width
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it first.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, *MALFORMED) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file.") from exc
     return height, width

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from cxrseg import imaging
 from cxrseg.dataset import find_pairs, load_pairs
 from cxrseg.errors import DataError
-from cxrseg.imaging import image_size, read_image
+from cxrseg.imaging import image_size, read_image, read_mask
 
 
 def png_header(width: int, height: int, mode: int = 0, depth: int = 8, body: bytes = b"") -> bytes:
@@ -123,4 +125,45 @@ def test_a_tiff_whose_strip_offsets_are_text_is_a_one_line_error(tmp_path: Path)
     path.write_bytes(b"II*\x00\x08\x00\x00\x00" + ifd + b"\x00" * 4 + b"\x00" * 0x300)
     with pytest.raises(DataError, match="cannot be read as an image") as caught:
         read_image(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("error", [TypeError, IndexError, KeyError, struct.error, ZeroDivisionError])
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_what_pillow_raises_on_malformed_data_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[Exception], reader: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "a.png"
+    Image.new("L", (8, 8), 100).save(path)
+
+    def malformed(self: ImageFile.ImageFile) -> None:
+        raise error("bad table")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", malformed)
+    with pytest.raises(DataError, match="cannot be read as an image"):
+        reader(path)
+
+
+def test_a_bug_in_our_own_code_is_not_reported_as_a_corrupt_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "a.png"
+    Image.new("L", (8, 8), 100).save(path)
+
+    def broken(*args: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(imaging, "check_pixels", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_an_image_mode_pillow_cannot_make_grey_is_a_one_line_error(
+    tmp_path: Path, reader: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "lab.tiff"
+    Image.new("LAB", (8, 8), (50, 0, 0)).save(path)
+    with pytest.raises(DataError, match="image mode LAB cannot be turned into grey") as caught:
+        reader(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
