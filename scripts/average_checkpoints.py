@@ -32,18 +32,24 @@ def kinds(settings: Settings) -> dict[str, object]:
     return {"model": settings.model, "preprocess": settings.preprocess, "train/val split": split}
 
 
-def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, CheckpointInfo]:
+def check_weights(paths: list[Path], weights: list[float]) -> float:
+    """The weights' sum, once they are one per checkpoint, finite, non-negative and of a finite positive sum."""
     if len(paths) != len(weights) or len(paths) < 2:
         raise SystemExit("give two or more checkpoints, and one weight for each (--weights)")
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise SystemExit(f"weights must be finite, non-negative and of a positive sum, not {weights}")
+    total = sum(weights) if all(math.isfinite(w) and w >= 0 for w in weights) else math.nan
+    if not (math.isfinite(total) and total > 0):
+        raise SystemExit(f"weights must be finite, non-negative and of a finite positive sum, not {weights}")
+    return total
+
+
+def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, CheckpointInfo]:
+    total = check_weights(paths, weights)
     models, infos = zip(*(load_checkpoint(p) for p in paths), strict=True)
     first = infos[0].settings
     for path, info in zip(paths[1:], infos[1:], strict=True):
         for what, value in kinds(info.settings).items():
             if value != kinds(first)[what]:
                 raise SystemExit(f"{path}: its {what} settings differ from {paths[0]}'s; only one kind can be averaged")
-    total = sum(weights)
     states = [m.state_dict() for m in models]
     merged = {}
     for key, value in states[0].items():
@@ -82,6 +88,7 @@ def is_input(out: Path, paths: list[Path]) -> bool:
 
 
 def run(paths: list[Path], weights: list[float], out: Path, data: Path | None) -> None:
+    check_weights(paths, weights)
     if is_input(out, paths):
         raise SystemExit(f"{out} is one of the inputs; choose another --out")
     pairs: list[Pair] = []

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
 from cxrseg.checkpoint import CheckpointInfo, build_model, load_checkpoint, save_checkpoint
-from cxrseg.config import Settings
+from cxrseg.config import InferenceSettings, Settings
+from cxrseg.dataset import select_pairs
+from cxrseg.inference.evaluate import evaluate_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "average_checkpoints.py"
 
@@ -71,7 +76,7 @@ def test_checkpoints_of_another_kind_are_refused(tmp_path: Path, other: dict[str
     assert not (tmp_path / "c.safetensors").exists()
 
 
-@pytest.mark.parametrize("weights", [["nan", "1"], ["inf", "1"], ["-1", "2"], ["0", "0"], ["1"]])
+@pytest.mark.parametrize("weights", [["nan", "1"], ["inf", "1"], ["-1", "2"], ["0", "0"], ["1"], ["1e308", "1e308"]])
 def test_weights_that_make_no_mean_are_refused(tmp_path: Path, weights: list[str]) -> None:
     tiny(tmp_path / "a.safetensors", 1)
     tiny(tmp_path / "b.safetensors", 2)
@@ -86,23 +91,59 @@ def test_an_input_is_never_the_output_by_any_spelling(tmp_path: Path) -> None:
     tiny(tmp_path / "b.safetensors", 2)
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.safetensors").symlink_to(tmp_path / "a.safetensors")
+    os.link(tmp_path / "a.safetensors", tmp_path / "hard.safetensors")  # no path spelling tells this one apart
     before = (tmp_path / "a.safetensors").read_bytes()
-    for out in (tmp_path / "a.safetensors", tmp_path / "sub" / ".." / "a.safetensors", tmp_path / "link.safetensors"):
+    spellings = ["a.safetensors", "sub/../a.safetensors", "link.safetensors", "hard.safetensors"]
+    for out in (tmp_path / name for name in spellings):
         done = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", out)
         assert done.returncode != 0 and "one of the inputs" in done.stderr, (out, done.stderr)
     assert (tmp_path / "a.safetensors").read_bytes() == before
 
 
 def test_a_data_folder_without_pairs_is_one_line_before_any_work(tmp_path: Path) -> None:
+    """The folder is checked before the weights are read: with checkpoints that could not be averaged either,
+    the error names the folder, not the checkpoints."""
     tiny(tmp_path / "a.safetensors", 1)
-    tiny(tmp_path / "b.safetensors", 2)
+    tiny(tmp_path / "b.safetensors", 2, channels=8)
     (tmp_path / "empty").mkdir()
     args = (tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--data", tmp_path / "empty")
     done = run(*args, "--out", tmp_path / "c.safetensors")
     assert done.returncode != 0 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
-    assert str(tmp_path / "empty") in done.stderr and not (tmp_path / "c.safetensors").exists()
+    assert str(tmp_path / "empty") in done.stderr and "settings differ" not in done.stderr, done.stderr
+    assert not (tmp_path / "c.safetensors").exists()
 
 
+def test_the_recorded_val_dice_uses_the_checkpoints_own_inference_settings(tmp_path: Path) -> None:
+    """A checkpoint whose threshold is not the default is scored at its own threshold, as training scores it."""
+    data = tmp_path / "data"
+    for folder in ("image", "mask"):
+        (data / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(data / "image" / f"{i:02}.png")
+        mask = np.zeros((40, 40), np.uint8)
+        mask[8:32, 4 + i % 5 : 18] = 255
+        mask[8:32, 22 : 36 - i % 5] = 255
+        Image.fromarray(mask).save(data / "mask" / f"{i:02}.png")
+    shape = {"model": {"base_channels": 4, "depth": 2}, "preprocess": {"image_size": 32}}
+    settings = Settings.model_validate(shape | {"inference": {"threshold": 0.2, "postprocess": False}})
+    torch.manual_seed(0)
+    model = build_model(settings)
+    for path in ("a.safetensors", "b.safetensors"):
+        save_checkpoint(tmp_path / path, model.eval(), CheckpointInfo(settings=settings))
+    out = tmp_path / "c.safetensors"
+    done = run(tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--data", data, "--out", out)
+    assert done.returncode == 0, done.stderr
+    with safe_open(str(out), framework="pt") as handle:
+        recorded = json.loads(handle.metadata()["metrics"])["val_dice"]
+    pairs = select_pairs(data, "val", settings.data.val_fraction, settings.data.split_seed)
+    own = evaluate_model(model, settings, pairs, settings.inference.model_copy(update={"device": "cpu"}))
+    default = evaluate_model(model, settings, pairs, InferenceSettings(device="cpu"))
+    assert recorded == pytest.approx(own.summary["dice"]["mean"], abs=1e-9)
+    assert abs(recorded - default.summary["dice"]["mean"]) > 1e-3  # the setting makes a difference here
+
+
+@pytest.mark.slow  # the bundled model over the sample's `val` films and a cxrseg evaluate subprocess
 def test_the_recorded_val_dice_is_what_cxrseg_evaluate_measures(tmp_path: Path) -> None:
     """The bundled model averaged with itself is itself; the Dice recorded is cxrseg evaluate's on `val`."""
     out = tmp_path / "same.safetensors"
