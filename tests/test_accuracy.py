@@ -122,9 +122,11 @@ def test_evaluate_all_sample_pairs_scores_above_the_floor() -> None:
 
 def test_keep_by_confident_area_keeps_the_lungs_over_a_ghost_in_a_noisy_margin(tmp_path: Path) -> None:
     """Real pixels: sample film CHNCXR_0228 shrunk, halved, noisy and darkened in a wide margin (the benchmark's
-    small_low_res_noisy chain, one of its draws). The bundled model draws a faint ghost in the margin above the
-    film; kept by area it displaces the left lung, kept by confident area (`--keep-by confident_area`) both
-    lungs stay and the ghost goes."""
+    small_low_res_noisy chain, with a draw of its own: the key "CHNCXR_0228_0e" was searched for among ten
+    draws of each sample film as one where the bundled model still draws a ghost; the benchmark's own draw of
+    this film shows none). The model draws a faint ghost in the margin above the film; kept by area it
+    displaces a lung, kept by confident area (`--keep-by confident_area`) both lungs stay and the ghost goes.
+    If the bundled model changes and no longer ghosts here, the first assertion fails: pick another draw."""
     with (
         Image.open(SAMPLE_DIR / "test_image" / "CHNCXR_0228_0.png") as image,
         Image.open(SAMPLE_DIR / "test_mask" / "CHNCXR_0228_0.png") as mask,
@@ -149,6 +151,7 @@ def test_keep_by_confident_area_keeps_the_lungs_over_a_ghost_in_a_noisy_margin(t
         return dice(found, truth), recalls, int(np.count_nonzero(found & far))
 
     score, recalls, ghost = predicted()  # the default: the two largest parts, the ghost among them
-    assert score < 0.7 and min(recalls) < 0.1 and ghost > 1000, (score, recalls, ghost)
+    no_ghost = "the bundled model no longer ghosts on this draw: search another one (see the docstring)"
+    assert score < 0.7 and min(recalls) < 0.1 and ghost > 1000, (no_ghost, score, recalls, ghost)
     score, recalls, ghost = predicted("--keep-by", "confident_area")
     assert score > 0.85 and min(recalls) > 0.6 and ghost < 100, (score, recalls, ghost)
