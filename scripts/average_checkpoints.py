@@ -6,8 +6,9 @@ tensors (batch-norm step counts) are taken from the first input. The inputs must
 preprocessing and the same train/val split rule (a fine-tune and the model it started from, say); the output keeps
 the first input's settings and epoch, and records its sources, weights and their epochs in its metrics. With --data,
 the average is scored on the `val` split of that folder by that split rule, with the first input's inference
-settings and no flip averaging, as training scores its checkpoints, and the Dice and IoU are recorded too
-(`cxrseg evaluate` and `predict` show them). Nothing is written over an input.
+settings and no flip averaging, as training scores its checkpoints, and the Dice and IoU are recorded too (the
+figure `cxrseg evaluate` and `predict` show beside a run's when the file is the bundled model). Nothing is written
+over an input.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def check_weights(paths: list[Path], weights: list[float]) -> float:
 
 def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, CheckpointInfo]:
     total = check_weights(paths, weights)
-    models, infos = zip(*(load_checkpoint(p) for p in paths), strict=True)
+    infos = [read_info(p) for p in paths]  # headers only: a checkpoint of another kind stops before any weight is read
     first = infos[0].settings
     for path, info in zip(paths[1:], infos[1:], strict=True):
-        for what, value in kinds(info.settings).items():
-            if value != kinds(first)[what]:
+        for what, value in kinds(first).items():
+            if kinds(info.settings)[what] != value:
                 raise SystemExit(f"{path}: its {what} settings differ from {paths[0]}'s; only one kind can be averaged")
+    models = [load_checkpoint(p)[0] for p in paths]
     states = [m.state_dict() for m in models]
     merged = {}
     for key, value in states[0].items():
