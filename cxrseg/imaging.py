@@ -140,10 +140,10 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         return pil_to_gray(image)
     except (ValueError, OSError) as exc:  # a mode Pillow cannot turn into grey (LAB, La, ...)
-        raise unsupported_mode(path, image, exc) from exc
+        raise _unsupported_mode(path, image, exc) from exc
 
 
-def unsupported_mode(path: Path, image: Image.Image, exc: BaseException) -> DataError:
+def _unsupported_mode(path: Path, image: Image.Image, exc: BaseException) -> DataError:
     return DataError(
         f"{path}: its image mode {image.mode} cannot be turned into grey ({exc}); save it as a grey or RGB "
         "PNG/TIFF and try again."
@@ -163,7 +163,7 @@ def read_mask(path: Path) -> np.ndarray:
         try:
             image = image.convert("L")
         except (ValueError, OSError) as exc:
-            raise unsupported_mode(path, image, exc) from exc
+            raise _unsupported_mode(path, image, exc) from exc
     values = np.asarray(image)
     top = float(values.max()) if values.size else 0.0
     if top <= 1:  # 0/1, or a soft float mask in [0, 1]
