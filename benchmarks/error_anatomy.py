@@ -206,7 +206,8 @@ def main() -> None:
     try:
         model, info = load_checkpoint(args.checkpoint)
         settings = info.settings
-        pairs = select_pairs(args.data, args.split, settings.data.val_fraction, settings.data.split_seed)
+        split = settings.data
+        pairs = select_pairs(args.data, args.split, split.val_fraction, split.split_seed, rule=split.split_rule)
     except CxrsegError as exc:
         raise SystemExit(f"error: {exc}") from None
     films: list[FilmErrors] = []

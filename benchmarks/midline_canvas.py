@@ -19,6 +19,8 @@ from common import cpu_model
 from PIL import Image, ImageDraw
 
 import cxrseg.inference.quality as quality
+from cxrseg.assets import BUNDLED_MODEL
+from cxrseg.checkpoint import read_info
 from cxrseg.dataset import select_pairs
 from cxrseg.imaging import grey_window, read_image
 
@@ -56,7 +58,8 @@ def main() -> None:
     parser.add_argument("--gains", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="contrast boosts to try")
     args = parser.parse_args()
     print(f"cxrseg midline contrast, CPU {cpu_model()} (counts, not timings); `train` films of {args.data}")
-    pairs = select_pairs(args.data, "train")
+    split = read_info(BUNDLED_MODEL).settings.data  # the bundled model's own train/val split
+    pairs = select_pairs(args.data, "train", split.val_fraction, split.split_seed, rule=split.split_rule)
     films = [read_image(pair.image) for pair in pairs]
     for boxed in (False, True):
         values = np.array([contrast(film, boxed) for film in films])

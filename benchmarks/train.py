@@ -172,7 +172,8 @@ def run_training(data: Path, batch: int, settings: Settings) -> dict:
         if done.returncode or not metrics:
             sys.exit(f"cxrseg train failed (exit {done.returncode}):\n{(done.stderr + done.stdout)[-3000:]}")
         epoch = json.loads(metrics[-1].read_text().splitlines()[-1])
-    n_train = len(dataset_splits(data, settings.data.val_fraction, settings.data.split_seed)["train"])
+    split = settings.data
+    n_train = len(dataset_splits(data, split.val_fraction, split.split_seed, rule=split.split_rule)["train"])
     seen = n_train - 1 if n_train > batch and n_train % batch == 1 else n_train  # epoch_batches drops a batch of 1
     run = {
         "wall_seconds": wall,

@@ -33,6 +33,11 @@ class DataSettings(Section):
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of each folder's image/ kept for validation")
     split_seed: int = 0
+    split_rule: Literal["name", "shuffle"] = Field(
+        "name",
+        description="name: each pair's side fixed by a seeded hash of its file name, so adding or removing pairs "
+        "never moves a trained-on film into val; shuffle: the rule of checkpoints that record none",
+    )
 
     @field_validator("root", mode="before")
     @classmethod
@@ -113,6 +118,13 @@ class TrainSettings(Section):
         0.0, ge=0, lt=1, description="per-step decay of a moving average of the weights, validated and saved; 0: off"
     )
     init_from: str | None = Field(None, description="start from `pretrained` (the bundled model) or a checkpoint file")
+
+    @field_validator("init_from")
+    @classmethod
+    def _absolute_init(cls, value: str | None) -> str | None:
+        """A checkpoint path is made absolute where the settings are made, so that a run's settings.json names
+        it from any working directory."""
+        return value if value in (None, "pretrained") else str(Path(value).absolute())
 
     @field_validator("max_time", mode="before")
     @classmethod

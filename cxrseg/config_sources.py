@@ -99,7 +99,8 @@ def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
 
 
 def settings_from_json(values: object) -> Settings:
-    """Rebuild Settings saved in a checkpoint, ignoring keys this version no longer knows.
+    """Rebuild Settings saved in a checkpoint, ignoring keys this version no longer knows. Saved settings without
+    `data.split_rule` were split by the rule of their time, `shuffle`.
 
     Raises ValueError (pydantic's ValidationError is one) when `values` is not a settings object."""
     if not isinstance(values, dict):
@@ -110,6 +111,8 @@ def settings_from_json(values: object) -> Settings:
         model_cls = field.annotation
         if isinstance(section, dict) and isinstance(model_cls, type) and issubclass(model_cls, BaseModel):
             known[name] = {k: v for k, v in section.items() if k in model_cls.model_fields}
+    if isinstance(known.get("data"), dict):  # saved before the split rule was a setting: split by the old one
+        known["data"].setdefault("split_rule", "shuffle")
     return Settings.model_validate(known)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from cxrseg.imaging import IMAGE_SUFFIXES, image_size, read_image, read_mask
 from cxrseg.preprocess import Geometry, fit_film, fit_to_square, valid_region
 
 Split = Literal["train", "val", "test", "all"]
+SplitRule = Literal["name", "shuffle"]  # how image/ is split into train and val (see split_train_val)
 IMAGE_DIR, MASK_DIR = "image", "mask"  # training pairs
 MIN_TRAIN_PAIRS, MIN_VAL_PAIRS = 2, 1  # per training process
 TRAINING_NEEDS = (
@@ -109,14 +111,53 @@ def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
     return [Pair(p.image, p.mask, ignores.get(p.name)) for p in pairs]
 
 
+def _unit(seed: int, name: str) -> float:
+    """A number in [0, 1) fixed by the seed and the file name alone (the first 8 bytes of a SHA-256)."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _val_count(n: int, val_fraction: float) -> int:
+    return max(MIN_VAL_PAIRS, min(n - MIN_TRAIN_PAIRS, round(n * val_fraction)))
+
+
+def split_train_val(pairs: Sequence[Pair], val_fraction: float, seed: int, rule: SplitRule) -> tuple[list, list]:
+    """(train, val) of a folder's image/ pairs, each sorted by name.
+
+    `name` (the default): a pair is `val` when a seeded hash of its file name falls below `val_fraction`, so
+    its side depends on its own name and the seed alone: adding or removing pairs never moves a pair the
+    model was trained on into `val`, and the same film under the same name falls on the same side in every
+    folder. The share is `val_fraction` on average; a folder where the hash leaves no `val` pair, or fewer
+    than MIN_TRAIN_PAIRS to train on, takes the pairs nearest the threshold across.
+    `shuffle`, the rule of checkpoints that record none (made before the rule was a setting): the sorted pairs
+    shuffled by the seed, the first round(n x val_fraction) in `val`; adding or removing a pair reshuffles them.
+    """
+    if rule == "shuffle":
+        order = list(pairs)
+        random.Random(seed).shuffle(order)
+        n_val = _val_count(len(order), val_fraction)
+    else:
+        order = sorted(pairs, key=lambda p: _unit(seed, p.name))
+        below = sum(_unit(seed, p.name) < val_fraction for p in order)
+        n_val = max(MIN_VAL_PAIRS, min(len(order) - MIN_TRAIN_PAIRS, below))
+    return sorted(order[n_val:], key=lambda p: p.name), sorted(order[:n_val], key=lambda p: p.name)
+
+
 def dataset_splits(
-    root: Path, val_fraction: float = 0.1, seed: int = 0, with_ignores: bool = False
+    root: Path,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    with_ignores: bool = False,
+    *,
+    rule: SplitRule = "name",
+    with_test: bool = True,
 ) -> dict[str, list[Pair]]:
     """The three splits of a dataset folder.
 
-    `train` and `val` are a seeded split of image/+mask/ (`val_fraction` of it, at least one pair, and never
-    fewer than MIN_TRAIN_PAIRS left to train on when there are enough);
-    `test` is test_image/+test_mask/ when present, else empty. Training reads only `train` and `val`.
+    `train` and `val` are a seeded split of image/+mask/ by `rule` (see split_train_val: about `val_fraction`
+    of it, at least one pair, and never fewer than MIN_TRAIN_PAIRS left to train on when there are enough);
+    `test` is test_image/+test_mask/ when present, else empty. Training passes `with_test=False`: it never
+    lists the test folders, so nothing there (missing masks, a stray file) can stop it.
     With `with_ignores` (training), pairs of image/ carry their ignore/ mask when the folder has one (see
     attach_ignores); scoring never reads ignore/.
     """
@@ -129,13 +170,11 @@ def dataset_splits(
         pairs = attach_ignores(pairs, root / IGNORE_DIR)
     if len(pairs) < 2:
         raise DataError(f"{root / IMAGE_DIR}: {count_pairs(len(pairs))} found; {TRAINING_NEEDS}; add pairs.")
-    shuffled = list(pairs)
-    random.Random(seed).shuffle(shuffled)
-    n_val = max(1, min(len(shuffled) - MIN_TRAIN_PAIRS, round(len(shuffled) * val_fraction)))  # keeps 2 to train
-    has_test = (root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir()
+    train, val = split_train_val(pairs, val_fraction, seed, rule)
+    has_test = with_test and ((root / TEST_IMAGE_DIR).is_dir() or (root / TEST_MASK_DIR).is_dir())
     return {
-        "train": sorted(shuffled[n_val:], key=lambda p: p.name),
-        "val": sorted(shuffled[:n_val], key=lambda p: p.name),
+        "train": train,
+        "val": val,
         "test": find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR) if has_test else [],
     }
 
@@ -149,14 +188,21 @@ def default_split(root: Path) -> Split:
     return "test" if (root / TEST_IMAGE_DIR).is_dir() else "val"
 
 
-def select_pairs(root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0) -> list[Pair]:
-    """Pairs of one split; `all` is every pair found (also for a bare image/+mask/ folder). `test` needs only
-    test_image/+test_mask/: a held-out set is scored without the training folders beside it."""
+def select_pairs(
+    root: Path, split: Split, val_fraction: float = 0.1, seed: int = 0, *, rule: SplitRule = "name"
+) -> list[Pair]:
+    """Pairs of one split, `train` and `val` by the split rule of the checkpoint being scored. `all` is every
+    pair of image/+mask/ and test_image/+test_mask/, whichever the folder has (one pair is enough); `test`
+    needs only test_image/+test_mask/: a held-out set is scored without the training folders beside it."""
     if split == "test" and (root / TEST_IMAGE_DIR).is_dir():
         return find_pairs(root / TEST_IMAGE_DIR, root / TEST_MASK_DIR)
-    splits = dataset_splits(root, val_fraction, seed)
     if split == "all":
-        return sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)
+        sides = [(IMAGE_DIR, MASK_DIR), (TEST_IMAGE_DIR, TEST_MASK_DIR)]
+        present = [(root / i, root / m) for i, m in sides if (root / i).is_dir() or (root / m).is_dir()]
+        if not root.is_dir() or not present:
+            dataset_splits(root, val_fraction, seed, rule=rule)  # raises the message naming what is missing
+        return sorted((pair for i, m in present for pair in find_pairs(i, m)), key=lambda p: p.name)
+    splits = dataset_splits(root, val_fraction, seed, rule=rule)
     if split == "test" and not splits["test"]:
         raise DataError(f"{root} has no {TEST_IMAGE_DIR}/ and {TEST_MASK_DIR}/; use --split val, train or all.")
     return splits[split]

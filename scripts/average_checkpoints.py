@@ -29,7 +29,7 @@ from cxrseg.inference.evaluate import evaluate_model
 
 def kinds(settings: Settings) -> dict[str, object]:
     """What must agree between checkpoints for their average to mean anything, and for its `val` to be unseen."""
-    split = (settings.data.val_fraction, settings.data.split_seed)
+    split = (settings.data.val_fraction, settings.data.split_seed, settings.data.split_rule)
     return {"model": settings.model, "preprocess": settings.preprocess, "train/val split": split}
 
 
@@ -96,7 +96,7 @@ def run(paths: list[Path], weights: list[float], out: Path, data: Path | None) -
     pairs: list[Pair] = []
     if data:  # the folder is checked before any weight is read
         split = read_info(paths[0]).settings.data
-        pairs = select_pairs(data, "val", split.val_fraction, split.split_seed)
+        pairs = select_pairs(data, "val", split.val_fraction, split.split_seed, rule=split.split_rule)
     model, info = average(paths, weights)
     if data:
         cfg = info.settings.inference.model_copy(update={"tta": False, "device": "cpu"})

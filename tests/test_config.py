@@ -69,3 +69,17 @@ def test_dataset_folders_are_kept_absolute(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path.parent)
     again = settings_from_json(json.loads(settings.model_dump_json()))
     assert again.data.root == settings.data.root
+
+
+def test_saved_settings_without_a_split_rule_are_read_with_the_rule_of_their_time() -> None:
+    """Checkpoints and runs saved before `data.split_rule` existed were split by `shuffle`; read as `name`,
+    `evaluate --split val` and a resumed run would validate on films they were trained on."""
+    from cxrseg.assets import BUNDLED_MODEL
+    from cxrseg.checkpoint import read_info
+
+    saved = json.loads(Settings().model_dump_json())
+    assert saved["data"].pop("split_rule") == "name"  # what a new run records
+    assert settings_from_json(saved).data.split_rule == "shuffle"
+    saved["data"]["split_rule"] = "name"
+    assert settings_from_json(saved).data.split_rule == "name"
+    assert read_info(BUNDLED_MODEL).settings.data.split_rule == "shuffle"  # its `val` is the 50 films it was chosen on

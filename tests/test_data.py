@@ -82,7 +82,7 @@ def test_split_without_test_folders_is_seeded(tmp_path: Path) -> None:
 def test_validation_is_carved_from_image_even_with_a_test_folder(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", n_train=10, n_test=3)
     splits = dataset_splits(root, 0.2, seed=0)
-    assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
+    assert len(splits["train"]) + len(splits["val"]) == 10 and splits["val"] and len(splits["test"]) == 3
     assert all(p.image.parent.name == "image" for p in splits["train"] + splits["val"])
     assert all(p.image.parent.name == "test_image" for p in splits["test"])
     everything = sorted(splits["train"] + splits["val"] + splits["test"], key=lambda p: p.name)
@@ -107,6 +107,80 @@ def test_test_split_of_a_folder_without_one_says_what_to_use(tmp_path: Path) -> 
     assert default_split(root) == "val"
     with pytest.raises(DataError, match="--split val"):
         select_pairs(root, "test")
+
+
+def _image_mask_folder(root: Path, names: list[str]) -> Path:
+    for folder in ("image", "mask"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        image, mask = ellipse_pair(i, 32, 32)
+        Image.fromarray(image).save(root / "image" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask" / f"{name}.png")
+    return root
+
+
+def _names(pairs: list) -> set[str]:
+    return {pair.name for pair in pairs}
+
+
+def test_adding_or_removing_pairs_never_moves_a_trained_on_film_into_val(tmp_path: Path) -> None:
+    """The `name` rule: a folder that changed after training (a bad mask deleted, films added) is split so that
+    `evaluate --split val` or a resumed run never validates on a film the model was trained on."""
+    root = _image_mask_folder(tmp_path / "d", [f"film_{i:03d}" for i in range(60)])
+    before = dataset_splits(root, 0.2, seed=3)
+    removed = before["train"][:3] + before["val"][:2]
+    for pair in removed:
+        pair.image.unlink()
+        pair.mask.unlink()
+    _image_mask_folder(root, [f"new_{i:03d}" for i in range(20)])
+    after = dataset_splits(root, 0.2, seed=3)
+    assert not _names(before["train"]) & _names(after["val"])
+    assert _names(before["val"]) - _names(removed) <= _names(after["val"])  # and validation films stay there
+    assert _names(after["val"]) != _names(before["val"])  # new films did join `val`
+
+
+def test_the_name_rule_keeps_about_the_asked_share_and_the_minimums(tmp_path: Path) -> None:
+    from cxrseg.dataset import split_train_val
+
+    pairs = find_pairs(
+        *(_image_mask_folder(tmp_path / "d", [f"x{i}" for i in range(3)]) / f for f in ("image", "mask"))
+    )
+    for fraction in (0.01, 0.5, 0.99):  # 3 pairs: never an empty val, never fewer than 2 to train on
+        train, val = split_train_val(pairs, fraction, 0, "name")
+        assert (len(train), len(val)) == (2, 1) and _names(train + val) == {"x0", "x1", "x2"}
+    many = [type(pairs[0])(Path(f"image/f{i}.png"), Path(f"mask/f{i}.png")) for i in range(2000)]
+    for seed in (0, 1):
+        train, val = split_train_val(many, 0.1, seed, "name")
+        assert 160 <= len(val) <= 240 and len(train) + len(val) == 2000
+    assert _names(split_train_val(many, 0.1, 0, "name")[1]) != _names(split_train_val(many, 0.1, 1, "name")[1])
+
+
+def test_the_shuffle_rule_still_gives_the_splits_old_checkpoints_were_trained_with(tmp_path: Path) -> None:
+    """Checkpoints that record no rule (the bundled model among them) were split this way; `evaluate --split val`
+    must find the same films, or it would score films they were trained on. Names from the code of that time."""
+    root = _image_mask_folder(tmp_path / "d", [f"case_{i:03d}" for i in range(12)])
+    expected = {
+        (0.1, 0): ["01"], (0.1, 7): ["07"], (0.25, 0): ["01", "08", "09"], (0.25, 7): ["03", "07", "11"],
+        (0.5, 0): ["01", "02", "05", "08", "09", "10"], (0.5, 7): ["03", "04", "07", "08", "10", "11"],
+    }  # fmt: skip
+    for (fraction, seed), val in expected.items():
+        assert [p.name[-2:] for p in dataset_splits(root, fraction, seed, rule="shuffle")["val"]] == val
+        assert [p.name[-2:] for p in select_pairs(root, "val", fraction, seed, rule="shuffle")] == val
+
+
+def test_evaluate_split_all_needs_no_training_split(tmp_path: Path) -> None:
+    """`all` pairs image/ and test_image/ directly: one pair, or a held-out folder alone, is enough."""
+    one = _image_mask_folder(tmp_path / "one", ["only"])
+    assert [p.name for p in select_pairs(one, "all")] == ["only"]
+    held_out = write_dataset(tmp_path / "held_out", n_train=0, n_test=2)
+    for folder in ("image", "mask"):
+        (held_out / folder).rmdir()
+    assert [p.name for p in select_pairs(held_out, "all")] == ["case_000", "case_001"]
+    with pytest.raises(DataError, match="not found"):
+        select_pairs(tmp_path / "nowhere", "all")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        select_pairs(tmp_path / "empty", "all")
 
 
 def test_missing_dataset_says_how_to_fix(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
 from cxrseg.checkpoint import read_checkpoint
 from cxrseg.cli.app import app, main
+from cxrseg.dataset import dataset_splits
+from cxrseg.errors import ConfigError
 from tests.conftest import tiny_args, write_dataset
 
 
@@ -27,10 +29,13 @@ def metrics(run: Path) -> list[dict]:
 
 
 def test_train_never_reads_the_test_folders(tmp_path: Path, dataset: Path) -> None:
+    """Not their files, nor their listing: an unpaired file there (a test set without masks) must not stop it."""
     for path in (dataset / "test_image").iterdir():
         path.write_bytes(b"not an image: reading this file would fail")
     for path in (dataset / "test_mask").iterdir():
         path.write_bytes(b"")
+    next((dataset / "test_mask").iterdir()).unlink()
+    (dataset / "test_image" / "stray.png").write_bytes(b"")
     runs = tmp_path / "runs"
     result = CliRunner().invoke(app, tiny_args(dataset, runs, epochs=1))
     assert result.exit_code == 0, result.output
@@ -91,9 +96,12 @@ def test_init_from_pretrained_loads_the_bundled_model(tmp_path: Path, dataset: P
     assert learnt and all(torch.allclose(bundled[k].float(), tuned[k].float(), atol=1e-3) for k in learnt)
 
 
-def test_combined_data_folders_keep_their_own_validation_split(tmp_path: Path) -> None:
+def test_combined_data_folders_keep_their_own_validation_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = write_dataset(tmp_path / "a", n_train=10, n_test=1)
     b = write_dataset(tmp_path / "b", n_train=20, n_test=1)
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.3")
+    n_a, n_b = (len(dataset_splits(folder, 0.3)["val"]) for folder in (a, b))
+    assert n_a != n_b  # else the pooled mean and the mean of the two folders' means would agree
     runs = tmp_path / "runs"
     args = tiny_args(a, runs, epochs=1)
     args[args.index("--data") + 2 : args.index("--data") + 2] = ["--data", str(b)]
@@ -102,8 +110,9 @@ def test_combined_data_folders_keep_their_own_validation_split(tmp_path: Path) -
     [row] = metrics(run_dir(runs))
     by_folder = row["val_dice_by_folder"]
     assert set(by_folder) == {str(a), str(b)}
-    # overall Dice is the mean over all validation images: 1 from a (10 * 0.1), 2 from b (20 * 0.1)
-    assert row["val_dice"] == pytest.approx((by_folder[str(a)] + 2 * by_folder[str(b)]) / 3, abs=1e-6)
+    # overall Dice is the mean over all validation images, each folder's split its own
+    expected = (n_a * by_folder[str(a)] + n_b * by_folder[str(b)]) / (n_a + n_b)
+    assert row["val_dice"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_the_same_folder_twice_is_refused(tmp_path: Path) -> None:
@@ -169,3 +178,60 @@ def test_init_from_names_a_preprocessing_switch_that_conflicts_even_when_it_is_t
     theirs = "on" if first == "--trim-border" else "off"
     assert f"{second} (the checkpoint has trim-border {theirs})" in out and "Traceback" not in out
     assert not (tmp_path / "second").exists() or not any((tmp_path / "second").glob("*/*.safetensors"))
+
+
+def test_a_shape_setting_from_the_environment_that_conflicts_with_init_from_is_named(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CXRSEG_* value is asked for as much as a flag or a config file's: it must not be dropped silently for
+    the checkpoint's (the defaults compared against are the sections' own, not Settings(), which reads the
+    environment)."""
+    monkeypatch.setenv("CXRSEG_PREPROCESS__IMAGE_SIZE", "64")
+    args = ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "runs"), "--init-from", "pretrained"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError)  # exit code 2 through main()
+    assert "--image-size 64 (the checkpoint has 256)" in str(result.exception)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/*.safetensors"))
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_init_from_a_path_that_is_no_file_names_the_flag(tmp_path: Path, dataset: Path, where: str) -> None:
+    target = tmp_path / "nothing.safetensors"
+    if where == "folder":
+        target = tmp_path
+    args = ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "runs"), "--init-from", str(target)]
+    result = CliRunner().invoke(app, args)
+    message = str(result.exception)
+    assert isinstance(result.exception, ConfigError)  # exit code 2 through main()
+    assert message.startswith(f"--init-from {target}") and "--checkpoint" not in message
+
+
+def test_resuming_a_fine_tune_needs_only_the_run_folder(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its state holds the weights and settings.json the shape: the checkpoint it started from may have been
+    moved or deleted since, or been named by a relative path from another folder."""
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "first", epochs=1)).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "init.safetensors").write_bytes((run_dir(tmp_path / "first") / "best.safetensors").read_bytes())
+    args = ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "second"), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "4", "--init-from", "init.safetensors"])
+    assert result.exit_code == 0, result.output
+    run = run_dir(tmp_path / "second")
+    saved = json.loads((run / "settings.json").read_text())["train"]["init_from"]
+    assert saved == str(tmp_path / "init.safetensors")  # absolute: the run names it from anywhere
+    (tmp_path / "init.safetensors").unlink()
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in metrics(run)] == [1, 2]
+
+
+def test_the_same_file_names_in_two_data_folders_are_warned_about(tmp_path: Path) -> None:
+    a = write_dataset(tmp_path / "a", n_train=6, n_test=1)
+    b = write_dataset(tmp_path / "b", n_train=8, n_test=1)  # case_000 .. case_005 are in both
+    args = tiny_args(a, tmp_path / "runs", epochs=1)
+    args[args.index("--data") + 2 : args.index("--data") + 2] = ["--data", str(b)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "6 file names are in more than one --data folder: case_000, case_001" in out

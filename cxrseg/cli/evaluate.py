@@ -164,7 +164,7 @@ def _pairs(
             )
     pairs, splits = [], [split or default_split(root) for root in roots]
     for root, chosen in zip(roots, splits, strict=True):
-        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed)
+        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed, rule=trained.split_rule)
     if len(set(splits)) == 1:
         return pairs, splits[0]
     return pairs, ", ".join(f"{chosen} of {root}" for root, chosen in zip(roots, splits, strict=True))

@@ -166,7 +166,8 @@ def train(
         },
     }
     settings = _settings(ctx, flags, resume, config)
-    check_init_flags(settings, flags)
+    if resume is None:  # a resumed run has its shape in settings.json and its weights in its state
+        check_init_flags(settings, flags)
     dist_ctx = from_torchrun(os.environ)
     view = progress_bar() if dist_ctx.is_main else contextlib.nullcontext()
     try:

@@ -48,10 +48,21 @@ def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]
             raise ConfigError(f"--data {root} is the same folder as --data {seen[root.resolve()]}; give each once.")
         seen[root.resolve()] = root
     for index, root in enumerate(settings.data.root):
-        splits = dataset_splits(root, settings.data.val_fraction, settings.data.split_seed, with_ignores=True)
+        data = settings.data
+        splits = dataset_splits(
+            root, data.val_fraction, data.split_seed, with_ignores=True, rule=data.split_rule, with_test=False
+        )
         train += splits["train"]
         val += [(index, pair) for pair in splits["val"]]
     return train, val
+
+
+def names_in_several_folders(pairs: list[Pair]) -> list[str]:
+    """File names (stems) found in more than one dataset folder, sorted."""
+    folders: dict[str, set[Path]] = {}
+    for pair in pairs:
+        folders.setdefault(pair.name, set()).add(pair.image.parent.parent)
+    return sorted(name for name, where in folders.items() if len(where) > 1)
 
 
 ALL_LUNG = 0.9  # a mask holding more of its film than this is not a lung mask (train masks: at most 0.43)
@@ -79,6 +90,13 @@ def load_training_data(
             f"{len(val_items)} to validate); {TRAINING_NEEDS}{each}; {fix}."
         )
     if on_status:
+        shared = names_in_several_folders(train_pairs + [pair for _, pair in val_items])
+        if shared:
+            on_status(
+                f"Warning: {listing(shared, 'file names are in more than one --data folder')}; if they are the same "
+                "films, they count twice in training and in validation (the `name` split rule keeps a name on one "
+                "side in every folder); remove the copies."
+            )
         size = settings.preprocess.image_size
         ignored = sum(pair.ignore is not None for pair in train_pairs)
         with_ignore = f" ({ignored} train films with an ignore mask)" if ignored else ""

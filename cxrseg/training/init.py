@@ -30,19 +30,34 @@ def _named(flag: str, mine: object, theirs: object) -> str:
 
 
 def init_checkpoint_path(init_from: str) -> Path:
-    """`pretrained` is the model shipped in the package; anything else a checkpoint file."""
-    return BUNDLED_MODEL if init_from == "pretrained" else Path(init_from)
+    """`pretrained` is the model shipped in the package; anything else a checkpoint file, which must exist."""
+    if init_from == "pretrained":
+        return BUNDLED_MODEL
+    path = Path(init_from)
+    if path.is_dir():
+        raise ConfigError(
+            f"--init-from {init_from} is a folder; give a checkpoint file in it (a run's best.safetensors) "
+            "or `pretrained` for the bundled model."
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"--init-from {init_from}: no such file; give a cxrseg .safetensors checkpoint or `pretrained` "
+            "for the bundled model."
+        )
+    return path
 
 
 def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collection[tuple[str, str]] = ()) -> None:
     """Stop with a message naming each shape setting of `settings` that contradicts the checkpoint at `path`
     (whose settings are `theirs`) and was asked for on purpose: given explicitly (`asked`, (section, field)
-    pairs such as the command-line flags), or differing from the default."""
-    defaults, conflicts = Settings(), []
+    pairs such as the command-line flags), or differing from the default (a config file's or a CXRSEG_*
+    variable's value; the defaults are the sections' own, which read no environment)."""
+    conflicts = []
     for (section, field), flag in SHAPE.items():
         mine = getattr(getattr(settings, section), field)
         other = getattr(getattr(theirs, section), field)
-        if mine != other and ((section, field) in asked or mine != getattr(getattr(defaults, section), field)):
+        default = type(getattr(settings, section)).model_fields[field].default
+        if mine != other and ((section, field) in asked or mine != default):
             conflicts.append(_named(flag, mine, other))
     if conflicts:
         raise ConfigError(

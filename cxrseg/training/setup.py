@@ -26,6 +26,7 @@ from cxrseg.training.schedule import LRSchedule, epoch_batches, new_run_dir, see
 from cxrseg.training.state import (
     Position,
     environment,
+    has_saved_state,
     load_resume_state,
     lock_run,
     save_resume_state,
@@ -78,7 +79,10 @@ def set_up(
     seed_everything(cfg.seed, cfg.deterministic)
     device = setup(ctx, resolve_device(cfg.device))
     dtype = amp_dtype(device, cfg.precision)
-    settings, init_weights = apply_init(settings)
+    if resume_dir is not None and has_saved_state(resume_dir):
+        init_weights = None  # the run's state holds the weights, and settings.json the checkpoint's shape
+    else:
+        settings, init_weights = apply_init(settings)
     started = time.perf_counter()
     data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
     load_seconds = time.perf_counter() - started

@@ -96,6 +96,12 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def has_saved_state(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a saved epoch (its state file or the previous one) to resume from."""
+    path = run_dir / STATE_FILE
+    return path.is_file() or previous_state(path).is_file()
+
+
 def load_resume_state(
     run_dir: Path,
     model: torch.nn.Module,
@@ -111,7 +117,7 @@ def load_resume_state(
     Returns the position, this rank's data/augmentation generator state, and a note on what was used.
     """
     path = run_dir / STATE_FILE
-    if not path.is_file() and not previous_state(path).is_file():
+    if not has_saved_state(run_dir):
         if (run_dir / "settings.json").is_file():  # killed before its first epoch ended: nothing to lose
             return Position(), None, f"No epoch of {run_dir} was saved; starting it from the beginning"
         raise CheckpointError(f"No {STATE_FILE} in {run_dir}; --resume needs a run folder written by `cxrseg train`.")
