@@ -234,6 +234,37 @@ def test_masks_in_other_value_conventions_are_not_read_as_empty(tmp_path: Path) 
         assert (read_mask(tmp_path / name) == truth).all(), name
 
 
+def test_masks_with_a_grey_or_a_colour_per_lung_keep_both_lungs(tmp_path: Path) -> None:
+    """Read by luminance and cut at half the largest value, the darker lung was dropped: Dice against such a
+    mask halved, and training learnt one lung."""
+    _, truth = ellipse_pair(5)
+    right = truth.copy()
+    right[:, truth.shape[1] // 2 :] = False
+    for low, high in ((127, 255), (100, 200), (20000, 65535)):  # a grey level per lung, 8 and 16 bits
+        grey = np.where(right, low, np.where(truth, high, 0)).astype(np.uint16 if high > 255 else np.uint8)
+        Image.fromarray(grey).save(tmp_path / f"grey_{low}.png")
+    colour = np.zeros((*truth.shape, 3), np.uint8)
+    colour[right, 2] = 255  # blue: grey 29
+    colour[truth & ~right, 0] = 255  # red: grey 76
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / "palette.png")
+    alpha = np.zeros((*truth.shape, 4), np.uint8)
+    alpha[truth, 3] = 255  # drawn in the alpha channel alone, the colours black
+    Image.fromarray(alpha, "RGBA").save(tmp_path / "alpha.png")
+    for name in ("grey_127.png", "grey_100.png", "grey_20000.png", "colour.png", "palette.png", "alpha.png"):
+        assert (read_mask(tmp_path / name) == truth).all(), name
+
+
+def test_a_faint_floor_or_soft_edges_are_not_taken_for_labels(tmp_path: Path) -> None:
+    _, truth = ellipse_pair(6)
+    floor = np.where(truth, 255, 1).astype(np.uint8)  # a background of 1 (a tool's off-by-one) is not lung
+    Image.fromarray(floor).save(tmp_path / "floor.png")
+    assert (read_mask(tmp_path / "floor.png") == truth).all()
+    edges = Image.fromarray(truth.astype(np.uint8) * 255).resize((128, 128), Image.Resampling.BILINEAR)
+    edges.save(tmp_path / "edges.png")  # many grey levels on the outline: cut at half, as before
+    assert (read_mask(tmp_path / "edges.png") == (np.asarray(edges) > 127.5)).all()
+
+
 def test_every_unreadable_file_is_listed_at_once(dataset: Path) -> None:
     for name in ("case_001.png", "case_004.png"):
         (dataset / "image" / name).write_bytes(b"\x89PNG broken")

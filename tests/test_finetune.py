@@ -235,3 +235,33 @@ def test_the_same_file_names_in_two_data_folders_are_warned_about(tmp_path: Path
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "6 file names are in more than one --data folder: case_000, case_001" in out
+
+
+def test_a_fine_tune_on_the_checkpoints_own_folder_keeps_its_split(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another split of the folder the checkpoint was trained on would validate the fine-tune on films the
+    checkpoint learnt (the bundled model, split by `shuffle`, fine-tuned on its own folder under `name`)."""
+    monkeypatch.setenv("CXRSEG_DATA__SPLIT_RULE", "shuffle")
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.3")
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "first", epochs=1)).exit_code == 0
+    source = run_dir(tmp_path / "first") / "best.safetensors"
+    monkeypatch.delenv("CXRSEG_DATA__SPLIT_RULE")
+    monkeypatch.delenv("CXRSEG_DATA__VAL_FRACTION")
+    args = ["--epochs", "1", "--batch-size", "4", "--init-from", str(source)]
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "same"), *args])
+    assert result.exit_code == 0, result.output
+    assert "Split: the --init-from checkpoint's (data.split_rule shuffle, val_fraction 0.3" in result.output
+    data = json.loads((run_dir(tmp_path / "same") / "settings.json").read_text())["data"]
+    assert (data["split_rule"], data["val_fraction"]) == ("shuffle", 0.3)
+
+    other = write_dataset(tmp_path / "other", n_train=6)  # films the checkpoint never saw: any split will do
+    result = CliRunner().invoke(app, ["train", "--data", str(other), "--runs-dir", str(tmp_path / "new"), *args])
+    assert result.exit_code == 0, result.output
+    data = json.loads((run_dir(tmp_path / "new") / "settings.json").read_text())["data"]
+    assert (data["split_rule"], data["val_fraction"]) == ("name", 0.1)
+
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.2")  # asked for: stops instead of leaking
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "asked"), *args])
+    assert isinstance(result.exception, ConfigError)
+    assert "data.val_fraction 0.2 (the checkpoint has 0.3)" in str(result.exception)

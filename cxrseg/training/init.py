@@ -9,9 +9,10 @@ import torch
 
 from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.checkpoint import read_checkpoint, read_info
-from cxrseg.config import Settings
+from cxrseg.config import DataSettings, Settings
 from cxrseg.errors import ConfigError
 
+SPLIT = ("split_rule", "val_fraction", "split_seed")  # what decides which films of a folder are `val`
 SHAPE = {
     ("preprocess", "image_size"): "--image-size",
     ("preprocess", "trim_border"): "--trim-border",
@@ -51,7 +52,9 @@ def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collecti
     """Stop with a message naming each shape setting of `settings` that contradicts the checkpoint at `path`
     (whose settings are `theirs`) and was asked for on purpose: given explicitly (`asked`, (section, field)
     pairs such as the command-line flags), or differing from the default (a config file's or a CXRSEG_*
-    variable's value; the defaults are the sections' own, which read no environment)."""
+    variable's value; the defaults are the sections' own, which read no environment). When a --data folder
+    is one the checkpoint was trained on, a split setting (SPLIT) that differs from both the checkpoint's and
+    the default stops too."""
     conflicts = []
     for (section, field), flag in SHAPE.items():
         mine = getattr(getattr(settings, section), field)
@@ -64,6 +67,26 @@ def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collecti
             f"--init-from {settings.train.init_from}: {', '.join(conflicts)} conflicts with {path}; the model "
             "shape and preprocessing come from the checkpoint, so drop the flag or train from scratch."
         )
+    shared = shared_folders(settings, theirs)
+    if shared:
+        split = [
+            f"data.{field} {getattr(settings.data, field)} (the checkpoint has {getattr(theirs.data, field)})"
+            for field in SPLIT
+            if getattr(settings.data, field)
+            not in (getattr(theirs.data, field), DataSettings.model_fields[field].default)
+        ]
+        if split:
+            raise ConfigError(
+                f"--init-from {settings.train.init_from}: {', '.join(split)}; {shared[0]} is a folder {path} was "
+                "trained on, and another split of it would validate on films the checkpoint was trained on; "
+                "drop the setting, or fine-tune on another folder."
+            )
+
+
+def shared_folders(settings: Settings, theirs: Settings) -> list[Path]:
+    """The --data folders that the checkpoint (whose settings are `theirs`) was trained on, by resolved path."""
+    trained_on = {root.resolve() for root in theirs.data.root}
+    return [root for root in settings.data.root if root.resolve() in trained_on]
 
 
 def check_init_flags(settings: Settings, flags: dict[str, dict[str, object]]) -> None:
@@ -80,12 +103,18 @@ def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | 
     """Settings with the model shape and preprocessing of `train.init_from`, and its weights (None without it).
 
     A shape setting that differs from both the default and the checkpoint was asked for on purpose: it conflicts
-    with the checkpoint and stops with a message naming its flag (see check_init).
+    with the checkpoint and stops with a message naming its flag (see check_init). When a --data folder is one
+    the checkpoint was trained on, the checkpoint's train/val split rule, share and seed are used too (the
+    bundled model's `shuffle` on its own folder), so that no film it was trained on is validated on; a split
+    setting asked for that differs from them stops likewise.
     """
     if not settings.train.init_from:
         return settings, None
     path = init_checkpoint_path(settings.train.init_from)
     weights, info = read_checkpoint(path)
     check_init(settings, info.settings, path)
-    update = {"preprocess": info.settings.preprocess, "model": info.settings.model}
+    update: dict[str, object] = {"preprocess": info.settings.preprocess, "model": info.settings.model}
+    if shared_folders(settings, info.settings):  # the same films must fall on the same side as for the checkpoint
+        split = {field: getattr(info.settings.data, field) for field in SPLIT}
+        update["data"] = settings.data.model_copy(update=split)
     return settings.model_copy(update=update), weights

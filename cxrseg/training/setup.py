@@ -82,7 +82,14 @@ def set_up(
     if resume_dir is not None and has_saved_state(resume_dir):
         init_weights = None  # the run's state holds the weights, and settings.json the checkpoint's shape
     else:
+        asked = settings.data
         settings, init_weights = apply_init(settings)
+        if settings.data != asked and cb.on_status:
+            d = settings.data
+            cb.on_status(
+                f"Split: the --init-from checkpoint's (data.split_rule {d.split_rule}, val_fraction "
+                f"{d.val_fraction}, split_seed {d.split_seed}), as it was trained on a --data folder"
+            )
     started = time.perf_counter()
     data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
     load_seconds = time.perf_counter() - started
