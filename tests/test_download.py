@@ -550,3 +550,27 @@ def test_a_file_that_is_no_archive_is_named_before_any_scan(dest, tmp_path, monk
     with pytest.raises(DownloadError, match=rf"is not a zip or tar archive \(it starts with .*{shown}"):
         download_dataset(DownloadSettings(), dest, archive=archive)
     assert_clean(dest, present=False)
+
+
+def plain_tar(files: dict[str, bytes]) -> tuple[bytes, list[int]]:
+    """An uncompressed tar of `files` and the byte offset after each member."""
+    buffer, ends = io.BytesIO(), []
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+            ends.append(buffer.tell())
+    return buffer.getvalue(), ends
+
+
+def test_a_plain_tar_whose_last_member_is_a_zip_is_read_as_the_tar(settings, dest, tmp_path):
+    """The format comes from the first bytes: zipfile.is_zipfile finds the end record of a zip stored as the tar's
+    last member, and the inner zip was unpacked instead of the tar."""
+    files = dataset_files()
+    inner = zip_bytes({"image/x.png": files["image/0.png"], "mask/x.jpeg": files["mask/0.jpeg"]}, prefix="other/")
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(plain_tar(files | {"extras/backup.zip": inner})[0])
+    assert zipfile.is_zipfile(archive)  # the trap
+    result = download_dataset(settings, dest, archive=archive)
+    assert result.counts == FULL_COUNTS and (dest / "image" / "0.png").is_file()

@@ -20,8 +20,10 @@ SKIPPED_TOP = ("__MACOSX",)  # macOS resource forks mirror the real tree; never 
 CHUNK_BYTES = 1 << 20
 PARTIAL_DIR = ".partial"  # DEST/.partial holds the archive while it downloads
 MARKER = ".cxrseg-dataset.json"  # written into every dataset `cxrseg download` installs; --force replaces only those
-# first bytes of a zip (a member or an empty archive), gzip, bzip2 and xz; a plain tar says "ustar" at offset 257
-MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+# first bytes of a zip (a member or an empty archive), and the tarfile mode for gzip, bzip2 and xz; a plain tar says
+# "ustar" at offset 257
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+TAR_MAGIC = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}
 
 
 class _Budget:
@@ -112,8 +114,8 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                     budget.copy(src, target)
 
 
-def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> None:
-    with tarfile.open(archive, "r:*") as tf:
+def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: str) -> None:
+    with tarfile.open(archive, mode) as tf:
         for member in tf:  # streams: one decompression pass
             parts = _safe_parts(member.name, source)
             if not (member.isfile() or member.isdir()):
@@ -129,24 +131,23 @@ def _extract_tar(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                 budget.copy(src, target)
 
 
-def _check_magic(archive: Path, source: str) -> None:
-    """Refuse, from its first bytes, a file that is no archive (a web page, an error text) before any scan."""
+def _archive_kind(archive: Path, source: str) -> str:
+    """How to read `archive`, from its first bytes alone: "zip", or the tarfile mode (a tar whose last member is a
+    zip is still a tar). Refuses a file that is no archive (a web page, an error text) before any scan."""
     with open(archive, "rb") as f:
         head = f.read(512)
-    if head.startswith(MAGIC) or head[257:262] == b"ustar":
-        return
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    for magic, mode in TAR_MAGIC.items():
+        if head.startswith(magic):
+            return mode
+    if head[257:262] == b"ustar":
+        return "r:"
     start = repr(head[:20]) if head else "an empty file"
     raise DownloadError(
         f"{source} is not a zip or tar archive (it starts with {start}); check the --url or --archive, "
         "or fetch the file again."
     )
-
-
-def _is_tar(path: Path) -> bool:
-    try:
-        return tarfile.is_tarfile(path)
-    except (tarfile.TarError, EOFError, zlib.error):
-        return False
 
 
 def find_root(folder: Path, source: str) -> Path:
@@ -171,13 +172,13 @@ def extract_dataset(archive: Path, into: Path, settings: DownloadSettings, sourc
     Raises:
         DownloadError: the archive is unsafe, too large, corrupt or holds no dataset.
     """
-    _check_magic(archive, source)
+    kind = _archive_kind(archive, source)
     budget = _Budget(settings, source, archive.stat().st_size)
     try:
-        if zipfile.is_zipfile(archive):
+        if kind != "zip":
+            _extract_tar(archive, kind, into, budget, source)
+        elif zipfile.is_zipfile(archive):
             _extract_zip(archive, into, budget, source)
-        elif _is_tar(archive):
-            _extract_tar(archive, into, budget, source)
         else:
             raise DownloadError(f"{source} is not a readable zip or tar archive (truncated or corrupt?); get it again.")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
