@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import errno
 import hashlib
 import io
 import json
+import lzma
 import re
 import socket
 import stat
@@ -574,3 +576,65 @@ def test_a_plain_tar_whose_last_member_is_a_zip_is_read_as_the_tar(settings, des
     assert zipfile.is_zipfile(archive)  # the trap
     result = download_dataset(settings, dest, archive=archive)
     assert result.counts == FULL_COUNTS and (dest / "image" / "0.png").is_file()
+
+
+def _flip_middle(data: bytes, count: int = 200) -> bytes:
+    damaged = bytearray(data)
+    for i in range(len(data) // 2, len(data) // 2 + count):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+def _zip_headers_patched(files: dict[str, bytes], offsets: dict[bytes, int], value: bytes, *, ored: bool) -> bytes:
+    """A zip whose local (PK\\x03\\x04) and central (PK\\x01\\x02) headers carry `value` at the given offset."""
+    data = bytearray(zip_bytes(files))
+    for signature, offset in offsets.items():
+        start = 0
+        while (at := data.find(signature, start)) >= 0:
+            if ored:
+                data[at + offset] |= value[0]
+            else:
+                data[at + offset : at + offset + len(value)] = value
+            start = at + 4
+    return bytes(data)
+
+
+def _noisy_tar() -> bytes:
+    """The dataset and 300 kB of noise: bzip2 at level 1 (100 kB blocks) compresses it in several blocks."""
+    noise = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    return plain_tar(dataset_files() | {"extras/noise.bin": noise})[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("lungs.tar.xz", lambda: _flip_middle(lzma.compress(plain_tar(dataset_files())[0])), r"is corrupt \("),
+        ("lungs.tar.bz2", lambda: _flip_middle(bz2.compress(_noisy_tar(), compresslevel=1)), r"is corrupt \("),
+        (
+            "lungs.zip",  # general purpose bit 0: encrypted
+            lambda: _zip_headers_patched(dataset_files(), {b"PK\x03\x04": 6, b"PK\x01\x02": 8}, b"\x01", ored=True),
+            r"is encrypted \('image/0.png' needs a password\); .* re-pack it without a password",
+        ),
+        (
+            "lungs.zip",  # compression method 9, deflate64
+            lambda: _zip_headers_patched(
+                dataset_files(), {b"PK\x03\x04": 8, b"PK\x01\x02": 10}, b"\x09\x00", ored=False
+            ),
+            r"compression Python cannot read \(method 9 for 'image/0.png'\); .* re-pack it as a plain zip or tar.gz",
+        ),
+    ],
+    ids=["corrupt-xz", "corrupt-bz2", "encrypted-zip", "deflate64-zip"],
+)
+def test_unreadable_archives_give_one_line_saying_what_to_do(settings, dest, tmp_path, name, make, message):
+    """Catches bug 2 of review C: a corrupt .tar.xz (lzma.LZMAError), an encrypted zip (RuntimeError) and a deflate64
+    zip (NotImplementedError) ended in a traceback, and a .tar.bz2 corrupt past its first block (an OSError without
+    an errno) was reported as "check the path and permissions"."""
+    archive = tmp_path / name
+    archive.write_bytes(make())
+    with pytest.raises(DownloadError, match=message) as caught:
+        download_dataset(settings, dest, archive=archive)
+    assert "\n" not in str(caught.value) and "permissions" not in str(caught.value)
+    if "corrupt" in message:
+        assert str(caught.value).endswith("fetch it again.")
+    assert archive.is_file()
+    assert_clean(dest, present=False)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import lzma
 import re
 import shutil
 import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +27,23 @@ MARKER = ".cxrseg-dataset.json"  # written into every dataset `cxrseg download` 
 # "ustar" at offset 257
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # what zipfile reads
+# what reading a damaged archive raises: gzip's CRC and bzip2's data errors are OSErrors without an errno
+DECODE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
+@contextlib.contextmanager
+def _decoding(source: str) -> Iterator[None]:
+    """Turn the errors of reading (decompressing, checking) a damaged archive into one DownloadError; a real I/O
+    error (with an errno) and the errors of writing what was read pass through."""
+    try:
+        yield
+    except DECODE_ERRORS as exc:
+        raise DownloadError(f"{source} is corrupt ({exc}); fetch it again.") from exc
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        raise DownloadError(f"{source} is corrupt ({exc}); fetch it again.") from exc
 
 
 class _Budget:
@@ -57,10 +77,15 @@ class _Budget:
         self.check(0, 1)
         self.files += 1
         with open(target, "wb") as out:
-            while chunk := src.read(CHUNK_BYTES):
+            while chunk := _read(src, self.source):
                 self.check(len(chunk), 0)
                 self.bytes += len(chunk)
                 out.write(chunk)
+
+
+def _read(src: IO[bytes], source: str) -> bytes:
+    with _decoding(source):
+        return src.read(CHUNK_BYTES)
 
 
 def _safe_parts(name: str, source: str) -> tuple[str, ...] | None:
@@ -98,25 +123,45 @@ def _zip_dir(info: zipfile.ZipInfo) -> bool:
 
 
 def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> None:
-    with zipfile.ZipFile(archive) as zf:
+    with _decoding(source):
+        opened = zipfile.ZipFile(archive)  # reads the index
+    with opened as zf:
         infos = zf.infolist()
         for info in infos:  # vet every entry before writing anything
             _safe_parts(info.filename, source)
             kind = stat.S_IFMT(info.external_attr >> 16)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 _refuse_special(info.filename, source)
+            if info.flag_bits & 0x1:
+                raise DownloadError(
+                    f"{source} is encrypted ({info.filename!r} needs a password); unpack it yourself and re-pack "
+                    "it without a password, as a plain zip or tar.gz."
+                )
+            if info.compress_type not in ZIP_METHODS:
+                raise DownloadError(
+                    f"{source} uses a zip compression Python cannot read (method {info.compress_type} for "
+                    f"{info.filename!r}); unpack it with another tool and re-pack it as a plain zip or tar.gz."
+                )
         files = [i for i in infos if not _zip_dir(i)]
         budget.check(sum(i.file_size for i in files), len(files))
         for info in infos:
             target = _prepare(into, _safe_parts(info.filename, source), _zip_dir(info))
             if target is not None:
-                with zf.open(info) as src:
+                with _decoding(source):
+                    src = zf.open(info)  # reads the member's own header
+                with src:
                     budget.copy(src, target)
 
 
 def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: str) -> None:
-    with tarfile.open(archive, mode) as tf:
-        for member in tf:  # streams: one decompression pass
+    with _decoding(source):
+        opened = tarfile.open(archive, mode)  # noqa: SIM115 (closed by the `with` below)
+    with opened as tf:
+        while True:  # streams: one decompression pass
+            with _decoding(source):
+                member = tf.next()
+            if member is None:
+                break
             parts = _safe_parts(member.name, source)
             if not (member.isfile() or member.isdir()):
                 _refuse_special(member.name, source)
@@ -174,15 +219,12 @@ def extract_dataset(archive: Path, into: Path, settings: DownloadSettings, sourc
     """
     kind = _archive_kind(archive, source)
     budget = _Budget(settings, source, archive.stat().st_size)
-    try:
-        if kind != "zip":
-            _extract_tar(archive, kind, into, budget, source)
-        elif zipfile.is_zipfile(archive):
-            _extract_zip(archive, into, budget, source)
-        else:
-            raise DownloadError(f"{source} is not a readable zip or tar archive (truncated or corrupt?); get it again.")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DownloadError(f"{source} is corrupt ({exc}); fetch it again.") from exc
+    if kind != "zip":
+        _extract_tar(archive, kind, into, budget, source)
+    elif zipfile.is_zipfile(archive):
+        _extract_zip(archive, into, budget, source)
+    else:
+        raise DownloadError(f"{source} is not a readable zip or tar archive (truncated or corrupt?); get it again.")
     return find_root(into, source)
 
 
