@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import bz2
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -637,4 +638,57 @@ def test_unreadable_archives_give_one_line_saying_what_to_do(settings, dest, tmp
     if "corrupt" in message:
         assert str(caught.value).endswith("fetch it again.")
     assert archive.is_file()
+    assert_clean(dest, present=False)
+
+
+def test_a_bit_flip_in_a_tar_gz_is_caught_by_its_crc(settings, dest, tmp_path):
+    """Catches bug 1 of review C: the gzip stream was never read to its end, so its CRC was never checked; in stored
+    blocks a flipped byte changes an image without any other sign. Also bug 2: gzip's CRC error is an OSError, and it
+    was reported as "check the path and permissions"."""
+    damaged = bytearray(gzip.compress(plain_tar(dataset_files())[0], compresslevel=0))
+    damaged[2000] ^= 0xFF  # inside the first image's bytes
+    archive = tmp_path / "lungs.tar.gz"
+    archive.write_bytes(bytes(damaged))
+    with pytest.raises(DownloadError, match=r"lungs.tar.gz is corrupt \(CRC check failed.*\); fetch it again.$"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("at", ["between-members", "inside-a-header"])
+def test_a_tar_cut_short_is_refused_not_installed_short(settings, dest, tmp_path, at):
+    """Catches bug 1 of review C: tarfile stops silently at a missing or cut header past the first member, so a tar
+    cut after image/ and mask/ installed a dataset without test_image/ and test_mask/."""
+    raw, ends = plain_tar(dataset_files())
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(raw[: ends[5] + (0 if at == "between-members" else 100)])  # after image/ and mask/
+    with pytest.raises(
+        DownloadError, match=r"is truncated or corrupt \(no end-of-archive marker after 'mask/2.jpeg'\)"
+    ):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def test_a_tar_with_a_garbled_header_is_refused(settings, dest, tmp_path):
+    """Catches bug 1 of review C: a header that fails its checksum past the first member ended the archive
+    silently."""
+    raw, ends = plain_tar(dataset_files())
+    damaged = bytearray(raw)
+    damaged[ends[5] + 10] ^= 0xFF  # the name in the header after mask/2.jpeg
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(bytes(damaged))
+    with pytest.raises(DownloadError, match=r"truncated or corrupt \(no end-of-archive marker after 'mask/2.jpeg'\)"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("pack", ["tar", "tar.gz"])
+def test_a_download_without_content_length_cut_short_is_refused(server, settings, dest, pack):
+    """Catches bug 1 of review C over HTTP: without a Content-Length the body ends when the server closes, so a cut
+    tar (here after image/ and mask/) looked complete and installed without test_image/ and test_mask/. A cut .tar.gz
+    was already refused (gzip raises EOFError); it stays here so that both keep one line saying to fetch again."""
+    raw, ends = plain_tar(dataset_files())
+    body = raw[: ends[5]] if pack == "tar" else gzip.compress(raw)[: -len(raw) // 4]
+    server.routes[f"/ds.{pack}"] = trickle(body, every=0, size=len(body), announce=False)
+    with pytest.raises(DownloadError, match=r"(truncated or corrupt|is corrupt) \(.*\); fetch it again.$"):
+        download_dataset(settings, dest, url=server.url(f"/ds.{pack}"))
     assert_clean(dest, present=False)

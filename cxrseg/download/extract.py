@@ -153,9 +153,38 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                     budget.copy(src, target)
 
 
+def _end_seen() -> type[tarfile.TarInfo]:
+    """A TarInfo class that records whether the last header block tarfile read was the end-of-archive marker (a
+    block of zeros): tarfile also stops, silently, at a header cut short or garbled past the first member."""
+
+    class Recording(tarfile.TarInfo):
+        end_marker = False
+
+        @classmethod
+        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+            cls.end_marker = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == len(buf)
+            return super().frombuf(buf, encoding, errors)
+
+    return Recording
+
+
+def _check_tar_end(tf: tarfile.TarFile, info: type[tarfile.TarInfo], budget: _Budget, source: str) -> None:
+    """Refuse a tar that stops without its end-of-archive marker, and read a compressed one to the end of its stream,
+    so that gzip's CRC and length and the end-of-stream checks of bzip2 and xz run."""
+    if not getattr(info, "end_marker", False):
+        last = f" after {tf.members[-1].name!r}" if tf.members else ""
+        raise DownloadError(f"{source} is truncated or corrupt (no end-of-archive marker{last}); fetch it again.")
+    if tf.fileobj is None:
+        return
+    while chunk := _read(tf.fileobj, source):  # the padding after the marker, usually a few kB of zeros
+        budget.check(len(chunk), 0)
+        budget.bytes += len(chunk)
+
+
 def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: str) -> None:
+    info = _end_seen()
     with _decoding(source):
-        opened = tarfile.open(archive, mode)  # noqa: SIM115 (closed by the `with` below)
+        opened = tarfile.open(archive, mode, tarinfo=info)  # noqa: SIM115 (closed by the `with` below)
     with opened as tf:
         while True:  # streams: one decompression pass
             with _decoding(source):
@@ -174,6 +203,7 @@ def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: 
             assert src is not None  # regular files always have a data stream
             with src:
                 budget.copy(src, target)
+        _check_tar_end(tf, info, budget, source)
 
 
 def _archive_kind(archive: Path, source: str) -> str:
