@@ -692,3 +692,27 @@ def test_a_download_without_content_length_cut_short_is_refused(server, settings
     with pytest.raises(DownloadError, match=r"(truncated or corrupt|is corrupt) \(.*\); fetch it again.$"):
         download_dataset(settings, dest, url=server.url(f"/ds.{pack}"))
     assert_clean(dest, present=False)
+
+
+def _with_folders(pack: str, count: int) -> bytes:
+    """The dataset and `count` empty folder entries, as a zip or a tar.gz."""
+    folders = [f"junk/d{i}/" for i in range(count)]
+    if pack == "zip":
+        buffer = io.BytesIO(zip_bytes(dataset_files()))
+        with zipfile.ZipFile(buffer, "a") as zf:
+            for name in folders:
+                zf.writestr(zipfile.ZipInfo(name), b"")
+        return buffer.getvalue()
+    return tar_bytes(dataset_files(), extra=[_tar_info(name, tarfile.DIRTYPE) for name in folders])
+
+
+@pytest.mark.parametrize("pack", ["zip", "tar.gz"])
+def test_folders_count_against_the_file_limit(dest, tmp_path, pack):
+    """Catches bug 5 of review C: folder entries were not counted against download.max_extract_files, so an archive
+    of a million empty folders was unpacked in full."""
+    archive = tmp_path / f"folders.{pack}"
+    archive.write_bytes(_with_folders(pack, 200))
+    settings = DownloadSettings(max_extract_files=50)  # the dataset alone holds 10 files
+    with pytest.raises(DownloadError, match=r"more than 50 files and folders, the download.max_extract_files limit"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)

@@ -66,16 +66,19 @@ class _Budget:
     def check(self, extra_bytes: int, extra_files: int) -> None:
         if self.files + extra_files > self.max_files:
             raise DownloadError(
-                f"{self.source} holds more than {self.max_files} files, the download.max_extract_files limit; "
-                "raise CXRSEG_DOWNLOAD__MAX_EXTRACT_FILES if you trust this archive."
+                f"{self.source} holds more than {self.max_files} files and folders, the download.max_extract_files "
+                "limit; raise CXRSEG_DOWNLOAD__MAX_EXTRACT_FILES if you trust this archive."
             )
         if self.bytes + extra_bytes > self.max_bytes:
             raise DownloadError(f"{self.source} unpacks to more than {self.limit} if you trust this archive.")
 
+    def entry(self, size: int) -> None:
+        """Count one archive entry, a file or a folder (skipped ones too), and check its announced size."""
+        self.check(size, 1)
+        self.files += 1
+
     def copy(self, src: IO[bytes], target: Path) -> None:
         """Write one member, counting real bytes (headers may lie about sizes)."""
-        self.check(0, 1)
-        self.files += 1
         with open(target, "wb") as out:
             while chunk := _read(src, self.source):
                 self.check(len(chunk), 0)
@@ -142,9 +145,9 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                     f"{source} uses a zip compression Python cannot read (method {info.compress_type} for "
                     f"{info.filename!r}); unpack it with another tool and re-pack it as a plain zip or tar.gz."
                 )
-        files = [i for i in infos if not _zip_dir(i)]
-        budget.check(sum(i.file_size for i in files), len(files))
+        budget.check(sum(i.file_size for i in infos), len(infos))  # folders count as entries too
         for info in infos:
+            budget.entry(0)
             target = _prepare(into, _safe_parts(info.filename, source), _zip_dir(info))
             if target is not None:
                 with _decoding(source):
@@ -194,8 +197,7 @@ def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: 
             parts = _safe_parts(member.name, source)
             if not (member.isfile() or member.isdir()):
                 _refuse_special(member.name, source)
-            if member.isfile() and parts is not None:
-                budget.check(member.size, 1)
+            budget.entry(member.size if member.isfile() else 0)  # folders and skipped entries count too
             target = _prepare(into, parts, member.isdir())
             if target is None:
                 continue
