@@ -17,6 +17,7 @@ import tarfile
 import threading
 import time
 import types
+import warnings
 import zipfile
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -715,4 +716,57 @@ def test_folders_count_against_the_file_limit(dest, tmp_path, pack):
     settings = DownloadSettings(max_extract_files=50)  # the dataset alone holds 10 files
     with pytest.raises(DownloadError, match=r"more than 50 files and folders, the download.max_extract_files limit"):
         download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def _raw_zip(entries: list[tuple[str, bytes]]) -> bytes:
+    """A zip holding `entries` in order, the same name twice if asked."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns of a duplicate name, and writes it
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "shown"),
+    [
+        ("same.zip", "image/0.png", r"holds 'image/0.png' twice;"),
+        ("normalised.tar", "image/./0.png", r"holds 'image/./0.png' twice \(also as 'image/0.png'\)"),
+        ("case.zip", "IMAGE/0.PNG", r"holds 'IMAGE/0.PNG' twice \(also as 'image/0.png'\)"),
+    ],
+)
+def test_an_entry_written_twice_is_refused_naming_it(settings, dest, tmp_path, name, extra, shown):
+    """Catches bug 7 of review C: the same path twice (as written, after normalising, or after case-folding, as a
+    macOS or Windows disk compares names) was unpacked "last wins", silently replacing an image."""
+    entries = [*dataset_files().items(), (extra, b"not the image")]
+    archive = tmp_path / name
+    archive.write_bytes(_raw_zip(entries) if name.endswith(".zip") else plain_tar(dict(entries))[0])
+    with pytest.raises(DownloadError, match=shown + r".* re-pack the archive with each file once"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def test_a_file_where_a_folder_goes_is_refused_naming_both_entries(settings, dest, tmp_path):
+    """Catches bug 9 of review C: a file and a folder at one path failed with the staging path, deleted by the time
+    the user read it, and "check the path and permissions"."""
+    archive = tmp_path / "clash.tar"
+    archive.write_bytes(plain_tar(dataset_files() | {"image/0.png/inner.png": b"x"})[0])
+    with pytest.raises(DownloadError, match=r"a file and a folder at one path \('image/0.png' and 'image/0.png/inner"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("pack", ["zip", "tar"])
+def test_a_member_name_too_long_is_named_not_the_staging_path(settings, dest, tmp_path, pack):
+    """Catches bug 9 of review C: a member name longer than the file system allows failed naming the staging
+    folder, deleted by the time the user read it, with "check the path and permissions"."""
+    long_name = "image/" + "a" * 300 + ".png"
+    files = dataset_files() | {long_name: b"x"}
+    archive = tmp_path / f"long.{pack}"
+    archive.write_bytes(zip_bytes(files) if pack == "zip" else plain_tar(files)[0])
+    with pytest.raises(DownloadError, match=rf"a name too long for this file system \('{long_name}'\); .*re-pack") as e:
+        download_dataset(settings, dest, archive=archive)
+    assert ".tmp-" not in str(e.value)
     assert_clean(dest, present=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import lzma
 import re
 import shutil
 import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -86,6 +88,26 @@ class _Budget:
                 out.write(chunk)
 
 
+@contextlib.contextmanager
+def _writing(name: str, source: str) -> Iterator[None]:
+    """Name the archive member, not the staging path deleted by then, when its name cannot be written here."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise DownloadError(
+                f"{source} holds a name too long for this file system ({name!r}); unpack it with another tool and "
+                "re-pack it with shorter names, or pick a --dest on another file system."
+            ) from exc
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ, errno.EINVAL):
+            raise DownloadError(
+                f"{source} holds {name!r}, which this file system cannot store beside the other entries "
+                f"({exc.strerror}); unpack it with another tool and re-pack it, or pick a --dest on another file "
+                "system."
+            ) from exc
+        raise
+
+
 def _read(src: IO[bytes], source: str) -> bytes:
     with _decoding(source):
         return src.read(CHUNK_BYTES)
@@ -102,6 +124,42 @@ def _safe_parts(name: str, source: str) -> tuple[str, ...] | None:
     if not parts or parts[0] in SKIPPED_TOP:
         return None
     return parts
+
+
+class _Paths:
+    """Every path an archive writes, compared case-folded (as a macOS or Windows disk would): refuses a file written
+    twice, which silently kept the last copy, and a file where a folder goes."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.files: dict[tuple[str, ...], str] = {}  # folded path -> the member name that writes it
+        self.folders: dict[tuple[str, ...], str] = {}
+
+    def add(self, name: str, parts: tuple[str, ...] | None, is_dir: bool) -> None:
+        if parts is None:
+            return
+        key = tuple(unicodedata.normalize("NFC", p).casefold() for p in parts)
+        for depth in range(1, len(key) + (1 if is_dir else 0)):
+            if (other := self.files.get(key[:depth])) is not None:
+                self._clash(name, other)
+            self.folders.setdefault(key[:depth], name)
+        if is_dir:
+            return
+        if (other := self.files.get(key)) is not None:
+            raise DownloadError(
+                f"{self.source} holds {name!r} twice"
+                + (f" (also as {other!r})" if other != name else "")
+                + "; only one copy can be unpacked, so re-pack the archive with each file once."
+            )
+        if (other := self.folders.get(key)) is not None:
+            self._clash(name, other)
+        self.files[key] = name
+
+    def _clash(self, name: str, other: str) -> None:
+        raise DownloadError(
+            f"{self.source} holds both a file and a folder at one path ({other!r} and {name!r}, compared ignoring "
+            "case); re-pack the archive so that they differ."
+        )
 
 
 def _refuse_special(name: str, source: str) -> None:
@@ -129,12 +187,14 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
     with _decoding(source):
         opened = zipfile.ZipFile(archive)  # reads the index
     with opened as zf:
-        infos = zf.infolist()
+        infos, paths = zf.infolist(), _Paths(source)
+        budget.check(sum(i.file_size for i in infos), len(infos))  # folders count as entries too
         for info in infos:  # vet every entry before writing anything
-            _safe_parts(info.filename, source)
+            parts = _safe_parts(info.filename, source)
             kind = stat.S_IFMT(info.external_attr >> 16)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 _refuse_special(info.filename, source)
+            paths.add(info.filename, parts, _zip_dir(info))
             if info.flag_bits & 0x1:
                 raise DownloadError(
                     f"{source} is encrypted ({info.filename!r} needs a password); unpack it yourself and re-pack "
@@ -145,15 +205,15 @@ def _extract_zip(archive: Path, into: Path, budget: _Budget, source: str) -> Non
                     f"{source} uses a zip compression Python cannot read (method {info.compress_type} for "
                     f"{info.filename!r}); unpack it with another tool and re-pack it as a plain zip or tar.gz."
                 )
-        budget.check(sum(i.file_size for i in infos), len(infos))  # folders count as entries too
         for info in infos:
             budget.entry(0)
-            target = _prepare(into, _safe_parts(info.filename, source), _zip_dir(info))
-            if target is not None:
-                with _decoding(source):
-                    src = zf.open(info)  # reads the member's own header
-                with src:
-                    budget.copy(src, target)
+            with _writing(info.filename, source):
+                target = _prepare(into, _safe_parts(info.filename, source), _zip_dir(info))
+                if target is not None:
+                    with _decoding(source):
+                        src = zf.open(info)  # reads the member's own header
+                    with src:
+                        budget.copy(src, target)
 
 
 def _end_seen() -> type[tarfile.TarInfo]:
@@ -188,6 +248,7 @@ def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: 
     info = _end_seen()
     with _decoding(source):
         opened = tarfile.open(archive, mode, tarinfo=info)  # noqa: SIM115 (closed by the `with` below)
+    paths = _Paths(source)
     with opened as tf:
         while True:  # streams: one decompression pass
             with _decoding(source):
@@ -198,13 +259,15 @@ def _extract_tar(archive: Path, mode: str, into: Path, budget: _Budget, source: 
             if not (member.isfile() or member.isdir()):
                 _refuse_special(member.name, source)
             budget.entry(member.size if member.isfile() else 0)  # folders and skipped entries count too
-            target = _prepare(into, parts, member.isdir())
-            if target is None:
-                continue
-            src = tf.extractfile(member)
-            assert src is not None  # regular files always have a data stream
-            with src:
-                budget.copy(src, target)
+            paths.add(member.name, parts, member.isdir())
+            with _writing(member.name, source):
+                target = _prepare(into, parts, member.isdir())
+                if target is None:
+                    continue
+                src = tf.extractfile(member)
+                assert src is not None  # regular files always have a data stream
+                with src:
+                    budget.copy(src, target)
         _check_tar_end(tf, info, budget, source)
 
 
