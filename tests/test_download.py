@@ -770,3 +770,16 @@ def test_a_member_name_too_long_is_named_not_the_staging_path(settings, dest, tm
         download_dataset(settings, dest, archive=archive)
     assert ".tmp-" not in str(e.value)
     assert_clean(dest, present=False)
+
+
+def test_an_unusable_dataset_is_described_with_paths_inside_the_archive(settings, dest, tmp_path):
+    """Catches bug 9 of review C: the dataset check named files in the staging folder, deleted by the time the user
+    read the message."""
+    files = dict(dataset_files())
+    del files["mask/2.jpeg"]
+    archive = tmp_path / "unpaired.zip"
+    archive.write_bytes(zip_bytes(files))
+    with pytest.raises(DownloadError, match=r"unpaired.zip unpacked, but the dataset in it is unusable: ") as caught:
+        download_dataset(settings, dest, archive=archive)
+    assert "without a mask in mask: image/2.png." in str(caught.value) and ".tmp-" not in str(caught.value)
+    assert_clean(dest, present=False)

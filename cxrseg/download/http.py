@@ -7,6 +7,7 @@ import errno
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -243,8 +244,9 @@ def _unpack_and_install(
         root = extract_dataset(archive_path, unpacked, settings, source)
         try:
             dataset_splits(root)
-        except DataError as exc:
-            raise DownloadError(f"{source} unpacked, but the dataset is unusable: {exc}") from exc
+        except DataError as exc:  # its paths lie in the staging folder, deleted by the time the user reads them
+            inside = str(exc).replace(f"{unpacked}{os.sep}", "")
+            raise DownloadError(f"{source} unpacked, but the dataset in it is unusable: {inside}") from exc
         counts = count_images(root)
         write_text(root / MARKER, json.dumps({"source": source, "counts": counts}) + "\n")
         shutil.rmtree(partial_dir, ignore_errors=True)
