@@ -783,3 +783,13 @@ def test_an_unusable_dataset_is_described_with_paths_inside_the_archive(settings
         download_dataset(settings, dest, archive=archive)
     assert "without a mask in mask: image/2.png." in str(caught.value) and ".tmp-" not in str(caught.value)
     assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_sha256_is_refused_not_skipped(settings, dest, tmp_path, value):
+    """Catches bug 6 of review C: `--sha256 ''` (say, from an unset shell variable) silently turned the check off."""
+    archive = tmp_path / "lungs.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    with pytest.raises(DownloadError, match=r"--sha256 is empty; give the archive's 64 hex digits, or leave --sha256"):
+        download_dataset(settings, dest, archive=archive, sha256=value)
+    assert_clean(dest, present=False)

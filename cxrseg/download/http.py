@@ -207,8 +207,12 @@ def _kaggle_headers(env: Mapping[str, str], kaggle_json: Path | None) -> dict[st
 
 
 def _expected_sha256(sha256: str | None) -> str | None:
-    expected = sha256.strip().lower() if sha256 else None
-    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+    if sha256 is None:
+        return None
+    expected = sha256.strip().lower()
+    if not expected:  # `--sha256 "$UNSET"` must not turn the check off
+        raise DownloadError("--sha256 is empty; give the archive's 64 hex digits, or leave --sha256 out.")
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise DownloadError(f"--sha256 must be 64 hex digits, got {sha256!r}.")
     return expected
 
