@@ -442,9 +442,32 @@ def test_item1_force_keeps_unrelated_files(settings, dest, tmp_path):
     (dest / "src").rmdir()
     (dest / "image" / "a.png").write_bytes(b"x")  # exactly the dataset layout: replaceable without a marker
     assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
-    (dest / "notes.txt").write_text("mine")  # installed by cxrseg (marker): replaced as a whole
+    assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)  # installed: replaceable
+    (dest / "notes.txt").write_text("mine")  # installed by cxrseg (marker), but this file is the user's: kept
+    with pytest.raises(DownloadError, match=r"--force would delete .*notes.txt, which `cxrseg download` did not"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "notes.txt").read_text() == "mine"
+    (dest / "notes.txt").unlink()
     assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
     assert_clean(dest, present=True)
+
+
+def test_force_replaces_what_the_archive_installed_but_not_what_the_user_added(settings, dest, tmp_path):
+    """Catches bug 3 of review C: with the marker present, --force deleted everything in DEST, the user's own files
+    beside the dataset included. What the archive itself put there (a README) is recorded in the marker and
+    replaced."""
+    archive = tmp_path / "with-readme.zip"
+    archive.write_bytes(zip_bytes(dataset_files() | {"README.txt": b"from the archive"}))
+    download_dataset(settings, dest, archive=archive)
+    assert json.loads((dest / extract.MARKER).read_text())["entries"] == [
+        "README.txt", "image", "mask", "test_image", "test_mask"
+    ]  # fmt: skip
+    download_dataset(settings, dest, archive=archive, force=True)  # the archive's own README is no user file
+    for name in ("notes.txt", "results"):
+        (dest / name).mkdir() if name == "results" else (dest / name).write_text("mine")
+    with pytest.raises(DownloadError, match=r"--force would delete .*notes.txt and 1 more, .* move them out of"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "results").is_dir()
 
 
 def test_item8_stale_staging_and_partial_are_cleaned(settings, dest, tmp_path):
@@ -793,3 +816,27 @@ def test_an_empty_sha256_is_refused_not_skipped(settings, dest, tmp_path, value)
     with pytest.raises(DownloadError, match=r"--sha256 is empty; give the archive's 64 hex digits, or leave --sha256"):
         download_dataset(settings, dest, archive=archive, sha256=value)
     assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("where", ["dest", "partial", "staging"])
+def test_an_archive_inside_dest_is_refused_before_anything_is_deleted(settings, dest, tmp_path, where):
+    """Catches bug 3 of review C: `download --archive D/new.zip --dest D --force` deleted the archive with the old
+    dataset, and an archive in D/.partial or in a staging folder beside D was deleted as a leftover of a killed
+    run."""
+    first = tmp_path / "first.zip"
+    first.write_bytes(zip_bytes(dataset_files()))
+    if where == "dest":
+        download_dataset(settings, dest, archive=first)
+    folder = {"dest": dest, "partial": dest / extract.PARTIAL_DIR, "staging": dest.parent / f".{dest.name}.tmp-x"}
+    archive = folder[where] / "lungs-v2.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(zip_bytes(dataset_files(n_train=4)))
+    with pytest.raises(DownloadError, match=r"Archive .*lungs-v2.zip is inside .*; move the archive out of"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert archive.is_file()
+    if where == "dest":
+        assert count_files(dest / "image") == 3  # the old dataset is untouched too
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for _ in folder.iterdir())

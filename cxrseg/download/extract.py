@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import lzma
 import re
 import shutil
@@ -345,9 +346,28 @@ def _only_dataset_layout(dest: Path) -> bool:
     return True
 
 
+def installed_entries(root: Path) -> list[str]:
+    """The names at the top of a dataset about to be installed, recorded in its MARKER."""
+    return sorted(p.name for p in root.iterdir() if p.name != MARKER)
+
+
+def _added_by_user(dest: Path) -> list[str]:
+    """What sits at the top of `dest`, installed by cxrseg, that the MARKER does not list (the user put it there);
+    a MARKER without the list (older versions) or unreadable stands for the dataset folders alone."""
+    try:
+        recorded = json.loads((dest / MARKER).read_text(encoding="utf-8")).get("entries")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, list):
+        recorded = list(LAYOUT)
+    keep = {*map(str, recorded), MARKER, PARTIAL_DIR}
+    return sorted(p.name for p in dest.iterdir() if p.name not in keep)
+
+
 def check_destination(dest: Path, force: bool = False) -> None:
     """Refuse a file, a non-empty folder that holds no dataset, and (with `force`) a folder that cxrseg did not
-    install and that holds more than the dataset layout: never delete what the user keeps there."""
+    install and that holds more than the dataset layout, or one it installed where the user has added files: never
+    delete what the user keeps there."""
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"{dest} is a file, not a folder; pick another --dest.")
     if dest.is_dir() and not is_present(dest) and any(p.name != PARTIAL_DIR for p in dest.iterdir()):
@@ -357,6 +377,12 @@ def check_destination(dest: Path, force: bool = False) -> None:
             f"--force would replace {dest}, which `cxrseg download` did not install (no {MARKER}) and which holds "
             "more than image/, mask/, test_image/ and test_mask/ with images; move your files out or pick "
             "another --dest."
+        )
+    if force and is_present(dest) and (dest / MARKER).is_file() and (added := _added_by_user(dest)):
+        more = f" and {len(added) - 1} more" if len(added) > 1 else ""
+        raise DownloadError(
+            f"--force would delete {dest / added[0]}{more}, which `cxrseg download` did not install there; move "
+            f"them out of {dest} or pick another --dest."
         )
 
 

@@ -31,6 +31,7 @@ from cxrseg.download.extract import (
     count_images,
     extract_dataset,
     install,
+    installed_entries,
     is_present,
     remove_stale_staging,
 )
@@ -156,6 +157,8 @@ def download_dataset(
 
     if is_present(dest) and not force:
         return DownloadResult(dest, True, count_images(dest), source)
+    if archive is not None:
+        _refuse_archive_in_dest(archive, dest)
     check_destination(dest, force)
     remove_stale_staging(dest)
     headers = _kaggle_headers(env or {}, kaggle_json) if kaggle_dataset is not None else {}
@@ -199,6 +202,19 @@ def _source(
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", kaggle_dataset):
         raise DownloadError(f"download.kaggle_dataset must look like owner/name, got {kaggle_dataset!r}.")
     return f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}", kaggle_dataset
+
+
+def _refuse_archive_in_dest(archive: Path, dest: Path) -> None:
+    """The download replaces `dest` (--force), and deletes dest/.partial and the staging folders beside `dest`:
+    never with the archive it reads inside."""
+    where, inside = archive.resolve(), dest.resolve()
+    staging = [p for p in where.parents if p.parent == inside.parent and p.name.startswith(f".{inside.name}.tmp-")]
+    if where.is_relative_to(inside) or staging:
+        folder = dest if where.is_relative_to(inside) else staging[0]
+        raise DownloadError(
+            f"Archive {archive} is inside {folder}, which the download replaces or deletes; move the archive out of "
+            f"{folder} first."
+        )
 
 
 def _kaggle_headers(env: Mapping[str, str], kaggle_json: Path | None) -> dict[str, str]:
@@ -252,7 +268,8 @@ def _unpack_and_install(
             inside = str(exc).replace(f"{unpacked}{os.sep}", "")
             raise DownloadError(f"{source} unpacked, but the dataset in it is unusable: {inside}") from exc
         counts = count_images(root)
-        write_text(root / MARKER, json.dumps({"source": source, "counts": counts}) + "\n")
+        marker = {"source": source, "counts": counts, "entries": installed_entries(root)}
+        write_text(root / MARKER, json.dumps(marker) + "\n")
         shutil.rmtree(partial_dir, ignore_errors=True)
         install(root, dest, staging)
         return counts
