@@ -840,3 +840,24 @@ def test_an_archive_inside_dest_is_refused_before_anything_is_deleted(settings, 
 
 def count_files(folder: Path) -> int:
     return sum(1 for _ in folder.iterdir())
+
+
+def test_a_second_download_to_the_same_dest_stops_at_once(server, settings, dest, tmp_path):
+    """Catches bug 8 of review C: a second download to DEST, started while the first was running, deleted the
+    first one's DEST/.partial (and staging folders) as leftovers of a killed run, and then both installed."""
+    url = server.serve("/ds.zip", zip_bytes(dataset_files()))
+    other = tmp_path / "other.zip"
+    other.write_bytes(zip_bytes(dataset_files(n_train=4)))
+    second: list[str] = []
+
+    def start_another(done: int, total: int | None) -> None:
+        if not second:  # while the first download is writing DEST/.partial
+            with pytest.raises(DownloadError) as caught:
+                download_dataset(settings, dest, archive=other)
+            second.append(str(caught.value))
+
+    assert_dataset(download_dataset(settings, dest, url=url, on_progress=start_another), dest)
+    assert re.fullmatch(rf"{re.escape(str(dest))} is in use by another `cxrseg download` \(it holds .*\.lungs\.lock\)"
+                        r"; wait for it to end, then run again\.", second[0])  # fmt: skip
+    assert other.is_file()
+    assert_clean(dest, present=True)  # the lock file went with the first download

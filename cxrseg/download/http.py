@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import functools
 import hashlib
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,29 @@ def download_dataset(
     if archive is not None:
         _refuse_archive_in_dest(archive, dest)
     check_destination(dest, force)
-    remove_stale_staging(dest)
     headers = _kaggle_headers(env or {}, kaggle_json) if kaggle_dataset is not None else {}
     if archive is not None and not archive.is_file():
         raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
+    with _locked(dest):
+        if is_present(dest) and not force:  # another download finished while this one started
+            return DownloadResult(dest, True, count_images(dest), source)
+        check_destination(dest, force)
+        remove_stale_staging(dest)  # no other download is using them: it would hold the lock
+        counts = _download(settings, dest, source, archive, expected, headers, on_progress, kaggle_dataset)
+    return DownloadResult(dest, False, counts, source)
 
+
+def _download(
+    settings: DownloadSettings,
+    dest: Path,
+    source: str,
+    archive: Path | None,
+    expected: str | None,
+    headers: Mapping[str, str],
+    on_progress: Progress | None,
+    kaggle_dataset: str | None,
+) -> dict[str, int]:
+    """Fetch (unless `archive` is given), check, unpack and install; clean up whatever happens. Returns the counts."""
     created = not dest.exists()
     partial_dir = dest / PARTIAL_DIR
     try:
@@ -183,7 +202,60 @@ def download_dataset(
             shutil.rmtree(partial_dir, ignore_errors=True)
         if created and dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
-    return DownloadResult(dest, False, counts, source)
+    return counts
+
+
+LOCK_TRIES = 5
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    """Hold `.DEST.lock` beside `dest` inside the block, so that a second download to `dest` stops at once instead
+    of deleting the first one's partial file and staging folder. The lock file is removed by its holder, while
+    held; the operating system releases the lock however the process ends."""
+    try:
+        import fcntl  # POSIX; elsewhere (Windows) downloads run unguarded, as `train` does
+    except ImportError:
+        yield
+        return
+    lock = dest.parent / f".{dest.name}.lock"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        handle = _acquire(lock, dest, fcntl)
+    except OSError as exc:
+        raise DownloadError(
+            f"Cannot create {lock} ({exc.strerror or exc}); check the permissions of {dest.parent} or pick another "
+            "--dest."
+        ) from exc
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # before closing: a download waiting on this file sees it gone and tries again
+            os.close(handle)
+
+
+def _acquire(lock: Path, dest: Path, fcntl: Any) -> int | None:
+    """An open, locked descriptor of `lock`, or None where the file system has no locks (some network mounts)."""
+    for _ in range(LOCK_TRIES):
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(lock).st_ino == os.fstat(handle).st_ino:
+                return handle
+        except BlockingIOError:
+            os.close(handle)
+            raise DownloadError(
+                f"{dest} is in use by another `cxrseg download` (it holds {lock}); wait for it to end, then run again."
+            ) from None
+        except FileNotFoundError:
+            pass  # its holder removed it as we locked it: open the next one
+        except OSError:
+            os.close(handle)
+            return None
+        os.close(handle)
+    raise DownloadError(f"Could not lock {lock}: other downloads keep replacing it; run again.")
 
 
 def _source(
