@@ -218,9 +218,10 @@ def _locked(dest: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    lock = dest.parent / f".{dest.name}.lock"
+    real = dest.resolve()  # one lock for every spelling of DEST ("." included)
+    lock = real.parent / f".{real.name}.lock"
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        real.parent.mkdir(parents=True, exist_ok=True)
         handle = _acquire(lock, dest, fcntl)
     except OSError as exc:
         raise DownloadError(
