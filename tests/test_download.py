@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import errno
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import re
 import socket
 import stat
@@ -14,6 +17,7 @@ import tarfile
 import threading
 import time
 import types
+import warnings
 import zipfile
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -438,9 +442,32 @@ def test_item1_force_keeps_unrelated_files(settings, dest, tmp_path):
     (dest / "src").rmdir()
     (dest / "image" / "a.png").write_bytes(b"x")  # exactly the dataset layout: replaceable without a marker
     assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
-    (dest / "notes.txt").write_text("mine")  # installed by cxrseg (marker): replaced as a whole
+    assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)  # installed: replaceable
+    (dest / "notes.txt").write_text("mine")  # installed by cxrseg (marker), but this file is the user's: kept
+    with pytest.raises(DownloadError, match=r"--force would delete .*notes.txt, which `cxrseg download` did not"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "notes.txt").read_text() == "mine"
+    (dest / "notes.txt").unlink()
     assert_dataset(download_dataset(settings, dest, archive=archive, force=True), dest)
     assert_clean(dest, present=True)
+
+
+def test_force_replaces_what_the_archive_installed_but_not_what_the_user_added(settings, dest, tmp_path):
+    """Catches bug 3 of review C: with the marker present, --force deleted everything in DEST, the user's own files
+    beside the dataset included. What the archive itself put there (a README) is recorded in the marker and
+    replaced."""
+    archive = tmp_path / "with-readme.zip"
+    archive.write_bytes(zip_bytes(dataset_files() | {"README.txt": b"from the archive"}))
+    download_dataset(settings, dest, archive=archive)
+    assert json.loads((dest / extract.MARKER).read_text())["entries"] == [
+        "README.txt", "image", "mask", "test_image", "test_mask"
+    ]  # fmt: skip
+    download_dataset(settings, dest, archive=archive, force=True)  # the archive's own README is no user file
+    for name in ("notes.txt", "results"):
+        (dest / name).mkdir() if name == "results" else (dest / name).write_text("mine")
+    with pytest.raises(DownloadError, match=r"--force would delete .*notes.txt and 1 more, .* move them out of"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "results").is_dir()
 
 
 def test_item8_stale_staging_and_partial_are_cleaned(settings, dest, tmp_path):
@@ -550,3 +577,287 @@ def test_a_file_that_is_no_archive_is_named_before_any_scan(dest, tmp_path, monk
     with pytest.raises(DownloadError, match=rf"is not a zip or tar archive \(it starts with .*{shown}"):
         download_dataset(DownloadSettings(), dest, archive=archive)
     assert_clean(dest, present=False)
+
+
+def plain_tar(files: dict[str, bytes]) -> tuple[bytes, list[int]]:
+    """An uncompressed tar of `files` and the byte offset after each member."""
+    buffer, ends = io.BytesIO(), []
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+            ends.append(buffer.tell())
+    return buffer.getvalue(), ends
+
+
+def test_a_plain_tar_whose_last_member_is_a_zip_is_read_as_the_tar(settings, dest, tmp_path):
+    """The format comes from the first bytes: zipfile.is_zipfile finds the end record of a zip stored as the tar's
+    last member, and the inner zip was unpacked instead of the tar."""
+    files = dataset_files()
+    inner = zip_bytes({"image/x.png": files["image/0.png"], "mask/x.jpeg": files["mask/0.jpeg"]}, prefix="other/")
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(plain_tar(files | {"extras/backup.zip": inner})[0])
+    assert zipfile.is_zipfile(archive)  # the trap
+    result = download_dataset(settings, dest, archive=archive)
+    assert result.counts == FULL_COUNTS and (dest / "image" / "0.png").is_file()
+
+
+def _flip_middle(data: bytes, count: int = 200) -> bytes:
+    damaged = bytearray(data)
+    for i in range(len(data) // 2, len(data) // 2 + count):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+def _zip_headers_patched(files: dict[str, bytes], offsets: dict[bytes, int], value: bytes, *, ored: bool) -> bytes:
+    """A zip whose local (PK\\x03\\x04) and central (PK\\x01\\x02) headers carry `value` at the given offset."""
+    data = bytearray(zip_bytes(files))
+    for signature, offset in offsets.items():
+        start = 0
+        while (at := data.find(signature, start)) >= 0:
+            if ored:
+                data[at + offset] |= value[0]
+            else:
+                data[at + offset : at + offset + len(value)] = value
+            start = at + 4
+    return bytes(data)
+
+
+def _noisy_tar() -> bytes:
+    """The dataset and 300 kB of noise: bzip2 at level 1 (100 kB blocks) compresses it in several blocks."""
+    noise = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    return plain_tar(dataset_files() | {"extras/noise.bin": noise})[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("lungs.tar.xz", lambda: _flip_middle(lzma.compress(plain_tar(dataset_files())[0])), r"is corrupt \("),
+        ("lungs.tar.bz2", lambda: _flip_middle(bz2.compress(_noisy_tar(), compresslevel=1)), r"is corrupt \("),
+        (
+            "lungs.zip",  # general purpose bit 0: encrypted
+            lambda: _zip_headers_patched(dataset_files(), {b"PK\x03\x04": 6, b"PK\x01\x02": 8}, b"\x01", ored=True),
+            r"is encrypted \('image/0.png' needs a password\); .* re-pack it without a password",
+        ),
+        (
+            "lungs.zip",  # compression method 9, deflate64
+            lambda: _zip_headers_patched(
+                dataset_files(), {b"PK\x03\x04": 8, b"PK\x01\x02": 10}, b"\x09\x00", ored=False
+            ),
+            r"compression Python cannot read \(method 9 for 'image/0.png'\); .* re-pack it as a plain zip or tar.gz",
+        ),
+    ],
+    ids=["corrupt-xz", "corrupt-bz2", "encrypted-zip", "deflate64-zip"],
+)
+def test_unreadable_archives_give_one_line_saying_what_to_do(settings, dest, tmp_path, name, make, message):
+    """Catches bug 2 of review C: a corrupt .tar.xz (lzma.LZMAError), an encrypted zip (RuntimeError) and a deflate64
+    zip (NotImplementedError) ended in a traceback, and a .tar.bz2 corrupt past its first block (an OSError without
+    an errno) was reported as "check the path and permissions"."""
+    archive = tmp_path / name
+    archive.write_bytes(make())
+    with pytest.raises(DownloadError, match=message) as caught:
+        download_dataset(settings, dest, archive=archive)
+    assert "\n" not in str(caught.value) and "permissions" not in str(caught.value)
+    if "corrupt" in message:
+        assert str(caught.value).endswith("fetch it again.")
+    assert archive.is_file()
+    assert_clean(dest, present=False)
+
+
+def test_a_bit_flip_in_a_tar_gz_is_caught_by_its_crc(settings, dest, tmp_path):
+    """Catches bug 1 of review C: the gzip stream was never read to its end, so its CRC was never checked; in stored
+    blocks a flipped byte changes an image without any other sign. Also bug 2: gzip's CRC error is an OSError, and it
+    was reported as "check the path and permissions"."""
+    damaged = bytearray(gzip.compress(plain_tar(dataset_files())[0], compresslevel=0))
+    damaged[2000] ^= 0xFF  # inside the first image's bytes
+    archive = tmp_path / "lungs.tar.gz"
+    archive.write_bytes(bytes(damaged))
+    with pytest.raises(DownloadError, match=r"lungs.tar.gz is corrupt \(CRC check failed.*\); fetch it again.$"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("at", ["between-members", "inside-a-header"])
+def test_a_tar_cut_short_is_refused_not_installed_short(settings, dest, tmp_path, at):
+    """Catches bug 1 of review C: tarfile stops silently at a missing or cut header past the first member, so a tar
+    cut after image/ and mask/ installed a dataset without test_image/ and test_mask/."""
+    raw, ends = plain_tar(dataset_files())
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(raw[: ends[5] + (0 if at == "between-members" else 100)])  # after image/ and mask/
+    with pytest.raises(
+        DownloadError, match=r"is truncated or corrupt \(no end-of-archive marker after 'mask/2.jpeg'\)"
+    ):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def test_a_tar_with_a_garbled_header_is_refused(settings, dest, tmp_path):
+    """Catches bug 1 of review C: a header that fails its checksum past the first member ended the archive
+    silently."""
+    raw, ends = plain_tar(dataset_files())
+    damaged = bytearray(raw)
+    damaged[ends[5] + 10] ^= 0xFF  # the name in the header after mask/2.jpeg
+    archive = tmp_path / "lungs.tar"
+    archive.write_bytes(bytes(damaged))
+    with pytest.raises(DownloadError, match=r"truncated or corrupt \(no end-of-archive marker after 'mask/2.jpeg'\)"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("pack", ["tar", "tar.gz"])
+def test_a_download_without_content_length_cut_short_is_refused(server, settings, dest, pack):
+    """Catches bug 1 of review C over HTTP: without a Content-Length the body ends when the server closes, so a cut
+    tar (here after image/ and mask/) looked complete and installed without test_image/ and test_mask/. A cut .tar.gz
+    was already refused (gzip raises EOFError); it stays here so that both keep one line saying to fetch again."""
+    raw, ends = plain_tar(dataset_files())
+    body = raw[: ends[5]] if pack == "tar" else gzip.compress(raw)[: -len(raw) // 4]
+    server.routes[f"/ds.{pack}"] = trickle(body, every=0, size=len(body), announce=False)
+    with pytest.raises(DownloadError, match=r"(truncated or corrupt|is corrupt) \(.*\); fetch it again.$"):
+        download_dataset(settings, dest, url=server.url(f"/ds.{pack}"))
+    assert_clean(dest, present=False)
+
+
+def _with_folders(pack: str, count: int) -> bytes:
+    """The dataset and `count` empty folder entries, as a zip or a tar.gz."""
+    folders = [f"junk/d{i}/" for i in range(count)]
+    if pack == "zip":
+        buffer = io.BytesIO(zip_bytes(dataset_files()))
+        with zipfile.ZipFile(buffer, "a") as zf:
+            for name in folders:
+                zf.writestr(zipfile.ZipInfo(name), b"")
+        return buffer.getvalue()
+    return tar_bytes(dataset_files(), extra=[_tar_info(name, tarfile.DIRTYPE) for name in folders])
+
+
+@pytest.mark.parametrize("pack", ["zip", "tar.gz"])
+def test_folders_count_against_the_file_limit(dest, tmp_path, pack):
+    """Catches bug 5 of review C: folder entries were not counted against download.max_extract_files, so an archive
+    of a million empty folders was unpacked in full."""
+    archive = tmp_path / f"folders.{pack}"
+    archive.write_bytes(_with_folders(pack, 200))
+    settings = DownloadSettings(max_extract_files=50)  # the dataset alone holds 10 files
+    with pytest.raises(DownloadError, match=r"more than 50 files and folders, the download.max_extract_files limit"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def _raw_zip(entries: list[tuple[str, bytes]]) -> bytes:
+    """A zip holding `entries` in order, the same name twice if asked."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns of a duplicate name, and writes it
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "shown"),
+    [
+        ("same.zip", "image/0.png", r"holds 'image/0.png' twice;"),
+        ("normalised.tar", "image/./0.png", r"holds 'image/./0.png' twice \(also as 'image/0.png'\)"),
+        ("case.zip", "IMAGE/0.PNG", r"holds 'IMAGE/0.PNG' twice \(also as 'image/0.png'\)"),
+    ],
+)
+def test_an_entry_written_twice_is_refused_naming_it(settings, dest, tmp_path, name, extra, shown):
+    """Catches bug 7 of review C: the same path twice (as written, after normalising, or after case-folding, as a
+    macOS or Windows disk compares names) was unpacked "last wins", silently replacing an image."""
+    entries = [*dataset_files().items(), (extra, b"not the image")]
+    archive = tmp_path / name
+    archive.write_bytes(_raw_zip(entries) if name.endswith(".zip") else plain_tar(dict(entries))[0])
+    with pytest.raises(DownloadError, match=shown + r".* re-pack the archive with each file once"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+def test_a_file_where_a_folder_goes_is_refused_naming_both_entries(settings, dest, tmp_path):
+    """Catches bug 9 of review C: a file and a folder at one path failed with the staging path, deleted by the time
+    the user read it, and "check the path and permissions"."""
+    archive = tmp_path / "clash.tar"
+    archive.write_bytes(plain_tar(dataset_files() | {"image/0.png/inner.png": b"x"})[0])
+    with pytest.raises(DownloadError, match=r"a file and a folder at one path \('image/0.png' and 'image/0.png/inner"):
+        download_dataset(settings, dest, archive=archive)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("pack", ["zip", "tar"])
+def test_a_member_name_too_long_is_named_not_the_staging_path(settings, dest, tmp_path, pack):
+    """Catches bug 9 of review C: a member name longer than the file system allows failed naming the staging
+    folder, deleted by the time the user read it, with "check the path and permissions"."""
+    long_name = "image/" + "a" * 300 + ".png"
+    files = dataset_files() | {long_name: b"x"}
+    archive = tmp_path / f"long.{pack}"
+    archive.write_bytes(zip_bytes(files) if pack == "zip" else plain_tar(files)[0])
+    with pytest.raises(DownloadError, match=rf"a name too long for this file system \('{long_name}'\); .*re-pack") as e:
+        download_dataset(settings, dest, archive=archive)
+    assert ".tmp-" not in str(e.value)
+    assert_clean(dest, present=False)
+
+
+def test_an_unusable_dataset_is_described_with_paths_inside_the_archive(settings, dest, tmp_path):
+    """Catches bug 9 of review C: the dataset check named files in the staging folder, deleted by the time the user
+    read the message."""
+    files = dict(dataset_files())
+    del files["mask/2.jpeg"]
+    archive = tmp_path / "unpaired.zip"
+    archive.write_bytes(zip_bytes(files))
+    with pytest.raises(DownloadError, match=r"unpaired.zip unpacked, but the dataset in it is unusable: ") as caught:
+        download_dataset(settings, dest, archive=archive)
+    assert "without a mask in mask: image/2.png." in str(caught.value) and ".tmp-" not in str(caught.value)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_sha256_is_refused_not_skipped(settings, dest, tmp_path, value):
+    """Catches bug 6 of review C: `--sha256 ''` (say, from an unset shell variable) silently turned the check off."""
+    archive = tmp_path / "lungs.zip"
+    archive.write_bytes(zip_bytes(dataset_files()))
+    with pytest.raises(DownloadError, match=r"--sha256 is empty; give the archive's 64 hex digits, or leave --sha256"):
+        download_dataset(settings, dest, archive=archive, sha256=value)
+    assert_clean(dest, present=False)
+
+
+@pytest.mark.parametrize("where", ["dest", "partial", "staging"])
+def test_an_archive_inside_dest_is_refused_before_anything_is_deleted(settings, dest, tmp_path, where):
+    """Catches bug 3 of review C: `download --archive D/new.zip --dest D --force` deleted the archive with the old
+    dataset, and an archive in D/.partial or in a staging folder beside D was deleted as a leftover of a killed
+    run."""
+    first = tmp_path / "first.zip"
+    first.write_bytes(zip_bytes(dataset_files()))
+    if where == "dest":
+        download_dataset(settings, dest, archive=first)
+    folder = {"dest": dest, "partial": dest / extract.PARTIAL_DIR, "staging": dest.parent / f".{dest.name}.tmp-x"}
+    archive = folder[where] / "lungs-v2.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(zip_bytes(dataset_files(n_train=4)))
+    with pytest.raises(DownloadError, match=r"Archive .*lungs-v2.zip is inside .*; move the archive out of"):
+        download_dataset(settings, dest, archive=archive, force=True)
+    assert archive.is_file()
+    if where == "dest":
+        assert count_files(dest / "image") == 3  # the old dataset is untouched too
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for _ in folder.iterdir())
+
+
+def test_a_second_download_to_the_same_dest_stops_at_once(server, settings, dest, tmp_path):
+    """Catches bug 8 of review C: a second download to DEST, started while the first was running, deleted the
+    first one's DEST/.partial (and staging folders) as leftovers of a killed run, and then both installed."""
+    url = server.serve("/ds.zip", zip_bytes(dataset_files()))
+    other = tmp_path / "other.zip"
+    other.write_bytes(zip_bytes(dataset_files(n_train=4)))
+    second: list[str] = []
+
+    def start_another(done: int, total: int | None) -> None:
+        if not second:  # while the first download is writing DEST/.partial
+            with pytest.raises(DownloadError) as caught:
+                download_dataset(settings, dest, archive=other)
+            second.append(str(caught.value))
+
+    assert_dataset(download_dataset(settings, dest, url=url, on_progress=start_another), dest)
+    assert re.fullmatch(rf"{re.escape(str(dest))} is in use by another `cxrseg download` \(it holds .*\.lungs\.lock\)"
+                        r"; wait for it to end, then run again\.", second[0])  # fmt: skip
+    assert other.is_file()
+    assert_clean(dest, present=True)  # the lock file went with the first download

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -16,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from cxrseg.download.extract import (
     count_images,
     extract_dataset,
     install,
+    installed_entries,
     is_present,
     remove_stale_staging,
 )
@@ -155,12 +158,32 @@ def download_dataset(
 
     if is_present(dest) and not force:
         return DownloadResult(dest, True, count_images(dest), source)
+    if archive is not None:
+        _refuse_archive_in_dest(archive, dest)
     check_destination(dest, force)
-    remove_stale_staging(dest)
     headers = _kaggle_headers(env or {}, kaggle_json) if kaggle_dataset is not None else {}
     if archive is not None and not archive.is_file():
         raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
+    with _locked(dest):
+        if is_present(dest) and not force:  # another download finished while this one started
+            return DownloadResult(dest, True, count_images(dest), source)
+        check_destination(dest, force)
+        remove_stale_staging(dest)  # no other download is using them: it would hold the lock
+        counts = _download(settings, dest, source, archive, expected, headers, on_progress, kaggle_dataset)
+    return DownloadResult(dest, False, counts, source)
 
+
+def _download(
+    settings: DownloadSettings,
+    dest: Path,
+    source: str,
+    archive: Path | None,
+    expected: str | None,
+    headers: Mapping[str, str],
+    on_progress: Progress | None,
+    kaggle_dataset: str | None,
+) -> dict[str, int]:
+    """Fetch (unless `archive` is given), check, unpack and install; clean up whatever happens. Returns the counts."""
     created = not dest.exists()
     partial_dir = dest / PARTIAL_DIR
     try:
@@ -179,7 +202,61 @@ def download_dataset(
             shutil.rmtree(partial_dir, ignore_errors=True)
         if created and dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
-    return DownloadResult(dest, False, counts, source)
+    return counts
+
+
+LOCK_TRIES = 5
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    """Hold `.DEST.lock` beside `dest` inside the block, so that a second download to `dest` stops at once instead
+    of deleting the first one's partial file and staging folder. The lock file is removed by its holder, while
+    held; the operating system releases the lock however the process ends."""
+    try:
+        import fcntl  # POSIX; elsewhere (Windows) downloads run unguarded, as `train` does
+    except ImportError:
+        yield
+        return
+    real = dest.resolve()  # one lock for every spelling of DEST ("." included)
+    lock = real.parent / f".{real.name}.lock"
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        handle = _acquire(lock, dest, fcntl)
+    except OSError as exc:
+        raise DownloadError(
+            f"Cannot create {lock} ({exc.strerror or exc}); check the permissions of {dest.parent} or pick another "
+            "--dest."
+        ) from exc
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # before closing: a download waiting on this file sees it gone and tries again
+            os.close(handle)
+
+
+def _acquire(lock: Path, dest: Path, fcntl: Any) -> int | None:
+    """An open, locked descriptor of `lock`, or None where the file system has no locks (some network mounts)."""
+    for _ in range(LOCK_TRIES):
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(lock).st_ino == os.fstat(handle).st_ino:
+                return handle
+        except BlockingIOError:
+            os.close(handle)
+            raise DownloadError(
+                f"{dest} is in use by another `cxrseg download` (it holds {lock}); wait for it to end, then run again."
+            ) from None
+        except FileNotFoundError:
+            pass  # its holder removed it as we locked it: open the next one
+        except OSError:
+            os.close(handle)
+            return None
+        os.close(handle)
+    raise DownloadError(f"Could not lock {lock}: other downloads keep replacing it; run again.")
 
 
 def _source(
@@ -200,14 +277,31 @@ def _source(
     return f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}", kaggle_dataset
 
 
+def _refuse_archive_in_dest(archive: Path, dest: Path) -> None:
+    """The download replaces `dest` (--force), and deletes dest/.partial and the staging folders beside `dest`:
+    never with the archive it reads inside."""
+    where, inside = archive.resolve(), dest.resolve()
+    staging = [p for p in where.parents if p.parent == inside.parent and p.name.startswith(f".{inside.name}.tmp-")]
+    if where.is_relative_to(inside) or staging:
+        folder = dest if where.is_relative_to(inside) else staging[0]
+        raise DownloadError(
+            f"Archive {archive} is inside {folder}, which the download replaces or deletes; move the archive out of "
+            f"{folder} first."
+        )
+
+
 def _kaggle_headers(env: Mapping[str, str], kaggle_json: Path | None) -> dict[str, str]:
     user, key = kaggle_credentials(env, kaggle_json)
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()}
 
 
 def _expected_sha256(sha256: str | None) -> str | None:
-    expected = sha256.strip().lower() if sha256 else None
-    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+    if sha256 is None:
+        return None
+    expected = sha256.strip().lower()
+    if not expected:  # `--sha256 "$UNSET"` must not turn the check off
+        raise DownloadError("--sha256 is empty; give the archive's 64 hex digits, or leave --sha256 out.")
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise DownloadError(f"--sha256 must be 64 hex digits, got {sha256!r}.")
     return expected
 
@@ -243,10 +337,12 @@ def _unpack_and_install(
         root = extract_dataset(archive_path, unpacked, settings, source)
         try:
             dataset_splits(root)
-        except DataError as exc:
-            raise DownloadError(f"{source} unpacked, but the dataset is unusable: {exc}") from exc
+        except DataError as exc:  # its paths lie in the staging folder, deleted by the time the user reads them
+            inside = str(exc).replace(f"{unpacked}{os.sep}", "")
+            raise DownloadError(f"{source} unpacked, but the dataset in it is unusable: {inside}") from exc
         counts = count_images(root)
-        write_text(root / MARKER, json.dumps({"source": source, "counts": counts}) + "\n")
+        marker = {"source": source, "counts": counts, "entries": installed_entries(root)}
+        write_text(root / MARKER, json.dumps(marker) + "\n")
         shutil.rmtree(partial_dir, ignore_errors=True)
         install(root, dest, staging)
         return counts
