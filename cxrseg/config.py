@@ -177,7 +177,9 @@ class DownloadSettings(Section):
     max_extract_ratio: float = Field(
         50.0, ge=1, description="largest unpacked size as a multiple of the archive's size (X-rays barely compress)"
     )
-    max_extract_files: int = Field(200_000, gt=0)
+    max_extract_files: int = Field(
+        200_000, gt=0, description="most entries (files and folders) unpacked from an archive"
+    )
 
 
 class Settings(BaseSettings):
