@@ -131,3 +131,20 @@ def test_evaluate_csv_with_a_name_that_is_not_utf8_is_written_escaped(tmp_path: 
         written = list(csv.DictReader(handle))
     assert [r["name"] for r in written] == ["case\\xff.png"] * 2
     assert written[0]["image"] == "/data/image/case\\xff.png" and "case\\xff.png" in written[1]["error"]
+
+
+def test_evaluate_csv_text_cells_never_start_a_formula(tmp_path: Path) -> None:
+    """Review C bug 4 (CSV injection): `evaluate --csv` wrote names and errors starting with = + - @ tab or CR as
+    they were, so a spreadsheet ran them as formulas; they now start with a single quote."""
+    from cxrseg.inference.evaluate import Evaluation, ImageScore
+    from cxrseg.metrics import score
+
+    truth = np.zeros((8, 8), bool)
+    truth[2:6, 2:6] = True
+    rows = [ImageScore("+cmd|' -c calc'!A0", Path("=image/x.png"), score(truth, truth))]
+    failed = [ImageScore("@bad", Path("-image/y.png"), None, '=HYPERLINK("http://x") unreadable')]
+    write_csv(Evaluation(rows, {}, failed), tmp_path / "scores.csv")
+    with (tmp_path / "scores.csv").open(newline="", encoding="utf-8") as handle:
+        cells = [value for row in csv.reader(handle) for value in row]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert "'+cmd|' -c calc'!A0" in cells and "'=image/x.png" in cells

@@ -442,3 +442,16 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     result = runner.invoke(app, ["predict", "--sample", "--out", str(tmp_path / "sample"), *ckpt])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sample" / "s.png.mask.png").is_file()
+
+
+def test_skip_existing_keeps_inputs_whose_names_look_like_formulas(tmp_path: Path, checkpoint: Path) -> None:
+    """Review C bug 4: names starting with = + - @ are written to predictions.csv behind a single quote (CSV
+    injection); --skip-existing must still recognise their rows and keep them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i, name in enumerate(("=x.png", "-y.png", "+z.png", "@w.png")):
+        Image.fromarray(chest(seed=i)).save(src / name)
+    run([src], out, checkpoint)
+    assert {row["mask"][0] for row in read_csv(out / "predictions.csv")} == {"'"}
+    result = predict_paths([src], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
+    assert result.skipped == 4 and sorted(row["mask"] for row in result.rows)[0] == "+z.png.mask.png"

@@ -21,7 +21,7 @@ from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.engine import Engine, Fitted, engine_for, finish, fit_image
 from cxrseg.inference.pipeline import run_pipeline
-from cxrseg.inference.quality import printable
+from cxrseg.inference.quality import csv_text, printable
 from cxrseg.metrics import METRICS, Scores, distance_unit, score, summarize
 from cxrseg.preprocess import Geometry
 from cxrseg.runtime import OnnxModel
@@ -159,8 +159,9 @@ def evaluate_model(
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> None:
-    """Per-image rows (name, image, metrics, error), written atomically; failed pairs have empty metrics. Names
-    that are not valid UTF-8 are written escaped (\\xNN), as in predictions.csv."""
+    """Per-image rows (name, image, metrics, error), written atomically; failed pairs have empty metrics. As in
+    predictions.csv, names that are not valid UTF-8 are written escaped (\\xNN) and text a spreadsheet would
+    read as a formula starts with a single quote."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["name", "image", *METRICS, "error"])
@@ -168,9 +169,9 @@ def write_csv(evaluation: Evaluation, path: Path) -> None:
         s = row.scores
         writer.writerow([*_text(row.name, row.image), *(f"{getattr(s, m):.6f}" for m in METRICS), ""])
     for row in evaluation.failed:
-        writer.writerow([*_text(row.name, row.image), *("" for _ in METRICS), printable(row.error)])
+        writer.writerow([*_text(row.name, row.image), *("" for _ in METRICS), csv_text(printable(row.error))])
     write_text(path, buffer.getvalue())
 
 
 def _text(name: str, image: Path) -> tuple[str, str]:
-    return printable(name), printable(str(image))
+    return csv_text(printable(name)), csv_text(printable(str(image)))
