@@ -282,3 +282,22 @@ def test_predict_report_with_a_name_that_is_not_utf8_links_to_the_file(tmp_path)
     assert "case\\xff.png" in html
     links = re.findall(r'href="([^"]*case[^"]*)"', html)
     assert links and all((tmp_path / os.fsdecode(unquote_to_bytes(link))).is_file() for link in links)
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_predict_report_reads_and_writes_only_inside_its_folder(tmp_path, where):
+    """Review C bug 6: a row whose overlay names a picture outside the output folder (a hand-edited table kept by
+    --skip-existing) made the report read it and write its thumbnail beside it, outside --out; such a row now
+    gets no thumbnail and no link."""
+    out = tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32)).save(secret)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    picture = str(secret) if where == "absolute" else "../../secret.png"
+    row = {"input": "/data/a.png", "status": "ok", "message": "", "mask": "a.png.mask.png", "overlay": picture,
+           "flags": ""}  # fmt: skip
+    html = write_predict_report(out, [row]).read_text(encoding="utf-8")
+    made = [p for p in tmp_path.rglob("*") if p not in before]
+    assert made and all(p.is_relative_to(out) for p in made)
+    assert "secret" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', html))
