@@ -298,18 +298,23 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """Rows of a previous predictions.csv keyed by their mask column (unusable rows are left out)."""
     if not path.is_file():
         return {}
-    rows = {}
+    # a row written by another version or edited by hand is left out: predict this input again
+    return {row["mask"]: row for row in read_table(path, "move it away to start afresh") if row and row["mask"]}
+
+
+def read_table(path: Path, advice: str) -> list[dict[str, Any] | None]:
+    """Every row of a predictions.csv in order, typed as written (None for a row that cannot be read back);
+    DataError (saying `advice`) when the file is not a readable table."""
+    rows: list[dict[str, Any] | None] = []
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             for raw in csv.DictReader(handle):
                 try:
-                    row = {k: _read_cell(raw[k], kind) for k, kind in COLUMNS.items()}
+                    rows.append({k: _read_cell(raw[k], kind) for k, kind in COLUMNS.items()})
                 except (KeyError, ValueError):
-                    continue  # written by another version or edited by hand: predict this input again
-                if row["mask"]:
-                    rows[row["mask"]] = row
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not a readable predictions table ({exc}); move it away to start afresh.") from exc
+                    rows.append(None)
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable predictions table ({exc}); {advice}.") from exc
     return rows
 
 
