@@ -112,3 +112,39 @@ def test_worker_processes_score_exactly_as_in_process(setup) -> None:
     pooled = evaluate_model(model, settings, pairs, cfg, workers=2)
     assert [r.name for r in pooled.rows] == [p.name for p in pairs]  # input order kept
     assert [r.scores for r in pooled.rows] == [r.scores for r in inline.rows]
+
+
+def test_evaluate_csv_with_a_name_that_is_not_utf8_is_written_escaped(tmp_path: Path) -> None:
+    """Review C bug 2: `evaluate --csv` crashed with UnicodeEncodeError, after scoring every image, on a file name
+    that is not valid UTF-8; it is now written with the bytes escaped as \\xNN, as predictions.csv does."""
+    import os
+
+    from cxrseg.inference.evaluate import Evaluation, ImageScore
+    from cxrseg.metrics import score
+
+    name = os.fsdecode(b"case\xff.png")
+    truth = np.ones((4, 4), bool)
+    rows = [ImageScore(name, Path("/data/image") / name, score(truth, truth))]
+    failed = [ImageScore(name, Path("/data/image") / name, None, f"/data/image/{name}: truncated file.")]
+    write_csv(Evaluation(rows, {}, failed), tmp_path / "scores.csv")
+    with (tmp_path / "scores.csv").open(newline="", encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["name"] for r in written] == ["case\\xff.png"] * 2
+    assert written[0]["image"] == "/data/image/case\\xff.png" and "case\\xff.png" in written[1]["error"]
+
+
+def test_evaluate_csv_text_cells_never_start_a_formula(tmp_path: Path) -> None:
+    """Review C bug 4 (CSV injection): `evaluate --csv` wrote names and errors starting with = + - @ tab or CR as
+    they were, so a spreadsheet ran them as formulas; they now start with a single quote."""
+    from cxrseg.inference.evaluate import Evaluation, ImageScore
+    from cxrseg.metrics import score
+
+    truth = np.zeros((8, 8), bool)
+    truth[2:6, 2:6] = True
+    rows = [ImageScore("+cmd|' -c calc'!A0", Path("=image/x.png"), score(truth, truth))]
+    failed = [ImageScore("@bad", Path("-image/y.png"), None, '=HYPERLINK("http://x") unreadable')]
+    write_csv(Evaluation(rows, {}, failed), tmp_path / "scores.csv")
+    with (tmp_path / "scores.csv").open(newline="", encoding="utf-8") as handle:
+        cells = [value for row in csv.reader(handle) for value in row]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert "'+cmd|' -c calc'!A0" in cells and "'=image/x.png" in cells

@@ -16,7 +16,8 @@ from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
 from cxrseg.checkpoint import load_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings
-from cxrseg.errors import CheckpointError, ConfigError
+from cxrseg.errors import CheckpointError, ConfigError, DataError
+from cxrseg.export.onnx import INT8_MIN_DICE
 from cxrseg.inference import backend
 from cxrseg.inference.backend import load_model
 from cxrseg.inference.predict import PredictOptions, predict_paths
@@ -140,6 +141,7 @@ def test_int8_export_keeps_the_masks(tmp_path: Path) -> None:
     result = export_onnx(BUNDLED_MODEL, tmp_path / "int8.onnx", int8=True, calibration=SAMPLE_DIR)
     assert result.precision == "int8" and result.calibration_images == 20
     assert result.mask_agreement >= 0.999
+    assert result.lung_dice >= INT8_MIN_DICE and result.held_out and result.validation_images == 4  # test_image/
     model = load_onnx(result.path)
     assert model.metadata["precision"] == "int8" and "20 images" in model.metadata["calibration"]
 
@@ -153,3 +155,126 @@ def test_auto_backend_takes_the_faster_runtime_of_the_cpu(monkeypatch: pytest.Mo
     assert backend.choose_backend(BUNDLED_MODEL, cfg, backend.AUTO_ORT_MIN_IMAGES) == expected
     assert backend.choose_backend(BUNDLED_MODEL, cfg, backend.AUTO_ORT_MIN_IMAGES - 1) == "torch"
     assert backend.choose_backend(BUNDLED_MODEL, cfg.model_copy(update={"backend": "torch"}), 10**6) == "torch"
+
+
+@pytest.mark.slow  # exports the bundled model to int8
+def test_int8_export_calibrated_on_black_images_is_refused(tmp_path: Path) -> None:
+    """Review C bug 3: an int8 model calibrated on flat black images was written with exit 0 although its lung
+    masks reach a Dice of about 0.9 against torch's ("mask pixels equal 95.6 %" hid it: mostly background); it is
+    now refused, nothing written, with a line saying to calibrate on real training X-rays."""
+    from cxrseg.export import export_onnx
+
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(8):
+        Image.new("L", (512, 512), 0).save(black / f"b{i}.png")
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(
+        DataError, match=r"Dice 0\.\d+ .*not written\. Calibrate on real training X-rays: --calibration"
+    ):
+        export_onnx(BUNDLED_MODEL, out, int8=True, calibration=black)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["black"]
+
+
+def test_int8_checks_use_the_sample_x_rays_not_used_for_calibration() -> None:
+    """Review C bug 3: with the default calibration (the sample's image/) 20 of the 24 check X-rays were the
+    calibration images themselves; the check now takes the others (test_image/), and says when it cannot."""
+    from cxrseg.export.calibration import calibration_images, sample_images
+    from cxrseg.export.onnx import check_images
+
+    default = calibration_images(None)
+    checks, held_out = check_images(default)
+    assert held_out and checks and not set(checks) & set(default)
+    assert {path.parent.name for path in checks} == {"test_image"}
+    assert check_images([]) == (sample_images(), True)
+    assert check_images(sample_images()) == (sample_images(), False)
+
+
+def test_mask_dice_sees_a_lost_lung_that_the_share_of_equal_pixels_hides() -> None:
+    """Review C bug 3: the share of equal mask pixels is mostly background; the Dice of the masks is not."""
+    from cxrseg.export.onnx import mask_dice
+
+    torch_mask = np.zeros((2, 1, 64, 64), bool)
+    torch_mask[:, :, 20:40, 10:30] = torch_mask[:, :, 20:40, 34:54] = True
+    int8_mask = torch_mask.copy()
+    int8_mask[0, :, :, 32:] = False  # one lung lost on one image
+    assert np.mean(torch_mask == int8_mask) > 0.95
+    assert mask_dice(torch_mask, int8_mask) == pytest.approx((2 * 400 / 1200 + 1) / 2)
+    assert mask_dice(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4), bool)) == 1.0
+
+
+@pytest.fixture
+def export_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """Run `cxrseg export ARGS` through the console entry point (typed errors become their line and exit code);
+    returns (exit code, stdout and stderr)."""
+    from cxrseg.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["cxrseg", "export", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        captured = capsys.readouterr()
+        return exited.value.code, " ".join((captured.out + captured.err).split())
+
+    return run
+
+
+@pytest.mark.parametrize("link", ["same", "dotted", "symlink", "hardlink"])
+def test_export_never_overwrites_its_input_checkpoint(tmp_path: Path, link: str, export_cli) -> None:
+    """Review C bug 1: `export --checkpoint X --out X` replaced the checkpoint with the ONNX model (weights lost).
+    An --out that is the checkpoint by any spelling, symlink or hard link is now refused before the export."""
+    import os
+    import shutil
+
+    checkpoint = tmp_path / "best.safetensors"
+    shutil.copy(BUNDLED_MODEL, checkpoint)
+    before = checkpoint.read_bytes()
+    (tmp_path / "sub").mkdir()
+    out = {
+        "same": checkpoint,
+        "dotted": tmp_path / "sub" / ".." / "best.safetensors",
+        "symlink": tmp_path / "best.onnx",
+        "hardlink": tmp_path / "best.onnx",
+    }[link]
+    if link == "symlink":
+        out.symlink_to(checkpoint)
+    elif link == "hardlink":
+        os.link(checkpoint, out)
+    code, output = export_cli("--checkpoint", str(checkpoint), "--out", str(out))
+    assert code == 2, output
+    assert checkpoint.read_bytes() == before
+    if link in ("symlink", "hardlink"):
+        assert "is the checkpoint" in output and "destroy the weights" in output
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [("folder", "is a folder; give a file name such as"), ("lung.bin", "give a name ending in .onnx")],
+)
+def test_export_checks_out_before_the_export(tmp_path: Path, make: str, message: str, export_cli) -> None:
+    """Review C bug 1: an --out that is a folder or has no .onnx suffix was found out only after the ~20 s export
+    (or not at all); it is now refused at once, with what to give instead."""
+    import time
+
+    out = tmp_path / make
+    if make == "folder":
+        out.mkdir()
+    start = time.perf_counter()
+    code, output = export_cli("--checkpoint", str(BUNDLED_MODEL), "--out", str(out))
+    assert code == 2 and message in output, output
+    assert time.perf_counter() - start < 5  # no export ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["folder"] if make == "folder" else [])
+
+
+def test_export_says_an_onnx_checkpoint_is_an_onnx_model(tmp_path: Path, export_cli) -> None:
+    """Review C bug 1: `export --checkpoint x.onnx` said "truncated or corrupt"; it now says it is an ONNX model
+    and export takes a .safetensors checkpoint, and export's --help no longer says it takes .onnx."""
+    model = tmp_path / "lung.onnx"
+    model.write_bytes(b"an onnx model")
+    code, output = export_cli("--checkpoint", str(model), "--out", str(tmp_path / "again.onnx"))
+    assert code == 2, output
+    assert "is an ONNX model; export takes a .safetensors checkpoint" in output
+    assert "corrupt" not in output and not (tmp_path / "again.onnx").exists()
+    help_text = " ".join(CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "250"}).output.split())
+    assert "Checkpoint to export (.safetensors; not an .onnx model)" in help_text
+    assert ".safetensors or .onnx" not in help_text

@@ -51,3 +51,19 @@ def test_item2_output_below_a_file_is_one_output_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="afile/sub/t.csv: Not a directory"):
         write_text(tmp_path / "afile" / "sub" / "t.csv", "x")
+
+
+def test_a_legal_name_of_243_bytes_is_written_and_leaves_no_temporary(tmp_path: Path) -> None:
+    """Review C bug 7: the temporary `.NAME.XXXXXXXX.tmp` added 14 bytes, so a legal 243-byte name (NAME_MAX is
+    255) failed with ENAMETOOLONG; a long name now gets a short hashed temporary name."""
+    for length in (241, 243, 255):
+        path = tmp_path / ("a" * (length - 4) + ".png")
+        write_text(path, "x")
+        assert path.read_text() == "x"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_name_too_long_for_the_file_system_says_to_shorten_it(tmp_path: Path) -> None:
+    """Review C bug 7: a name over 255 bytes gets advice about the name, not only "choose another output path"."""
+    with pytest.raises(OutputError, match="shorter output name"):
+        write_text(tmp_path / ("a" * 256), "x")

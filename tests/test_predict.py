@@ -442,3 +442,40 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     result = runner.invoke(app, ["predict", "--sample", "--out", str(tmp_path / "sample"), *ckpt])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sample" / "s.png.mask.png").is_file()
+
+
+def test_skip_existing_keeps_inputs_whose_names_look_like_formulas(tmp_path: Path, checkpoint: Path) -> None:
+    """Review C bug 4: names starting with = + - @ are written to predictions.csv behind a single quote (CSV
+    injection); --skip-existing must still recognise their rows and keep them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i, name in enumerate(("=x.png", "-y.png", "+z.png", "@w.png")):
+        Image.fromarray(chest(seed=i)).save(src / name)
+    run([src], out, checkpoint)
+    assert {row["mask"][0] for row in read_csv(out / "predictions.csv")} == {"'"}
+    result = predict_paths([src], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
+    assert result.skipped == 4 and sorted(row["mask"] for row in result.rows)[0] == "+z.png.mask.png"
+
+
+def test_skip_existing_rebuilds_output_paths_from_the_input_not_the_table(tmp_path: Path, checkpoint: Path) -> None:
+    """Review C bug 6: --skip-existing copied the previous table's `overlay` cell, so a hand-edited predictions.csv
+    could point the kept row (and the report made from it) outside --out; the paths now come from the input."""
+    from cxrseg.report import write_predict_report
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(chest()).save(src / "x0.png")
+    run([src], out, checkpoint)
+    secret = tmp_path / "secret.png"
+    Image.fromarray(chest(seed=5)).save(secret)
+    table = read_csv(out / "predictions.csv")
+    table[0]["overlay"] = str(secret)
+    with (out / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    result = predict_paths([src], out, checkpoint, InferenceSettings(), PredictOptions(skip_existing=True))
+    assert result.skipped == 1 and result.rows[0]["overlay"] == "x0.png.overlay.jpg"
+    assert read_csv(out / "predictions.csv")[0]["overlay"] == "x0.png.overlay.jpg"
+    write_predict_report(out, result.rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "secret.png"]

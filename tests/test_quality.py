@@ -282,3 +282,30 @@ def test_rows_round_trip_through_csv_and_json(tmp_path) -> None:
     (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(Exception, match="binary.csv is not a readable predictions table"):
         read_rows(tmp_path / "binary.csv")
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cells(path) -> list[str]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [value for row in csv.reader(handle) for value in row]
+
+
+@pytest.mark.parametrize(
+    "name", ['=HYPERLINK("x","y").png', "-2+3.png", "+x.png", "@SUM(A1).png", "\tx.png", "'=x.png"]
+)
+def test_predictions_csv_text_cells_never_start_a_formula_and_read_back_exactly(tmp_path, name) -> None:
+    """Review C bug 4 (CSV injection): predictions.csv wrote names and messages starting with = + - @ tab or CR
+    as they were, so a spreadsheet ran them as formulas; they now start with a single quote, which read_rows
+    removes (so --skip-existing still finds the row), and negative numbers stay numbers."""
+    from cxrseg.inference.quality import empty_row, read_rows, write_rows
+
+    ok = empty_row() | {"input": name, "status": "ok", "mask": name + ".mask.png", "overlay": name + ".overlay.jpg"}
+    ok |= {"lung_px": 110, "midline_contrast": -0.25}
+    failed = empty_row() | {"input": "/data/" + name, "status": "error", "message": "-" + name + ": unreadable"}
+    path = write_rows([ok, failed], tmp_path / "predictions.csv")
+    assert [cell for cell in _csv_cells(path) if cell.startswith(FORMULA_START)] == ["-0.25"]  # a number stays one
+    assert read_rows(path) == {name + ".mask.png": ok}

@@ -265,3 +265,39 @@ def test_reports_show_table_and_gallery_without_javascript(browser, tmp_path):
     link = page.locator("#gallery a.full").first.get_attribute("href")
     assert (tmp_path / link).is_file()  # without the script a card is a plain link to the overlay
     assert not_blank(page.screenshot()) > 20
+
+
+def test_predict_report_with_a_name_that_is_not_utf8_links_to_the_file(tmp_path):
+    """Review C bug 2: a file name that is not valid UTF-8 (os.listdir keeps its bytes as surrogates) crashed
+    write_predict_report with UnicodeEncodeError, in url() and in writing the page; the page is now written, the
+    name shown as \\xNN and the link percent-encodes the name's bytes, so it opens the very file."""
+    import os
+    from urllib.parse import unquote_to_bytes
+
+    name = os.fsdecode(b"case\xff.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / (name + ".overlay.jpg"), format="JPEG")
+    row = {"input": "/data/" + name, "status": "ok", "message": "", "mask": name + ".mask.png",
+           "overlay": name + ".overlay.jpg", "flags": ""}  # fmt: skip
+    html = write_predict_report(tmp_path, [row]).read_text(encoding="utf-8")
+    assert "case\\xff.png" in html
+    links = re.findall(r'href="([^"]*case[^"]*)"', html)
+    assert links and all((tmp_path / os.fsdecode(unquote_to_bytes(link))).is_file() for link in links)
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_predict_report_reads_and_writes_only_inside_its_folder(tmp_path, where):
+    """Review C bug 6: a row whose overlay names a picture outside the output folder (a hand-edited table kept by
+    --skip-existing) made the report read it and write its thumbnail beside it, outside --out; such a row now
+    gets no thumbnail and no link."""
+    out = tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32)).save(secret)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    picture = str(secret) if where == "absolute" else "../../secret.png"
+    row = {"input": "/data/a.png", "status": "ok", "message": "", "mask": "a.png.mask.png", "overlay": picture,
+           "flags": ""}  # fmt: skip
+    html = write_predict_report(out, [row]).read_text(encoding="utf-8")
+    made = [p for p in tmp_path.rglob("*") if p not in before]
+    assert made and all(p.is_relative_to(out) for p in made)
+    assert "secret" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', html))

@@ -66,3 +66,26 @@ def test_train_save_images_writes_the_best_checkpoints_validation_pictures(tmp_p
     best = max(json.loads(line)["val_dice"] for line in (run / "metrics.jsonl").read_text().splitlines())
     dice_row = re.search(r"<th scope=\"row\">dice</th><td>([0-9.]+)</td>", html)
     assert dice_row and dice_row.group(1) == f"{best:.4f}"  # the same images and scores as validation
+
+
+def test_reports_and_tables_of_a_name_that_is_not_utf8_are_written(tmp_path: Path) -> None:
+    """Review C bug 2: `predict --report`, `evaluate --report` and `evaluate --csv` crashed with UnicodeEncodeError
+    after all the work on an X-ray whose file name is not valid UTF-8; each now writes its file and exits 0."""
+    import os
+
+    name = os.fsdecode(b"case\xff.png")
+    data = tmp_path / "data"
+    for folder in ("test_image", "test_mask"):
+        (data / folder).mkdir(parents=True)
+        shutil.copy(SAMPLE_DIR / folder / "CHNCXR_0228_0.png", data / folder / name)
+    out = tmp_path / "out"
+    args = ["predict", str(data / "test_image"), "--out", str(out), "--checkpoint", str(BUNDLED), "--report"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "case\\xff.png" in (out / "report.html").read_text(encoding="utf-8")
+    report, scores = tmp_path / "eval" / "review.html", tmp_path / "scores.csv"
+    args = ["evaluate", "--data", str(data), "--checkpoint", str(BUNDLED), "--split", "test"]
+    result = CliRunner().invoke(app, [*args, "--csv", str(scores), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "case\\xff.png" in report.read_text(encoding="utf-8")
+    assert "case\\xff.png" in scores.read_text(encoding="utf-8")

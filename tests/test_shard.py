@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
@@ -144,3 +146,74 @@ def test_torchrun_predict_writes_one_table_equal_to_a_single_process_run(tmp_pat
         "predictions.csv",
     ]
     assert (tmp_path / "ranks" / "predictions.csv").read_text() == single_run_table(tmp_path / "single")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
+    from cxrseg.config import Settings
+
+    settings = Settings.model_validate({"preprocess": {"image_size": 32}, "model": {"base_channels": 4, "depth": 2}})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(path, build_model(settings), CheckpointInfo(settings=settings))
+    return path
+
+
+def sharded_run(tmp_path: Path, checkpoint: Path) -> Path:
+    """Both shards of a prediction of 6 synthetic films (one unreadable) into one folder, not merged."""
+    from tests.conftest import ellipse_pair
+
+    films, out = tmp_path / "films", tmp_path / "out"
+    films.mkdir()
+    for i in range(5):
+        Image.fromarray(ellipse_pair(i)[0]).save(films / f"case_{i}.png")
+    (films / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for k in (1, 2):
+        options = PredictOptions(shard=Shard(k, 2), workers=1)
+        predict_paths([films], out, checkpoint, InferenceSettings(device="cpu", backend="torch"), options)
+    return out
+
+
+def test_merge_with_report_writes_the_report_of_every_shard(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Review C bug 5: `predict --merge OUT --report` ignored --report; it now writes the report of the merged
+    table, every shard's inputs in it."""
+    out = sharded_run(tmp_path, tiny_checkpoint)
+    result = CliRunner().invoke(app, ["predict", "--merge", str(out), "--report"])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count('<figure class="card') == 6 and "broken.png" in html
+    assert len(list((out / "report_files" / "thumbs").glob("*.jpg"))) == 5
+
+
+def test_a_shard_refuses_report_before_any_work(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Review C bug 5: `predict --shard K/N --report` wrote report.html of its own shard only, each shard
+    overwriting the last; it is now refused (exit 2, nothing written), pointing at `--merge OUT --report`."""
+    films, out = tmp_path / "films", tmp_path / "out"
+    films.mkdir()
+    Image.new("L", (32, 32), 50).save(films / "a.png")
+    args = ["predict", str(films), "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--report"]
+    result = CliRunner().invoke(app, [*args, "--shard", "1/2"])
+    assert result.exit_code == 2 and "--merge" in result.output
+    assert not out.exists()
+
+
+def test_torchrun_rank_0_writes_the_report_of_the_merged_table(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review C bug 5: under torchrun each rank wrote report.html of its own shard; rank 0 now writes it from the
+    merged table once every rank is done (the other ranks write none)."""
+    from cxrseg.cli import predict as predict_cli
+    from cxrseg.inference import shard as shard_module
+
+    out = sharded_run(tmp_path, tiny_checkpoint)
+    merged = merge_shards(out)
+    monkeypatch.setattr(shard_module, "barrier_then_merge", lambda out_dir, part: None)
+    predict_cli._finish(0, out, Shard(2, 2), distributed=True, report=True)
+    assert not (out / "report.html").exists()
+    monkeypatch.setattr(shard_module, "barrier_then_merge", lambda out_dir, part: merged)
+    with pytest.raises(typer.Exit):  # one input failed: exit code 1
+        predict_cli._finish(0, out, Shard(1, 2), distributed=True, report=True)
+    assert (out / "report.html").read_text(encoding="utf-8").count('<figure class="card') == 6

@@ -70,7 +70,13 @@ SkipExisting = Annotated[
 ]
 AsJson = Annotated[bool, _flag("--json", "Also write predictions.json and print the rows as JSON.", panel=OUTPUT)]
 Report = Annotated[
-    bool, _flag("--report", "Also write report.html: gallery, flags and errors for review.", panel=OUTPUT)
+    bool,
+    _flag(
+        "--report",
+        "Also write report.html: gallery, flags and errors for review (of the merged table with --merge; "
+        "not with --shard).",
+        panel=OUTPUT,
+    ),
 ]
 Threshold = Annotated[float | None, option(help="Lung probability threshold.", setting="inference.threshold")]
 Workers = Annotated[int | None, option(min=1, help="Decoding and writing processes.", default="one per core, up to 4")]
@@ -118,7 +124,10 @@ def predict(
     from cxrseg.inference.shard import merge_shards
 
     if merge is not None:
-        _report_merge(*merge_shards(merge))
+        merged = merge_shards(merge)
+        _report_merge(*merged)
+        if report:
+            _write_merged_report(merge, merged[0])
         return
     _check_usage(inputs, out, sample, recursive, checkpoint)
     assert out is not None  # _check_usage refused it
@@ -133,23 +142,40 @@ def predict(
     inference |= {"device": device, "backend": backend}
     settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}, "inference": inference}, config)
     part, ranks = _shard(shard, settings.inference.device)
+    if report and part.enabled and not ranks.enabled:
+        raise typer.BadParameter(
+            "a shard's report would show only its own inputs; once every shard is done, run "
+            f"`cxrseg predict --merge {out} --report` for the report of them all",
+            param_hint="--report",
+        )
     checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     paths: list[str | Path] = [*(inputs or []), *(sample_inputs() if sample else [])]
     flags = {"recursive": recursive, "overlay": overlay, "probabilities": probabilities, "write_json": as_json}
     flags |= {"skip_existing": skip_existing, "shard": part} | ({"workers": workers} if workers else {})
     result = _run(paths, out, checkpoint, settings.inference, PredictOptions(**flags))
     _summarize(result)
-    if report:
+    if report and not ranks.enabled:  # under torchrun, rank 0 writes it from the merged table
         _write_report(out, result.rows)
     if as_json:
         stdout.print_json(json.dumps(result.rows))
-    _finish(result.failed, out, part, ranks.enabled)
+    _finish(result.failed, out, part, ranks.enabled, report)
 
 
 def _write_report(out: Path, rows: list[dict]) -> None:
     from cxrseg.report import write_predict_report
 
     console.print(f"Report: {write_predict_report(out, rows)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _write_merged_report(out: Path, table: Path) -> None:
+    """The report of every shard's inputs, from the merged predictions.csv."""
+    from cxrseg.errors import DataError
+    from cxrseg.inference.quality import read_table
+
+    rows = read_table(table, "run the shards again")
+    if None in rows:
+        raise DataError(f"{table} holds rows this version of cxrseg cannot read; run the shards again with it.")
+    _write_report(out, [row for row in rows if row is not None])
 
 
 def _check_usage(
@@ -212,8 +238,9 @@ def _run(
         progress.stop()
 
 
-def _finish(failed: int, out: Path, part: Shard, distributed: bool) -> None:
-    """Under torchrun rank 0 merges the shards and reports; exit code 1 when any input failed."""
+def _finish(failed: int, out: Path, part: Shard, distributed: bool, report: bool = False) -> None:
+    """Under torchrun rank 0 merges the shards and reports (and writes the report of the merged table, with
+    `report`); exit code 1 when any input failed."""
     from cxrseg.inference.shard import barrier_then_merge
 
     if distributed:
@@ -221,6 +248,8 @@ def _finish(failed: int, out: Path, part: Shard, distributed: bool) -> None:
         if merged is None:
             return  # rank 0 reports the merged table and the exit code
         _report_merge(*merged)
+        if report:
+            _write_merged_report(out, merged[0])
         failed = merged[2]
     if failed:
         raise typer.Exit(1)

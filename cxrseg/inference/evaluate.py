@@ -21,6 +21,7 @@ from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.engine import Engine, Fitted, engine_for, finish, fit_image
 from cxrseg.inference.pipeline import run_pipeline
+from cxrseg.inference.quality import csv_text, printable
 from cxrseg.metrics import METRICS, Scores, distance_unit, score, summarize
 from cxrseg.preprocess import Geometry
 from cxrseg.runtime import OnnxModel
@@ -158,13 +159,19 @@ def evaluate_model(
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> None:
-    """Per-image rows (name, image, metrics, error), written atomically; failed pairs have empty metrics."""
+    """Per-image rows (name, image, metrics, error), written atomically; failed pairs have empty metrics. As in
+    predictions.csv, names that are not valid UTF-8 are written escaped (\\xNN) and text a spreadsheet would
+    read as a formula starts with a single quote."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["name", "image", *METRICS, "error"])
     for row in evaluation.rows:
         s = row.scores
-        writer.writerow([row.name, row.image, *(f"{getattr(s, m):.6f}" for m in METRICS), ""])
+        writer.writerow([*_text(row.name, row.image), *(f"{getattr(s, m):.6f}" for m in METRICS), ""])
     for row in evaluation.failed:
-        writer.writerow([row.name, row.image, *("" for _ in METRICS), row.error])
+        writer.writerow([*_text(row.name, row.image), *("" for _ in METRICS), csv_text(printable(row.error))])
     write_text(path, buffer.getvalue())
+
+
+def _text(name: str, image: Path) -> tuple[str, str]:
+    return csv_text(printable(name)), csv_text(printable(str(image)))

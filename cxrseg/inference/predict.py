@@ -190,6 +190,14 @@ def _is_done(job: Job, out_dir: Path, previous: dict[str, dict], options: Predic
         return False
 
 
+def _kept_row(job: Job, out_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """A previous run's row of `job`, its paths rebuilt from the job, never taken from the table: an edited
+    `mask` or `overlay` cell must not send the report (or anything else reading the row) outside --out."""
+    had_overlay = bool(row.get("overlay")) and (out_dir / (job.name + OVERLAY)).is_file()
+    paths = {"mask": job.name + MASK, "overlay": job.name + OVERLAY if had_overlay else ""}
+    return row | {"input": _recorded(job.source)} | paths
+
+
 def _triage(plan: Plan, out_dir: Path, csv_path: Path, options: PredictOptions) -> tuple[list, list[int], int]:
     """Rows known before the model runs (planning errors, inputs kept by --skip-existing), indices to do, kept."""
     previous = read_rows(csv_path) if options.skip_existing else {}
@@ -199,7 +207,7 @@ def _triage(plan: Plan, out_dir: Path, csv_path: Path, options: PredictOptions) 
         if job.error:
             rows[index] = _error_row(job, job.error)
         elif options.skip_existing and _is_done(job, out_dir, previous, options):
-            rows[index], kept = previous[printable(job.name + MASK)] | {"input": _recorded(job.source)}, kept + 1
+            rows[index], kept = _kept_row(job, out_dir, previous[printable(job.name + MASK)]), kept + 1
         else:
             todo.append(index)
     return rows, todo, kept

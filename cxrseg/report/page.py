@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,12 @@ def cell(value: object, digits: int = 4) -> tuple[str, str]:
 
 
 def url(path: Path | str, base: Path | None = None) -> str:
-    """A relative URL (percent-encoded, '/' separated) that works from a file:// page."""
+    """A relative URL (percent-encoded, '/' separated) that works from a file:// page.
+
+    Quoted from the path's bytes, so a name that is not valid UTF-8 (kept by os.listdir as surrogates) links to
+    the very file."""
     relative = Path(path).relative_to(base) if base is not None else Path(path)
-    return quote(relative.as_posix())
+    return quote(os.fsencode(relative.as_posix()))
 
 
 _ENV = Environment(
@@ -72,9 +76,19 @@ _ENV = Environment(
 
 
 def render(template: str, path: Path, **context: object) -> Path:
-    """Render `template` with `context` and write it atomically to `path`."""
+    """Render `template` with `context` and write it atomically to `path` (bytes of names that are not valid
+    UTF-8 shown as \\xNN)."""
     page = _ENV.get_template(template).render(
         version=cxrseg.__version__, generated=time.strftime("%Y-%m-%d %H:%M"), **context
     )
-    write_text(path, page)
+    write_text(path, _printable(page))
     return path
+
+
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8: the undecodable bytes os.fsdecode keeps as surrogates become \\xNN, other lone
+    surrogates \\uNNNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -31,23 +31,42 @@ DIGITS = {  # decimals shown for each numeric column, in COLUMNS order
 }  # fmt: skip
 
 
-def _thumb(out_dir: Path, row: dict[str, Any]) -> tuple[str, tuple[int, int]] | None:
-    """Thumbnail of the row's overlay (else its mask) under report_files/thumbs/; None when there is no picture."""
+def _picture(out_dir: Path, row: dict[str, Any]) -> str | None:
+    """The row's overlay (else its mask), relative to `out_dir`; None for an error row, a row without a picture,
+    or a path that leads outside `out_dir` (a hand-edited table: the report reads and links only its own files)."""
     source = row.get("overlay") or row.get("mask")
     if row.get("status") != "ok" or not source:
         return None
-    target = out_dir / FILES_NAME / "thumbs" / (str(source) + ".jpg")
+    return str(source) if _inside(out_dir / str(source), out_dir) else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, links and `..` resolved, lies in `folder`."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _thumb(out_dir: Path, row: dict[str, Any]) -> tuple[str, tuple[int, int]] | None:
+    """Thumbnail of the row's picture (_picture) under report_files/thumbs/; None when there is none."""
+    source = _picture(out_dir, row)
+    if source is None:
+        return None
+    thumbs = out_dir / FILES_NAME / "thumbs"
+    target = thumbs / (source + ".jpg")
+    if not _inside(target, thumbs):
+        return None
     try:
         return url(target, out_dir), thumbnail_of(out_dir / source, target)
     except OSError:  # deleted or unreadable picture: the card says so, the report is still written
         return None
 
 
-def _item(index: int, row: dict[str, Any], thumb: tuple[str, tuple[int, int]] | None) -> Item:
+def _item(index: int, row: dict[str, Any], thumb: tuple[str, tuple[int, int]] | None, picture: str | None) -> Item:
     flags = [flag for flag in (row.get("flags") or "").split(";") if flag]
     name = PurePath(str(row["input"])).name
     ok = row.get("status") == "ok"
-    picture = row.get("overlay") or row.get("mask")
     cells = [(name.lower(), name), (row["status"], row["status"])]
     cells += [cell(row.get(key), DIGITS[key]) for key in DIGITS]
     cells.append((" ".join(flags), ", ".join(flags)))
@@ -65,7 +84,7 @@ def _item(index: int, row: dict[str, Any], thumb: tuple[str, tuple[int, int]] | 
         facts=facts,
         thumb=thumb[0] if thumb else None,
         thumb_size=thumb[1] if thumb else None,
-        full=url(picture) if ok and picture else None,
+        full=url(picture) if picture else None,
         message=str(row.get("message") or ""),
     )
 
@@ -92,7 +111,10 @@ def write_predict_report(
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers, thread_name_prefix="cxrseg-thumb") as pool:
         thumbs = list(pool.map(lambda row: _thumb(out_dir, row), rows))
-    items = [_item(index, row, thumb) for index, (row, thumb) in enumerate(zip(rows, thumbs, strict=True))]
+    items = [
+        _item(index, row, thumb, _picture(out_dir, row))
+        for index, (row, thumb) in enumerate(zip(rows, thumbs, strict=True))
+    ]
     filters = [("all", "all images"), ("status:ok", "ok"), ("status:error", "errors"), ("flag:any", "any flag")]
     filters += [(f"flag:{flag}", flag) for flag in FLAGS]
     return render(
