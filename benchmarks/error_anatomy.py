@@ -33,7 +33,7 @@ from scipy import ndimage
 # every cxrseg import in one place
 import cxrseg
 from cxrseg.checkpoint import load_checkpoint
-from cxrseg.dataset import select_pairs
+from cxrseg.dataset import select_pairs, unseen
 from cxrseg.errors import CxrsegError
 from cxrseg.imaging import read_image
 from cxrseg.inference.evaluate import evaluate_model
@@ -208,6 +208,8 @@ def main() -> None:
         settings = info.settings
         split = settings.data
         pairs = select_pairs(args.data, args.split, split.val_fraction, split.split_seed, rule=split.split_rule)
+        if args.split == "val":  # as `cxrseg evaluate` scores it: never a film the checkpoint was fitted on
+            pairs = unseen(pairs, info.trained_on)[0]
     except CxrsegError as exc:
         raise SystemExit(f"error: {exc}") from None
     films: list[FilmErrors] = []

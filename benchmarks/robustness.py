@@ -30,8 +30,8 @@ from scipy import ndimage
 
 # every cxrseg import in one place
 import cxrseg
-from cxrseg.checkpoint import load_checkpoint
-from cxrseg.dataset import Pair, SplitRule, dataset_splits, find_pairs
+from cxrseg.checkpoint import CheckpointInfo, load_checkpoint
+from cxrseg.dataset import Pair, dataset_splits, find_pairs, unseen
 from cxrseg.errors import CxrsegError
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.evaluate import Evaluation, evaluate_model
@@ -40,15 +40,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cxr-lun
 TILE = 160
 
 
-def split_pairs(root: Path, split: str, val_fraction: float, seed: int, rule: SplitRule) -> list[Pair]:
-    """The pairs of `split`: `test` is test_image/ + test_mask/, `val` the seeded validation split of image/,
-    `train` the rest of image/ (the films a bundled model was fitted on)."""
+def split_pairs(root: Path, split: str, info: CheckpointInfo) -> list[Pair]:
+    """The pairs of `split`: `test` is test_image/ + test_mask/, `val` the checkpoint's validation split of
+    image/ without the films it was fitted on (as `cxrseg evaluate` scores it), `train` the rest of image/."""
     if split == "test":
         return find_pairs(root / "test_image", root / "test_mask")
-    splits = dataset_splits(root, val_fraction, seed, rule=rule)
+    data = info.settings.data
+    splits = dataset_splits(root, data.val_fraction, data.split_seed, rule=data.split_rule)
     if split not in splits:
         raise SystemExit(f"{root}: this cxrseg offers no '{split}' split yet; use --split test.")
-    return splits[split]
+    return unseen(splits[split], info.trained_on)[0] if split == "val" else splits[split]
 
 
 def load_8bit(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +127,7 @@ def write_figure(pair: Pair, names: list[str], path: Path, columns: int = 5) -> 
 def run(args: argparse.Namespace) -> dict[str, object]:
     model, info = load_checkpoint(args.checkpoint)
     cfg = info.settings.inference.model_copy(update={"postprocess": True, "tta": False})
-    data = info.settings.data
-    pairs = split_pairs(args.data, args.split, data.val_fraction, data.split_seed, data.split_rule)
+    pairs = split_pairs(args.data, args.split, info)
     names = args.only or ["clean", *ALL]
     print(
         f"cxrseg {cxrseg.__version__}, torch {torch.__version__}, CPU {cpu_model()}, "

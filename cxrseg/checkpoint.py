@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cxrseg.files import atomic_path
 from cxrseg.model import UNet
 
 FORMAT = "cxrseg-checkpoint"
+FILM_KEY = re.compile(r"[0-9a-f]{8}")  # cxrseg.dataset.film_key's form
 FORMAT_VERSION = 2  # the newest format this cxrseg reads and writes; 2: preprocess.trim_border may be on
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 
@@ -33,6 +35,9 @@ class CheckpointInfo:
     settings: Settings
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    # film_key of every film the weights were fitted on (this run's `train` and those of the checkpoint it
+    # started from): a `val` split never scores them, whatever the folder or split rule; empty when unknown
+    trained_on: frozenset[str] = frozenset()
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -95,7 +100,7 @@ def checkpoint_metadata(info: CheckpointInfo) -> dict[str, str]:
         "settings": info.settings.model_dump_json(),
         "epoch": str(info.epoch),
         "metrics": json.dumps(info.metrics),
-    }
+    } | ({"trained_on": " ".join(sorted(info.trained_on))} if info.trained_on else {})
 
 
 def _open(path: Path) -> Any:
@@ -144,10 +149,14 @@ def checkpoint_from_metadata(metadata: dict[str, str], path: Path, kind: str) ->
         metrics = json.loads(metadata.get("metrics", "{}"))
         if not isinstance(metrics, dict):
             raise ValueError(f"metrics must be a JSON object, got {type(metrics).__name__}")
+        keys = frozenset(metadata.get("trained_on", "").split())
+        if not all(FILM_KEY.fullmatch(key) for key in keys):
+            raise ValueError("trained_on must hold film keys (8 hex digits) separated by spaces")
         return CheckpointInfo(
             settings=settings_from_json(json.loads(metadata["settings"])),
             epoch=int(metadata.get("epoch", 0)),
             metrics=metrics,
+            trained_on=keys,
         )
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         reason = _reason(exc)

@@ -123,8 +123,10 @@ class TrainSettings(Section):
     @classmethod
     def _absolute_init(cls, value: str | None) -> str | None:
         """A checkpoint path is made absolute where the settings are made, so that a run's settings.json names
-        it from any working directory."""
-        return value if value in (None, "pretrained") else str(Path(value).absolute())
+        it from any working directory. An empty value (`CXRSEG_TRAIN__INIT_FROM=`) is no checkpoint."""
+        if value is None or not value.strip():
+            return None
+        return value if value == "pretrained" else str(Path(value).absolute())
 
     @field_validator("max_time", mode="before")
     @classmethod

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,28 @@ def attach_ignores(pairs: list[Pair], ignore_dir: Path) -> list[Pair]:
     return [Pair(p.image, p.mask, ignores.get(p.name)) for p in pairs]
 
 
+def _name_bytes(name: str) -> bytes:
+    """A file name as bytes for hashing: one Unicode spelling (NFC, as macOS may write NFD), and the raw bytes of
+    a name that is not valid UTF-8 (os.listdir's surrogate escapes)."""
+    return unicodedata.normalize("NFC", name).encode("utf-8", "surrogateescape")
+
+
 def _unit(seed: int, name: str) -> float:
     """A number in [0, 1) fixed by the seed and the file name alone (the first 8 bytes of a SHA-256)."""
-    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    digest = hashlib.sha256(str(seed).encode() + b"\0" + _name_bytes(name)).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def film_key(name: str) -> str:
+    """A short fingerprint of a film's file name (stem), as checkpoints record the films they were fitted on
+    (CheckpointInfo.trained_on): 8 hex digits of its SHA-256, so a chance match is one in four billion."""
+    return hashlib.sha256(_name_bytes(name)).hexdigest()[:8]
+
+
+def unseen(pairs: Sequence[Pair], trained_on: Collection[str]) -> tuple[list[Pair], list[Pair]]:
+    """(pairs whose film a checkpoint was not fitted on, those it was), by film_key."""
+    fresh = [pair for pair in pairs if film_key(pair.name) not in trained_on]
+    return fresh, [pair for pair in pairs if film_key(pair.name) in trained_on]
 
 
 def _val_count(n: int, val_fraction: float) -> int:

@@ -151,52 +151,68 @@ def _unsupported_mode(path: Path, image: Image.Image, exc: BaseException) -> Dat
 
 
 LABEL_MAX = 10  # a mask whose largest value is at most this is a label map (0/1, or a number per lung)
-MAX_LEVELS = 3  # a mask of at most this many non-zero values, none under LEVEL_FLOOR of the largest, is a label map
-LEVEL_FLOOR = 1 / 8
+MAX_LEVELS = 3  # at most this many flat non-zero levels (greys or colours) can be a label map
+LEVEL_FLOOR = 1 / 8  # ... none darker than this share of the brightest (else a noise floor)
+SIDE = 0.1  # ... and, when there are several, each centred more than this share of the width off the middle
 
 
-def _mask_values(path: Path, image: Image.Image) -> np.ndarray:
-    """The mask's values: colour and palette drawings by their brightest channel (a blue lung and a red one
-    both count, where grey would make blue 29 and red 76), the alpha channel when the colours are all black."""
+def _mask_planes(path: Path, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grey, codes, brightness) of a mask: `grey` is what a drawing is cut on (colour by its luminance, as
+    ever; a mask whose colours are all black by its alpha), `codes` tells its flat levels apart (the grey, or
+    the colour as one number) and `brightness` is each pixel's brightest channel."""
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # the palette's colours, not its indices (index 0 need not be black)
-    if image.mode in ("RGB", "RGBA"):
+    if image.mode in ("RGB", "RGBA", "LA"):
         channels = np.asarray(image)
-        values = channels[..., :3].max(axis=2)
-        return channels[..., 3] if image.mode == "RGBA" and not values.any() else values
+        colours = channels[..., :-1] if image.mode != "RGB" else channels
+        if image.mode != "RGB" and not colours.any():  # drawn in the alpha channel alone
+            alpha = channels[..., -1]
+            return alpha, alpha, alpha
+        grey = np.asarray(image.convert("L"))
+        if image.mode == "LA":
+            return grey, grey, grey
+        codes = (colours[..., 0].astype(np.int32) << 16) | (colours[..., 1].astype(np.int32) << 8) | colours[..., 2]
+        return grey, codes, colours.max(axis=2)
     if image.mode not in SIXTEEN_BIT and image.mode not in FLOAT_MODES and image.mode != "L":
         try:
             image = image.convert("L")
         except (ValueError, OSError) as exc:
             raise _unsupported_mode(path, image, exc) from exc
-    return np.asarray(image)
+    grey = np.asarray(image)
+    return grey, grey, grey
 
 
-def _is_label_map(values: np.ndarray, top: float) -> bool:
-    """A few flat levels (0/127/255: one grey per lung), not a drawing with soft or JPEG edges (many levels) or
-    a faint noise floor (a level under LEVEL_FLOOR of the largest)."""
-    if np.issubdtype(values.dtype, np.unsignedinteger) and values.dtype.itemsize <= 2:
-        counts = np.bincount(values.ravel().astype(np.int64))
-        levels = np.flatnonzero(counts[1:]) + 1
-    else:
-        levels = np.unique(values[values > 0])
-    return len(levels) <= MAX_LEVELS and float(levels[0]) >= top * LEVEL_FLOOR
+def _is_label_map(codes: np.ndarray, brightness: np.ndarray) -> bool:
+    """A few flat levels, one per lung (0/127/255, or a blue lung and a red one), rather than a drawing with
+    soft or JPEG edges (many levels), a faint noise floor (a level under LEVEL_FLOOR of the brightest), or a
+    lung mask with another structure in its own level (the heart, centred: not off to one side)."""
+    levels = np.unique(codes[codes > 0])
+    if not 0 < len(levels) <= MAX_LEVELS:
+        return False
+    top = float(brightness.max())
+    width = codes.shape[1]
+    for level in levels:
+        at = codes == level
+        if float(brightness[at].max()) < top * LEVEL_FLOOR:
+            return False
+        if len(levels) > 1 and abs(np.nonzero(at)[1].mean() / width - 0.5) <= SIDE:
+            return False
+    return True
 
 
 def read_mask(path: Path) -> np.ndarray:
     """Read a mask as bool (H, W). Lung is > 0.5 for masks in [0, 1] (0/1, or soft float masks), any label
     of a label map (largest value 2 to LABEL_MAX: 1 and 2 for the two lungs; or up to MAX_LEVELS flat levels,
-    0/127/255 with a grey per lung), else above half the largest value: > 127.5 for 0/255 masks (JPEG grey
-    edges drop out), > 32767.5 for 0/65535, > 2047.5 for 12-bit 0/4095. Colour and palette masks are read by
-    their brightest channel (a red lung and a blue one are both lung), an RGBA mask with black colours by its
-    alpha."""
-    values = _mask_values(path, load_picture(path))
-    top = float(values.max()) if values.size else 0.0
+    one per lung: 0/127/255, a blue lung and a red one), else above half the largest value: > 127.5 for 0/255
+    masks (JPEG grey edges drop out), > 32767.5 for 0/65535, > 2047.5 for 12-bit 0/4095, > 38 for a red mask
+    (grey 76). A mask whose colours are all black is read by its alpha channel."""
+    grey, codes, brightness = _mask_planes(path, load_picture(path))
+    top = float(grey.max()) if grey.size else 0.0
     if top <= 1:  # 0/1, or a soft float mask in [0, 1]
-        return values > 0.5
-    if top <= LABEL_MAX or _is_label_map(values, top):
-        return values > 0
-    return values > top / 2
+        return grey > 0.5
+    if top <= LABEL_MAX or _is_label_map(codes, brightness):
+        return codes > 0
+    return grey > top / 2
 
 
 def image_size(path: Path) -> tuple[int, int]:

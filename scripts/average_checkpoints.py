@@ -22,7 +22,7 @@ import torch
 
 from cxrseg.checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from cxrseg.config import Settings
-from cxrseg.dataset import Pair, select_pairs
+from cxrseg.dataset import Pair, select_pairs, unseen
 from cxrseg.errors import CxrsegError
 from cxrseg.inference.evaluate import evaluate_model
 
@@ -66,7 +66,8 @@ def average(paths: list[Path], weights: list[float]) -> tuple[torch.nn.Module, C
         "average_weights": [w / total for w in weights],
         "average_epochs": [info.epoch for info in infos],
     }
-    return model, CheckpointInfo(settings=first, epoch=infos[0].epoch, metrics=metrics)
+    learnt = frozenset().union(*(info.trained_on for info in infos))  # the average holds what each input learnt
+    return model, CheckpointInfo(settings=first, epoch=infos[0].epoch, metrics=metrics, trained_on=learnt)
 
 
 def main() -> None:
@@ -99,6 +100,7 @@ def run(paths: list[Path], weights: list[float], out: Path, data: Path | None) -
         pairs = select_pairs(data, "val", split.val_fraction, split.split_seed, rule=split.split_rule)
     model, info = average(paths, weights)
     if data:
+        pairs, _ = unseen(pairs, info.trained_on)  # as `cxrseg evaluate --split val` scores the average
         cfg = info.settings.inference.model_copy(update={"tta": False, "device": "cpu"})
         scored = evaluate_model(model, info.settings, pairs, cfg)
         if scored.failed:

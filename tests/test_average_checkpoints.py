@@ -58,7 +58,7 @@ def tiny(path: Path, seed: int, channels: int = 4, size: int = 32, steps: int = 
     model = build_model(settings)
     for _ in range(steps):  # batch-norm statistics and step counts of their own
         model(torch.randn(4, 1, size, size))
-    save_checkpoint(path, model.eval(), CheckpointInfo(settings=settings, epoch=seed))
+    save_checkpoint(path, model.eval(), CheckpointInfo(settings=settings, epoch=seed, trained_on={f"{seed:08x}"}))
 
 
 def test_the_average_is_the_weighted_mean_of_every_float_tensor(tmp_path: Path) -> None:
@@ -79,6 +79,7 @@ def test_the_average_is_the_weighted_mean_of_every_float_tensor(tmp_path: Path) 
     _, info = load_checkpoint(out)
     assert info.metrics["average_weights"] == [0.75, 0.25] and info.metrics["average_epochs"] == [1, 2]
     assert len(info.metrics["average_of"]) == 2 and info.epoch == 1
+    assert info.trained_on == {"00000001", "00000002"}  # what either learnt is never its `val`
 
 
 @pytest.mark.parametrize(

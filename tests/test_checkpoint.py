@@ -17,6 +17,7 @@ from cxrseg.checkpoint import (
     default_checkpoint,
     load_checkpoint,
     newest_run_checkpoint,
+    read_info,
     save_checkpoint,
 )
 from cxrseg.config import Settings
@@ -158,6 +159,7 @@ def saved(tmp_path: Path, settings: Settings) -> Path:
         ("metrics", "{" * 50_000, "nested too deeply|Expecting"),
         ("metrics", "[1]", "metrics must be a JSON object"),
         ("epoch", "x", "invalid literal"),
+        ("trained_on", "6e4ddced <script>", "trained_on must hold film keys"),
         ("settings", '{"train": {"lr": null}}', "train.lr"),
     ],
 )
@@ -167,6 +169,42 @@ def test_item9_malformed_metadata_is_one_checkpoint_error(
     bad = _with_metadata(tmp_path / "bad.safetensors", saved, **{key: value})
     with pytest.raises(CheckpointError, match=f"bad.safetensors: checkpoint metadata is unreadable \\(({reason})"):
         load_checkpoint(bad)
+
+
+def test_the_films_a_checkpoint_learnt_travel_in_its_metadata(tmp_path: Path, settings: Settings) -> None:
+    from cxrseg.dataset import film_key
+
+    learnt = frozenset({film_key("CHNCXR_0001_0"), film_key("case_003")})
+    save_checkpoint(tmp_path / "a.safetensors", build_model(settings), CheckpointInfo(settings, trained_on=learnt))
+    assert load_checkpoint(tmp_path / "a.safetensors")[1].trained_on == learnt
+    save_checkpoint(tmp_path / "b.safetensors", build_model(settings), CheckpointInfo(settings))
+    assert load_checkpoint(tmp_path / "b.safetensors")[1].trained_on == frozenset()  # unknown: nothing recorded
+
+
+def test_the_bundled_model_records_the_films_it_learnt() -> None:
+    """Its 453 `train` films: a fine-tune on a copy of the Shenzhen films, wherever it lies, keeps them out of
+    `val`. The sample holds none of them (its films are `test` films)."""
+    from cxrseg.assets import SAMPLE_DIR
+    from cxrseg.dataset import film_key, select_pairs
+
+    learnt = read_info(BUNDLED_MODEL).trained_on
+    assert len(learnt) == 453
+    sample = select_pairs(SAMPLE_DIR, "all")
+    assert len(sample) == 24 and not {film_key(pair.name) for pair in sample} & learnt
+
+
+def test_film_keys_take_any_file_name_and_one_unicode_spelling() -> None:
+    """A name that is not UTF-8 (os.listdir's surrogate escapes) stopped training under the `name` rule; the same
+    accented name written NFC or NFD (macOS) must be one film, on one side of the split."""
+    import unicodedata
+
+    from cxrseg.dataset import _unit, film_key
+
+    odd = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert len(film_key(odd)) == 8 and 0 <= _unit(0, odd) < 1
+    nfc, nfd = (unicodedata.normalize(form, "radiografía_001") for form in ("NFC", "NFD"))
+    assert nfc != nfd and film_key(nfc) == film_key(nfd) and _unit(3, nfc) == _unit(3, nfd)
+    assert film_key("CHNCXR_0001_0") == "6e4ddced"  # recorded in checkpoints: must never change
 
 
 def test_item4_an_unreadable_newest_run_falls_back_to_older_runs_and_the_bundled_model(

@@ -83,3 +83,13 @@ def test_saved_settings_without_a_split_rule_are_read_with_the_rule_of_their_tim
     saved["data"]["split_rule"] = "name"
     assert settings_from_json(saved).data.split_rule == "name"
     assert read_info(BUNDLED_MODEL).settings.data.split_rule == "shuffle"  # its `val` is the 50 films it was chosen on
+
+
+def test_init_from_is_kept_absolute_and_an_empty_value_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.model_validate({"train": {"init_from": "a/b.safetensors"}}).train.init_from == str(
+        tmp_path / "a" / "b.safetensors"
+    )
+    assert Settings.model_validate({"train": {"init_from": "pretrained"}}).train.init_from == "pretrained"
+    for empty in ("", "  "):  # an unset variable in a script, `CXRSEG_TRAIN__INIT_FROM=`: train from scratch
+        assert Settings.model_validate({"train": {"init_from": empty}}).train.init_from is None

@@ -255,6 +255,25 @@ def test_masks_with_a_grey_or_a_colour_per_lung_keep_both_lungs(tmp_path: Path) 
         assert (read_mask(tmp_path / name) == truth).all(), name
 
 
+def test_another_structure_in_its_own_level_is_not_taken_for_lung(tmp_path: Path) -> None:
+    """A grey or colour per lung makes a label map, but a heart drawn in its own grey or colour between the
+    lungs is not lung: the levels of a label map lie off to the sides."""
+    _, truth = ellipse_pair(7)
+    heart = np.zeros_like(truth)
+    heart[30:50, 28:38] = True
+    heart &= ~truth
+    Image.fromarray(np.where(truth, 255, np.where(heart, 85, 0)).astype(np.uint8)).save(tmp_path / "grey.png")
+    colour = np.zeros((*truth.shape, 3), np.uint8)
+    colour[truth] = 255
+    colour[heart] = (200, 0, 0)  # a red heart beside white lungs
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    la = np.zeros((*truth.shape, 2), np.uint8)
+    la[truth, 1] = 255  # LA, drawn in the alpha channel alone
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    for name in ("grey.png", "colour.png", "la.png"):
+        assert (read_mask(tmp_path / name) == truth).all(), name
+
+
 def test_a_faint_floor_or_soft_edges_are_not_taken_for_labels(tmp_path: Path) -> None:
     _, truth = ellipse_pair(6)
     floor = np.where(truth, 255, 1).astype(np.uint8)  # a background of 1 (a tool's off-by-one) is not lung
@@ -284,7 +303,7 @@ def test_training_warns_about_masks_with_no_lung_or_all_lung(tmp_path: Path) -> 
     notes: list[str] = []
     load_training_data(settings, on_status=notes.append)
     assert not [note for note in notes if "no lung" in note]  # real ellipse masks: nothing to say
-    train, _ = split_folders(settings)
+    train, _, _ = split_folders(settings)
     empty, full = train[0].mask, train[1].mask
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(empty)
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(full)

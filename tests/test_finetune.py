@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
-from cxrseg.checkpoint import read_checkpoint
+from cxrseg.checkpoint import atomic_save, checkpoint_metadata, read_checkpoint
 from cxrseg.cli.app import app, main
-from cxrseg.dataset import dataset_splits
+from cxrseg.dataset import dataset_splits, film_key
 from cxrseg.errors import ConfigError
 from tests.conftest import tiny_args, write_dataset
 
@@ -237,31 +238,70 @@ def test_the_same_file_names_in_two_data_folders_are_warned_about(tmp_path: Path
     assert "6 file names are in more than one --data folder: case_000, case_001" in out
 
 
-def test_a_fine_tune_on_the_checkpoints_own_folder_keeps_its_split(
-    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_fine_tune_never_validates_on_films_its_checkpoint_learnt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another split of the folder the checkpoint was trained on would validate the fine-tune on films the
-    checkpoint learnt (the bundled model, split by `shuffle`, fine-tuned on its own folder under `name`)."""
+    """The bundled model (split by `shuffle`) fine-tuned on a copy of its films under the `name` default validated
+    on 41 of 45 films it had learnt. Checkpoints record the films they were fitted on; a fine-tune on a folder
+    holding them (wherever it lies) takes the checkpoint's split, and a film learnt never stays in `val`."""
+    dataset = write_dataset(tmp_path / "data", n_train=20)
     monkeypatch.setenv("CXRSEG_DATA__SPLIT_RULE", "shuffle")
     monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.3")
     assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "first", epochs=1)).exit_code == 0
-    source = run_dir(tmp_path / "first") / "best.safetensors"
+    _, first = read_checkpoint(run_dir(tmp_path / "first") / "best.safetensors")
+    learnt = {film_key(pair.name) for pair in dataset_splits(dataset, 0.3, rule="shuffle")["train"]}
+    assert first.trained_on == learnt  # the 14 `train` films, none of `val`
     monkeypatch.delenv("CXRSEG_DATA__SPLIT_RULE")
     monkeypatch.delenv("CXRSEG_DATA__VAL_FRACTION")
-    args = ["--epochs", "1", "--batch-size", "4", "--init-from", str(source)]
-    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "same"), *args])
+    copy = tmp_path / "copy"  # the same films in another place: the path does not tell
+    shutil.copytree(dataset, copy)
+    args = ["--epochs", "1", "--batch-size", "4", "--init-from", str(run_dir(tmp_path / "first") / "best.safetensors")]
+    result = CliRunner().invoke(app, ["train", "--data", str(copy), "--runs-dir", str(tmp_path / "same"), *args])
     assert result.exit_code == 0, result.output
-    assert "Split: the --init-from checkpoint's (data.split_rule shuffle, val_fraction 0.3" in result.output
-    data = json.loads((run_dir(tmp_path / "same") / "settings.json").read_text())["data"]
-    assert (data["split_rule"], data["val_fraction"]) == ("shuffle", 0.3)
+    out = " ".join(result.output.split())
+    assert "Split: the --init-from checkpoint's (data.split_rule shuffle, val_fraction 0.3" in out
+    assert "moved to training" not in out  # its own split: its `val` films are unseen
+    _, tuned = read_checkpoint(run_dir(tmp_path / "same") / "last.safetensors")
+    assert tuned.trained_on == learnt
 
-    other = write_dataset(tmp_path / "other", n_train=6)  # films the checkpoint never saw: any split will do
+    monkeypatch.setenv("CXRSEG_DATA__SPLIT_SEED", "5")  # another split asked for: the learnt films leave `val`
+    result = CliRunner().invoke(app, ["train", "--data", str(copy), "--runs-dir", str(tmp_path / "asked"), *args])
+    assert result.exit_code == 0, result.output
+    assert "validation films moved to training" in " ".join(result.output.split())
+    settings = json.loads((run_dir(tmp_path / "asked") / "settings.json").read_text())
+    _, asked = read_checkpoint(run_dir(tmp_path / "asked") / "last.safetensors")
+    val = dataset_splits(copy, 0.3, 5, rule="shuffle")["val"]
+    assert settings["data"]["split_seed"] == 5 and any(film_key(p.name) in learnt for p in val)
+    assert learnt <= asked.trained_on  # what the start learnt stays recorded
+    monkeypatch.delenv("CXRSEG_DATA__SPLIT_SEED")
+
+    other = tmp_path / "other"  # films the checkpoint never saw: the default split
+    for folder in ("image", "mask"):
+        (other / folder).mkdir(parents=True)
+        for file in (dataset / folder).iterdir():
+            shutil.copy(file, other / folder / f"other_{file.name}")
     result = CliRunner().invoke(app, ["train", "--data", str(other), "--runs-dir", str(tmp_path / "new"), *args])
     assert result.exit_code == 0, result.output
     data = json.loads((run_dir(tmp_path / "new") / "settings.json").read_text())["data"]
     assert (data["split_rule"], data["val_fraction"]) == ("name", 0.1)
 
-    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.2")  # asked for: stops instead of leaking
-    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "asked"), *args])
-    assert isinstance(result.exception, ConfigError)
-    assert "data.val_fraction 0.2 (the checkpoint has 0.3)" in str(result.exception)
+
+def test_evaluate_leaves_out_of_val_the_films_a_checkpoint_learnt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the `shuffle` rule a changed folder reshuffles; whatever the cause, a film recorded as learnt is
+    not scored as `val`."""
+    dataset = write_dataset(tmp_path / "data", n_train=10)
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.5")
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "runs", epochs=1)).exit_code == 0
+    checkpoint = run_dir(tmp_path / "runs") / "best.safetensors"
+    weights, info = read_checkpoint(checkpoint)
+    val = dataset_splits(dataset, 0.5)["val"]
+    assert len(val) >= 2
+    info.trained_on = info.trained_on | {film_key(val[0].name)}
+    atomic_save(weights, checkpoint_metadata(info), tmp_path / "learnt.safetensors")
+    args = ["evaluate", "--checkpoint", str(tmp_path / "learnt.safetensors"), "--data", str(dataset), "--split", "val"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_images"] == len(val) - 1
+    assert f"films the checkpoint learnt: {val[0].name}" in " ".join(result.stderr.split())

@@ -149,7 +149,7 @@ def _pairs(
 ) -> tuple[list[Pair], str]:
     """The pairs to score, by the checkpoint's own split rule so a seeded split never scores its training images."""
     from cxrseg.assets import BUNDLED_MODEL
-    from cxrseg.dataset import default_split, select_pairs
+    from cxrseg.dataset import default_split, listing, select_pairs, unseen
 
     trained = info.settings.data
     roots = settings.data.root
@@ -164,7 +164,13 @@ def _pairs(
             )
     pairs, splits = [], [split or default_split(root) for root in roots]
     for root, chosen in zip(roots, splits, strict=True):
-        pairs += select_pairs(root, chosen, trained.val_fraction, trained.split_seed, rule=trained.split_rule)
+        chosen_pairs = select_pairs(root, chosen, trained.val_fraction, trained.split_seed, rule=trained.split_rule)
+        if chosen == "val":  # a film the weights were fitted on (a changed folder, a fine-tune's start) is not `val`
+            chosen_pairs, learnt = unseen(chosen_pairs, info.trained_on)
+            if learnt:
+                learnt_names = listing([p.name for p in learnt], "films the checkpoint learnt")
+                say(f"Left out of {root}'s val split: {learnt_names}")
+        pairs += chosen_pairs
     if len(set(splits)) == 1:
         return pairs, splits[0]
     return pairs, ", ".join(f"{chosen} of {root}" for root, chosen in zip(roots, splits, strict=True))

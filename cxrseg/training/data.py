@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,8 +17,10 @@ from cxrseg.dataset import (
     Pair,
     count_pairs,
     dataset_splits,
+    film_key,
     listing,
     load_pairs,
+    unseen,
 )
 from cxrseg.errors import ConfigError, DataError
 from cxrseg.imaging import read_mask
@@ -36,25 +38,37 @@ class TrainingData:
     val_folder: list[int]  # index into `folders` of each validation pair
     folders: list[Path]
     n_val: int  # over all ranks
+    trained_on: frozenset[str]  # film_key of every train film, and of the films the starting checkpoint learnt
 
 
-def split_folders(settings: Settings) -> tuple[list[Pair], list[tuple[int, Pair]]]:
-    """Train pairs of all folders, and (folder index, pair) for validation; each folder keeps its own split."""
-    train: list[Pair] = []
-    val: list[tuple[int, Pair]] = []
+def split_folders(
+    settings: Settings, learnt: Collection[str] = frozenset()
+) -> tuple[list[Pair], list[tuple[int, Pair]], list[Pair]]:
+    """Train pairs of all folders, (folder index, pair) for validation, and the validation pairs moved to training
+    because their film was learnt: by the starting checkpoint (`learnt`, film keys) or, under the same name, from
+    another folder's `train`. Each folder keeps its own split."""
     seen: dict[Path, Path] = {}
     for root in settings.data.root:  # the same films twice would count twice in training and in validation
         if root.resolve() in seen:
             raise ConfigError(f"--data {root} is the same folder as --data {seen[root.resolve()]}; give each once.")
         seen[root.resolve()] = root
-    for index, root in enumerate(settings.data.root):
-        data = settings.data
-        splits = dataset_splits(
+    data = settings.data
+    splits = [
+        dataset_splits(
             root, data.val_fraction, data.split_seed, with_ignores=True, rule=data.split_rule, with_test=False
         )
-        train += splits["train"]
-        val += [(index, pair) for pair in splits["val"]]
-    return train, val
+        for root in data.root
+    ]
+    known = frozenset(learnt) | {film_key(pair.name) for split in splits for pair in split["train"]}
+    train: list[Pair] = []
+    val: list[tuple[int, Pair]] = []
+    moved: list[Pair] = []
+    for index, split in enumerate(splits):
+        fresh, learnt_here = unseen(split["val"], known)
+        train += sorted(split["train"] + learnt_here, key=lambda p: p.name)
+        val += [(index, pair) for pair in fresh]
+        moved += learnt_here
+    return train, val, moved
 
 
 def names_in_several_folders(pairs: list[Pair]) -> list[str]:
@@ -76,10 +90,15 @@ def odd_masks(cached: CachedSet) -> list[str]:
 
 
 def load_training_data(
-    settings: Settings, rank: int = 0, world_size: int = 1, on_status: Callable[[str], None] | None = None
+    settings: Settings,
+    rank: int = 0,
+    world_size: int = 1,
+    on_status: Callable[[str], None] | None = None,
+    learnt: Collection[str] = frozenset(),
 ) -> TrainingData:
-    """Decode the train pairs and this rank's validation shard at the model size."""
-    train_pairs, val_items = split_folders(settings)
+    """Decode the train pairs and this rank's validation shard at the model size; `learnt` holds the film keys
+    the starting checkpoint was fitted on, which are never validated on."""
+    train_pairs, val_items, moved = split_folders(settings, learnt)
     folders = list(settings.data.root)
     where = ", ".join(str(f) for f in folders)
     if len(val_items) < MIN_VAL_PAIRS * world_size or len(train_pairs) < MIN_TRAIN_PAIRS * world_size:
@@ -89,13 +108,18 @@ def load_training_data(
             f"{where}: {count_pairs(len(train_pairs) + len(val_items))} ({len(train_pairs)} to train on, "
             f"{len(val_items)} to validate); {TRAINING_NEEDS}{each}; {fix}."
         )
+    if on_status and moved:
+        on_status(
+            f"{listing([pair.name for pair in moved], 'validation films moved to training')}: the --init-from "
+            "checkpoint, or another --data folder's training films under the same name, already hold them, so "
+            "scoring them would flatter the model."
+        )
     if on_status:
         shared = names_in_several_folders(train_pairs + [pair for _, pair in val_items])
         if shared:
             on_status(
                 f"Warning: {listing(shared, 'file names are in more than one --data folder')}; if they are the same "
-                "films, they count twice in training and in validation (the `name` split rule keeps a name on one "
-                "side in every folder); remove the copies."
+                "films, they count twice in training and in validation; remove the copies."
             )
         size = settings.preprocess.image_size
         ignored = sum(pair.ignore is not None for pair in train_pairs)
@@ -130,4 +154,5 @@ def load_training_data(
         val_folder=[index for index, _ in shard],
         folders=folders,
         n_val=len(val_items),
+        trained_on=frozenset(learnt) | {film_key(pair.name) for pair in train_pairs},
     )

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from cxrseg.assets import BUNDLED_MODEL
-from cxrseg.checkpoint import read_checkpoint, read_info
+from cxrseg.checkpoint import CheckpointInfo, read_checkpoint, read_info
 from cxrseg.config import DataSettings, Settings
+from cxrseg.dataset import IMAGE_DIR, film_key, list_images
 from cxrseg.errors import ConfigError
 
 SPLIT = ("split_rule", "val_fraction", "split_seed")  # what decides which films of a folder are `val`
@@ -52,9 +53,7 @@ def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collecti
     """Stop with a message naming each shape setting of `settings` that contradicts the checkpoint at `path`
     (whose settings are `theirs`) and was asked for on purpose: given explicitly (`asked`, (section, field)
     pairs such as the command-line flags), or differing from the default (a config file's or a CXRSEG_*
-    variable's value; the defaults are the sections' own, which read no environment). When a --data folder
-    is one the checkpoint was trained on, a split setting (SPLIT) that differs from both the checkpoint's and
-    the default stops too."""
+    variable's value; the defaults are the sections' own, which read no environment)."""
     conflicts = []
     for (section, field), flag in SHAPE.items():
         mine = getattr(getattr(settings, section), field)
@@ -67,26 +66,20 @@ def check_init(settings: Settings, theirs: Settings, path: Path, asked: Collecti
             f"--init-from {settings.train.init_from}: {', '.join(conflicts)} conflicts with {path}; the model "
             "shape and preprocessing come from the checkpoint, so drop the flag or train from scratch."
         )
-    shared = shared_folders(settings, theirs)
-    if shared:
-        split = [
-            f"data.{field} {getattr(settings.data, field)} (the checkpoint has {getattr(theirs.data, field)})"
-            for field in SPLIT
-            if getattr(settings.data, field)
-            not in (getattr(theirs.data, field), DataSettings.model_fields[field].default)
-        ]
-        if split:
-            raise ConfigError(
-                f"--init-from {settings.train.init_from}: {', '.join(split)}; {shared[0]} is a folder {path} was "
-                "trained on, and another split of it would validate on films the checkpoint was trained on; "
-                "drop the setting, or fine-tune on another folder."
-            )
 
 
-def shared_folders(settings: Settings, theirs: Settings) -> list[Path]:
-    """The --data folders that the checkpoint (whose settings are `theirs`) was trained on, by resolved path."""
-    trained_on = {root.resolve() for root in theirs.data.root}
-    return [root for root in settings.data.root if root.resolve() in trained_on]
+def shared_folders(settings: Settings, info: CheckpointInfo) -> list[Path]:
+    """The --data folders holding films the checkpoint was fitted on: by their names (its `trained_on`), or, for
+    a checkpoint that records none, by the folder's resolved path."""
+    if not info.trained_on:
+        trained_in = {root.resolve() for root in info.settings.data.root}
+        return [root for root in settings.data.root if root.resolve() in trained_in]
+    return [
+        root
+        for root in settings.data.root
+        if (root / IMAGE_DIR).is_dir()
+        and any(film_key(p.stem) in info.trained_on for p in list_images(root / IMAGE_DIR))
+    ]
 
 
 def check_init_flags(settings: Settings, flags: dict[str, dict[str, object]]) -> None:
@@ -99,22 +92,28 @@ def check_init_flags(settings: Settings, flags: dict[str, dict[str, object]]) ->
         check_init(settings, read_info(path).settings, path, asked)
 
 
-def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | None]:
-    """Settings with the model shape and preprocessing of `train.init_from`, and its weights (None without it).
+def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | None, frozenset[str]]:
+    """Settings with the model shape and preprocessing of `train.init_from`, its weights (None without it) and
+    the film keys it was fitted on (CheckpointInfo.trained_on), which training never validates on.
 
     A shape setting that differs from both the default and the checkpoint was asked for on purpose: it conflicts
-    with the checkpoint and stops with a message naming its flag (see check_init). When a --data folder is one
-    the checkpoint was trained on, the checkpoint's train/val split rule, share and seed are used too (the
-    bundled model's `shuffle` on its own folder), so that no film it was trained on is validated on; a split
-    setting asked for that differs from them stops likewise.
+    with the checkpoint and stops with a message naming its flag (see check_init). When a --data folder holds
+    films the checkpoint was fitted on, its train/val split rule, share and seed are used too, unless asked for
+    (they differ from the defaults): the bundled model's `shuffle` on its own films keeps all 50 of its `val`
+    films, where another split would leave few films it has not learnt.
     """
     if not settings.train.init_from:
-        return settings, None
+        return settings, None, frozenset()
     path = init_checkpoint_path(settings.train.init_from)
     weights, info = read_checkpoint(path)
     check_init(settings, info.settings, path)
     update: dict[str, object] = {"preprocess": info.settings.preprocess, "model": info.settings.model}
-    if shared_folders(settings, info.settings):  # the same films must fall on the same side as for the checkpoint
-        split = {field: getattr(info.settings.data, field) for field in SPLIT}
+    if shared_folders(settings, info):
+        defaults = DataSettings.model_fields
+        split = {
+            field: getattr(info.settings.data, field)
+            for field in SPLIT
+            if getattr(settings.data, field) == defaults[field].default
+        }
         update["data"] = settings.data.model_copy(update=split)
-    return settings.model_copy(update=update), weights
+    return settings.model_copy(update=update), weights, info.trained_on

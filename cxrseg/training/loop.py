@@ -224,6 +224,7 @@ def _end_epoch(run: Run, epoch: int, seen: int, epoch_started: float) -> EpochRe
             settings=settings,
             epoch=epoch,
             metrics={"val_dice": val_dice, "val_iou": val_iou, "train_loss": train_loss, "split": "val"},
+            trained_on=run.data.trained_on,
         )
         save_checkpoint(run.run_dir / "last.safetensors", run.scored, info)
         if is_best:

@@ -21,7 +21,7 @@ def save_validation_images(run_dir: Path, settings: Settings) -> Path:
     post-processing, as for `cxrseg evaluate`. Returns the report's path.
     """
     model, info = load_checkpoint(run_dir / "best.safetensors")
-    pairs = [pair for _, pair in split_folders(info.settings)[1]]
+    pairs = [pair for _, pair in split_folders(info.settings, info.trained_on)[1]]
     folder = run_dir / FOLDER
     report = folder / "report.html"
     maps = ErrorMaps(report, pictures=folder, overlays=True)

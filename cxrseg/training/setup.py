@@ -14,10 +14,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
-from cxrseg.checkpoint import build_model
+from cxrseg.checkpoint import build_model, read_info
 from cxrseg.config import Settings
 from cxrseg.device import amp_dtype, resolve_device
-from cxrseg.errors import DataError
+from cxrseg.errors import CxrsegError, DataError
 from cxrseg.files import write_text
 from cxrseg.training.data import TrainingData, load_training_data
 from cxrseg.training.distributed import Distributed, broadcast_object, gather_objects, setup
@@ -80,18 +80,20 @@ def set_up(
     device = setup(ctx, resolve_device(cfg.device))
     dtype = amp_dtype(device, cfg.precision)
     if resume_dir is not None and has_saved_state(resume_dir):
-        init_weights = None  # the run's state holds the weights, and settings.json the checkpoint's shape
+        # the run's state holds the weights, settings.json the checkpoint's shape and split, and its last
+        # checkpoint the films learnt so far (those of the --init-from checkpoint among them)
+        init_weights, learnt = None, _learnt_by(resume_dir / "last.safetensors")
     else:
         asked = settings.data
-        settings, init_weights = apply_init(settings)
+        settings, init_weights, learnt = apply_init(settings)
         if settings.data != asked and cb.on_status:
             d = settings.data
             cb.on_status(
                 f"Split: the --init-from checkpoint's (data.split_rule {d.split_rule}, val_fraction "
-                f"{d.val_fraction}, split_seed {d.split_seed}), as it was trained on a --data folder"
+                f"{d.val_fraction}, split_seed {d.split_seed}), as a --data folder holds films it was trained on"
             )
     started = time.perf_counter()
-    data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status)
+    data = load_training_data(settings, ctx.rank, ctx.world_size, cb.on_status, learnt)
     load_seconds = time.perf_counter() - started
 
     model = build_model(settings)
@@ -135,6 +137,14 @@ def set_up(
     )
     cb.on_start(run.run_dir, steps_per_epoch, len(data.train.pairs), data.n_val, note)
     return run
+
+
+def _learnt_by(checkpoint: Path) -> frozenset[str]:
+    """The film keys a run's checkpoint records as fitted on; none when it is missing or unreadable."""
+    try:
+        return read_info(checkpoint).trained_on
+    except CxrsegError:
+        return frozenset()
 
 
 def _open_run_dir(
