@@ -210,12 +210,13 @@ def check_out_folder(out_dir: Path, folders: Sequence[Path], recursive: bool) ->
 
 
 def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
-    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
+    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs:
+    directly (predictions.csv beside the X-rays a glob picked) or in a folder its masks go to."""
     check_out_folder(out_dir, plan.folders, recursive)
     check_out_folder(out_dir, plan.trees, recursive=True)
     out = out_dir.resolve()
     input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
-    output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}
+    output_dirs = {out} | {(out / job.name).parent for job in plan.jobs if not job.error}
     clash = sorted(input_dirs & output_dirs)
     if clash:
         raise InputPathError(f"--out {out_dir} would write next to input X-rays in {clash[0]}; {OUT_HINT}.")

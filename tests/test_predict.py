@@ -299,6 +299,17 @@ def test_refuses_to_write_into_an_input_folder(tmp_path: Path, checkpoint: Path)
     assert run([src], src / "predictions", checkpoint)[0]["status"] == "ok"  # not listed without --recursive
 
 
+def test_refuses_an_out_that_directly_holds_an_input_a_glob_picked(tmp_path: Path, checkpoint: Path) -> None:
+    """Catches predictions.csv landing beside input X-rays: with 'g/*/a.png' and --out g/x, where g/x/a.png is an
+    input, the masks go to g/x/x/ and g/x/y/, so only out_dir itself holds an input, and it was not compared."""
+    for folder in ("x", "y"):
+        (tmp_path / "g" / folder).mkdir(parents=True)
+        Image.fromarray(chest()).save(tmp_path / "g" / folder / "a.png")
+    with pytest.raises(InputPathError, match=r"next to input X-rays in .*g/x;"):
+        run([str(tmp_path / "g" / "*" / "a.png")], tmp_path / "g" / "x", checkpoint)
+    assert sorted(p.name for p in (tmp_path / "g" / "x").iterdir()) == ["a.png"]  # nothing written
+
+
 def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
