@@ -55,6 +55,30 @@ def has_dicom_preamble(path: Path) -> bool:
     return _has_preamble(_head(path))
 
 
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a CD's index, no picture
+_MEDIA_CLASS_TAG = b"\x02\x00\x02\x00UI"  # (0002,0002) Media Storage SOP Class UID (the meta is explicit VR LE)
+
+
+def is_dicomdir(path: Path) -> bool:
+    """A DICOM CD/DVD export's index file: named DICOMDIR, or of the Media Storage Directory SOP Class."""
+    if path.name.upper() == "DICOMDIR":
+        return True
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except OSError:
+        return False
+    if not _has_preamble(head[:132]):
+        return False
+    at = head.find(_MEDIA_CLASS_TAG, 132)
+    if at < 0 or at + 8 > len(head):
+        return False
+    length = struct.unpack("<H", head[at + 6 : at + 8])[0]
+    return head[at + 8 : at + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace") == DICOMDIR_CLASS
+
+
 def is_dicom(path: Path) -> bool:
     """A DICOM preamble, or a .dcm/.dicom name on a file that does not begin like a PNG/JPEG/TIFF/BMP picture."""
     head = _head(path)

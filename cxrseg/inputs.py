@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble
+from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble, is_dicomdir
 from cxrseg.errors import DataError, InputPathError
 from cxrseg.imaging import IMAGE_SUFFIXES
 
@@ -70,8 +70,9 @@ class Plan:
 
 
 def is_candidate(path: Path) -> bool:
-    """A file in an input folder is an input when its suffix is an image/DICOM one or it has the DICM preamble."""
-    if path.name.startswith("."):
+    """A file in an input folder is an input when its suffix is an image/DICOM one or it has the DICM preamble;
+    a DICOM CD export's DICOMDIR (its index, no picture) is not."""
+    if path.name.startswith(".") or is_dicomdir(path):
         return False
     return path.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES or has_dicom_preamble(path)
 
@@ -169,6 +170,8 @@ def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
             for match in matches:
                 if match.is_dir():
                     plan.add_folder(match, base, recursive)
+                elif is_dicomdir(match):  # 'cd/*' matches the export's index too: not an X-ray
+                    plan.ignored.append(match)
                 else:  # files, and links or FIFOs that become error rows as in a listed folder
                     plan.add(match, base)
         else:

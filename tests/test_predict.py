@@ -262,6 +262,35 @@ def test_a_blank_image_is_an_error_row_and_a_picture_named_dcm_is_read_as_the_pi
     )
 
 
+def _no_pixels(path: Path, sop_class: str, **elements) -> Path:
+    """A DICOM file of `sop_class` without pixel data (a DICOMDIR, a report), with the DICM preamble."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_cd_exports_dicomdir_is_not_an_input(tmp_path: Path, checkpoint: Path) -> None:
+    """Catches every DICOM CD export exiting 1: its DICOMDIR (the CD's index, no picture) was planned as an input
+    and got an error row; it is now listed as ignored, by name or by its Media Storage SOP Class."""
+    cd = tmp_path / "cd"
+    (cd / "DICOM").mkdir(parents=True)
+    write_dicom(cd / "DICOM" / "IM0001", chest().astype(np.uint16))  # no suffix: found by its preamble
+    _no_pixels(cd / "DICOMDIR", "1.2.840.10008.1.3.10")
+    _no_pixels(cd / "DICOM" / "index.dcm", "1.2.840.10008.1.3.10")  # a renamed one: its SOP Class says
+    result = predict_paths([cd], tmp_path / "out", checkpoint, InferenceSettings(), PredictOptions(recursive=True))
+    assert [(Path(row["input"]).name, row["status"]) for row in result.rows] == [("IM0001", "ok")]
+    assert sorted(path.name for path in result.ignored) == ["DICOMDIR", "index.dcm"]
+    glob = predict_paths([str(cd / "*")], tmp_path / "glob", checkpoint, InferenceSettings(), PredictOptions())
+    assert [row["status"] for row in glob.rows] == ["ok"]  # 'cd/*' matches DICOMDIR and the folder DICOM/
+    assert sorted(path.name for path in glob.ignored) == ["DICOMDIR", "index.dcm"]
+
+
 def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
     monkeypatch.setitem(sys.modules, "pydicom", None)
