@@ -171,10 +171,7 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
 
     ds = pydicom.dcmread(path, force=True)
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(
-            f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
-            "remove it from the inputs."
-        )
+        raise _without_pixels(ds, path)
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_pixels(path, cols, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -198,3 +195,33 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
         gray = 1.0 - gray
     spacing, source = _spacing(ds)
     return Xray(gray.astype(np.float32, copy=False), spacing, source)
+
+
+def _sop_class(ds: Any) -> str:
+    meta = getattr(ds, "file_meta", None)
+    for owner, keyword in ((ds, "SOPClassUID"), (meta, "MediaStorageSOPClassUID")):
+        try:
+            value = str(owner.get(keyword, "") or "").strip() if owner is not None else ""
+        except Exception:  # a damaged element: as if absent
+            value = ""
+        if value:
+            return value
+    return ""
+
+
+def _without_pixels(ds: Any, path: Path) -> DataError:
+    """Why a file read as DICOM has no pixels: cut off (an image's header is there), not DICOM at all (no
+    preamble, no SOP Class: random bytes, text, a zip named .dcm), or a DICOM object that holds no picture."""
+    from pydicom.uid import UID
+
+    sop_class = _sop_class(ds)
+    if "Image Storage" in UID(sop_class).name or "Rows" in ds:
+        return DataError(
+            f"{path}: truncated or corrupt DICOM (an image header without its pixel data); export it again."
+        )
+    if not sop_class and not has_dicom_preamble(path):
+        return DataError(f"{path}: not a DICOM file; check what it is, or remove it from the inputs.")
+    return DataError(
+        f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
+        "remove it from the inputs."
+    )

@@ -25,7 +25,7 @@ from cxrseg import assets
 from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.dicom import read_dicom
+from cxrseg.dicom import read_dicom, read_xray
 from cxrseg.errors import DataError, InputPathError
 from cxrseg.inference.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
 from cxrseg.inference.quality import COLUMNS
@@ -215,7 +215,7 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_processed(tmp_path: Path, che
         "text.png": "cannot be read as an image",
         "huge.png": "100 megapixels",
         "huge.dcm": "100 megapixels",
-        "no_pixels.dcm": "without pixel data",
+        "no_pixels.dcm": "truncated or corrupt DICOM",
         "jpegls.dcm": "transfer syntax",
         "missing.png": "no such file",
         "notes.txt": "cannot be read as an image",
@@ -273,6 +273,30 @@ def _no_pixels(path: Path, sop_class: str, **elements) -> Path:
         setattr(ds, keyword, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def test_a_dicom_without_pixels_is_named_truncated_not_dicom_or_non_image_object(tmp_path: Path) -> None:
+    """Catches a cut-off DICOM X-ray being called 'a DICOMDIR, report or other non-image object; remove it'
+    (dcmread(force=True) stops silently at the damage), and random bytes named .dcm being called DICOM."""
+    whole = write_dicom(tmp_path / "whole.dcm", chest().astype(np.uint16), SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1")
+    cut = tmp_path / "IM0001.dcm"
+    cut.write_bytes(whole.read_bytes()[:500])  # the transfer stopped inside the header, before Rows
+    header_only = tmp_path / "rows.dcm"  # an image header, Rows included, and nothing after it
+    header_only.write_bytes(whole.read_bytes()[: whole.read_bytes().index(b"\xe0\x7f\x10\x00")])
+    (tmp_path / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "notes.dcm").write_text("a text file under a DICOM name\n" * 20)
+    report = _no_pixels(tmp_path / "report.dcm", "1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    expected = {
+        cut: "truncated or corrupt DICOM",
+        header_only: "truncated or corrupt DICOM",
+        tmp_path / "random.dcm": "not a DICOM file",
+        tmp_path / "notes.dcm": "not a DICOM file",
+        report: "DICOM file without pixel data (a DICOMDIR, report or other non-image object)",
+    }
+    for path, words in expected.items():
+        with pytest.raises(DataError) as caught:
+            read_xray(path)
+        assert f"{path}: {words}" in str(caught.value), str(caught.value)
 
 
 def test_a_cd_exports_dicomdir_is_not_an_input(tmp_path: Path, checkpoint: Path) -> None:
