@@ -28,6 +28,7 @@ class Xray:
     gray: np.ndarray  # (H, W) float32 in [0, 1]
     spacing: tuple[float, float] | None = None  # (row, column) millimetres per pixel
     spacing_source: str = ""  # "PixelSpacing" or "ImagerPixelSpacing" when known
+    note: str = ""  # what was read past, e.g. an unusable DICOM window (the picture is still usable)
 
 
 # how PNG, JPEG, TIFF and BMP files begin: a picture misnamed .dcm is read as the picture it is
@@ -179,11 +180,12 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
     pixels = _decode(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    note = ""
     try:
         if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour: pydicom returns RGB
             values = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         elif pixels.ndim == 2:
-            values = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds, index=0), dtype=np.float32)
+            values, note = _windowed(np.asarray(apply_modality_lut(pixels, ds), np.float32), ds, path, apply_voi_lut)
         else:
             raise DataError(f"{path}: unexpected DICOM pixel array shape {pixels.shape}; export a single 2D frame.")
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
@@ -194,7 +196,7 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
     if photometric == "MONOCHROME1":  # MONOCHROME1: the lowest value is white; make air dark like MONOCHROME2
         gray = 1.0 - gray
     spacing, source = _spacing(ds)
-    return Xray(gray.astype(np.float32, copy=False), spacing, source)
+    return Xray(gray.astype(np.float32, copy=False), spacing, source, note)
 
 
 def _sop_class(ds: Any) -> str:
@@ -225,3 +227,19 @@ def _without_pixels(ds: Any, path: Path) -> DataError:
         f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
         "remove it from the inputs."
     )
+
+
+def _windowed(values: np.ndarray, ds: Any, path: Path, apply_voi_lut: Any) -> tuple[np.ndarray, str]:
+    """The VOI LUT or window applied, with a note when it is unusable and the full range is used instead: a
+    width below 1, or a window wholly outside the pixel values (every pixel would get the same grey)."""
+    window = f"(WindowCenter {ds.get('WindowCenter', '?')}, WindowWidth {ds.get('WindowWidth', '?')})"
+    try:
+        windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+    except ValueError as exc:  # pydicom: "Window Width must be greater than or equal to 1"
+        if "Window" not in str(exc):
+            raise
+        return values, f"{path}: DICOM window {window} unusable ({exc}); the full pixel range was used instead."
+    if values.size and windowed.min() == windowed.max() and values.min() < values.max():
+        note = f"{path}: DICOM window {window} lies outside the pixel values; the full pixel range was used instead."
+        return values, note
+    return windowed, ""

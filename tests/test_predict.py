@@ -315,6 +315,27 @@ def test_a_cd_exports_dicomdir_is_not_an_input(tmp_path: Path, checkpoint: Path)
     assert sorted(path.name for path in glob.ignored) == ["DICOMDIR", "index.dcm"]
 
 
+@pytest.mark.parametrize(
+    "window", [{"WindowCenter": 2000, "WindowWidth": 0}, {"WindowCenter": 90000, "WindowWidth": 100}]
+)
+def test_an_unusable_dicom_window_falls_back_to_the_full_range(
+    tmp_path: Path, checkpoint: Path, window: dict[str, int]
+) -> None:
+    """Catches good pixels refused for their window: WindowWidth 0 gave an error row and a window wholly outside
+    the pixel values a 'blank image' one. The full-range scaling is used instead, and the row says so."""
+    stored = (chest().astype(np.uint16) * 16).astype(np.uint16)
+    plain = read_dicom(write_dicom(tmp_path / "plain.dcm", stored)).gray
+    (tmp_path / "in").mkdir()
+    path = write_dicom(tmp_path / "in" / "windowed.dcm", stored, **window)
+    xray = read_xray(path)
+    np.testing.assert_allclose(xray.gray, plain, atol=1e-6)
+    assert (
+        f"{path}: DICOM window (WindowCenter {window['WindowCenter']}" in xray.note and "full pixel range" in xray.note
+    )
+    (row,) = run([path.parent], tmp_path / "out", checkpoint)
+    assert row["status"] == "ok" and row["message"] == xray.note
+
+
 def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
     monkeypatch.setitem(sys.modules, "pydicom", None)

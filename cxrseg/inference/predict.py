@@ -97,6 +97,7 @@ class _Decoded:
     midline: float
     spacing: tuple[float, float] | None
     spacing_source: str
+    note: str = ""  # e.g. an unusable DICOM window read past: the ok row's message
 
 
 def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int, trim: bool = False) -> _Decoded | str:
@@ -106,7 +107,8 @@ def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int, tri
         step = max(1, max(xray.gray.shape) // 512)  # the contrast needs no more than ~512 px
         display = display_image(xray.gray, overlay_size) if options.overlay else None
         midline = midline_contrast(xray.gray[::step, ::step])
-        return _Decoded(fit_image(xray.gray, size, trim), display, midline, xray.spacing, xray.spacing_source)
+        fitted = fit_image(xray.gray, size, trim)
+        return _Decoded(fitted, display, midline, xray.spacing, xray.spacing_source, xray.note)
     except CxrsegError as exc:
         return str(exc)
     except Exception as exc:  # one odd file must not end a 10,000-image run
@@ -151,7 +153,7 @@ def _write_one(
     return {
         "input": _recorded(job.source),
         "status": "ok",
-        "message": "",
+        "message": item.note,
         "mask": job.name + MASK,
         "overlay": job.name + OVERLAY if item.display is not None else "",
         "spacing_source": item.spacing_source,
