@@ -244,9 +244,14 @@ def predict_paths(
 
     decode = partial(_decode, size=engine.size, options=options, overlay_size=cfg.overlay_size, trim=engine.trim)
     write = partial(_write_one, out_dir=out_dir, cfg=cfg, options=options)
+
+    def finished_late(index: int, row: dict[str, Any]) -> None:  # written while an interrupted run stopped
+        rows[todo[index]] = row
+
     start = last_save = time.perf_counter()
     try:
-        results = run_pipeline(engine, [plan.jobs[i] for i in todo], decode, write, options.workers, options.prefetch)
+        jobs = [plan.jobs[i] for i in todo]
+        results = run_pipeline(engine, jobs, decode, write, options.workers, options.prefetch, finished_late)
         with contextlib.closing(results):
             for done, row in enumerate(results, start=1):
                 rows[todo[done - 1]] = row
@@ -255,7 +260,7 @@ def predict_paths(
                 if time.perf_counter() - last_save > options.save_every:
                     save()  # a killed run leaves a predictions.csv that --skip-existing can resume from
                     last_save = time.perf_counter()
-    except BaseException:  # Ctrl-C or a failure: keep the rows written so far for a resume
+    except BaseException:  # Ctrl-C, SIGTERM or a failure: keep the rows of what was written, for a resume
         with contextlib.suppress(Exception):
             save()
         raise
