@@ -28,6 +28,7 @@ class Xray:
     gray: np.ndarray  # (H, W) float32 in [0, 1]
     spacing: tuple[float, float] | None = None  # (row, column) millimetres per pixel
     spacing_source: str = ""  # "PixelSpacing" or "ImagerPixelSpacing" when known
+    note: str = ""  # what was read past, e.g. an unusable DICOM window (the picture is still usable)
 
 
 # how PNG, JPEG, TIFF and BMP files begin: a picture misnamed .dcm is read as the picture it is
@@ -53,6 +54,30 @@ def _has_preamble(head: bytes) -> bool:
 def has_dicom_preamble(path: Path) -> bool:
     """True when bytes 128-131 read 'DICM' (a DICOM Part 10 file, whatever its name)."""
     return _has_preamble(_head(path))
+
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a CD's index, no picture
+_MEDIA_CLASS_TAG = b"\x02\x00\x02\x00UI"  # (0002,0002) Media Storage SOP Class UID (the meta is explicit VR LE)
+
+
+def is_dicomdir(path: Path) -> bool:
+    """A DICOM CD/DVD export's index file: named DICOMDIR, or of the Media Storage Directory SOP Class."""
+    if path.name.upper() == "DICOMDIR":
+        return True
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except OSError:
+        return False
+    if not _has_preamble(head[:132]):
+        return False
+    at = head.find(_MEDIA_CLASS_TAG, 132)
+    if at < 0 or at + 8 > len(head):
+        return False
+    length = struct.unpack("<H", head[at + 6 : at + 8])[0]
+    return head[at + 8 : at + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace") == DICOMDIR_CLASS
 
 
 def is_dicom(path: Path) -> bool:
@@ -147,10 +172,7 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
 
     ds = pydicom.dcmread(path, force=True)
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(
-            f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
-            "remove it from the inputs."
-        )
+        raise _without_pixels(ds, path)
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_pixels(path, cols, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -158,11 +180,12 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export a single frame.")
     pixels = _decode(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    note = ""
     try:
         if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour: pydicom returns RGB
             values = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         elif pixels.ndim == 2:
-            values = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds, index=0), dtype=np.float32)
+            values, note = _windowed(np.asarray(apply_modality_lut(pixels, ds), np.float32), ds, path, apply_voi_lut)
         else:
             raise DataError(f"{path}: unexpected DICOM pixel array shape {pixels.shape}; export a single 2D frame.")
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
@@ -173,4 +196,50 @@ def _read_dicom(pydicom: Any, path: Path, max_pixels: int) -> Xray:
     if photometric == "MONOCHROME1":  # MONOCHROME1: the lowest value is white; make air dark like MONOCHROME2
         gray = 1.0 - gray
     spacing, source = _spacing(ds)
-    return Xray(gray.astype(np.float32, copy=False), spacing, source)
+    return Xray(gray.astype(np.float32, copy=False), spacing, source, note)
+
+
+def _sop_class(ds: Any) -> str:
+    meta = getattr(ds, "file_meta", None)
+    for owner, keyword in ((ds, "SOPClassUID"), (meta, "MediaStorageSOPClassUID")):
+        try:
+            value = str(owner.get(keyword, "") or "").strip() if owner is not None else ""
+        except Exception:  # a damaged element: as if absent
+            value = ""
+        if value:
+            return value
+    return ""
+
+
+def _without_pixels(ds: Any, path: Path) -> DataError:
+    """Why a file read as DICOM has no pixels: cut off (an image's header is there), not DICOM at all (no
+    preamble, no SOP Class: random bytes, text, a zip named .dcm), or a DICOM object that holds no picture."""
+    from pydicom.uid import UID
+
+    sop_class = _sop_class(ds)
+    if "Image Storage" in UID(sop_class).name or "Rows" in ds:
+        return DataError(
+            f"{path}: truncated or corrupt DICOM (an image header without its pixel data); export it again."
+        )
+    if not sop_class and not has_dicom_preamble(path):
+        return DataError(f"{path}: not a DICOM file; check what it is, or remove it from the inputs.")
+    return DataError(
+        f"{path}: DICOM file without pixel data (a DICOMDIR, report or other non-image object); "
+        "remove it from the inputs."
+    )
+
+
+def _windowed(values: np.ndarray, ds: Any, path: Path, apply_voi_lut: Any) -> tuple[np.ndarray, str]:
+    """The VOI LUT or window applied, with a note when it is unusable and the full range is used instead: a
+    width below 1, or a window wholly outside the pixel values (every pixel would get the same grey)."""
+    window = f"(WindowCenter {ds.get('WindowCenter', '?')}, WindowWidth {ds.get('WindowWidth', '?')})"
+    try:
+        windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+    except ValueError as exc:  # pydicom: "Window Width must be greater than or equal to 1"
+        if "Window" not in str(exc):
+            raise
+        return values, f"{path}: DICOM window {window} unusable ({exc}); the full pixel range was used instead."
+    if values.size and windowed.min() == windowed.max() and values.min() < values.max():
+        note = f"{path}: DICOM window {window} lies outside the pixel values; the full pixel range was used instead."
+        return values, note
+    return windowed, ""

@@ -37,6 +37,14 @@ class TrainingError(CxrsegError):
     """Training cannot go on (for example, the loss became NaN)."""
 
 
+class Interrupted(CxrsegError):
+    """A command stopped by Ctrl-C (exit code 130) or SIGTERM (143); the message says what was kept."""
+
+    def __init__(self, message: str = "", exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class TrainingInterrupted(CxrsegError):
     """Training stopped on Ctrl-C or SIGTERM after saving a resumable state."""
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble
+from cxrseg.dicom import DICOM_SUFFIXES, has_dicom_preamble, is_dicomdir
 from cxrseg.errors import DataError, InputPathError
 from cxrseg.imaging import IMAGE_SUFFIXES
 
@@ -70,8 +70,9 @@ class Plan:
 
 
 def is_candidate(path: Path) -> bool:
-    """A file in an input folder is an input when its suffix is an image/DICOM one or it has the DICM preamble."""
-    if path.name.startswith("."):
+    """A file in an input folder is an input when its suffix is an image/DICOM one or it has the DICM preamble;
+    a DICOM CD export's DICOMDIR (its index, no picture) is not."""
+    if path.name.startswith(".") or is_dicomdir(path):
         return False
     return path.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES or has_dicom_preamble(path)
 
@@ -169,6 +170,8 @@ def plan_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Plan:
             for match in matches:
                 if match.is_dir():
                     plan.add_folder(match, base, recursive)
+                elif is_dicomdir(match):  # 'cd/*' matches the export's index too: not an X-ray
+                    plan.ignored.append(match)
                 else:  # files, and links or FIFOs that become error rows as in a listed folder
                     plan.add(match, base)
         else:
@@ -210,12 +213,13 @@ def check_out_folder(out_dir: Path, folders: Sequence[Path], recursive: bool) ->
 
 
 def check_output(out_dir: Path, plan: Plan, recursive: bool) -> None:
-    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs."""
+    """Refuse an output folder that is an input folder, lies in a recursively listed one, or holds inputs:
+    directly (predictions.csv beside the X-rays a glob picked) or in a folder its masks go to."""
     check_out_folder(out_dir, plan.folders, recursive)
     check_out_folder(out_dir, plan.trees, recursive=True)
     out = out_dir.resolve()
     input_dirs = {job.source.resolve().parent for job in plan.jobs if not job.error}
-    output_dirs = {(out / job.name).parent for job in plan.jobs if not job.error}
+    output_dirs = {out} | {(out / job.name).parent for job in plan.jobs if not job.error}
     clash = sorted(input_dirs & output_dirs)
     if clash:
         raise InputPathError(f"--out {out_dir} would write next to input X-rays in {clash[0]}; {OUT_HINT}.")

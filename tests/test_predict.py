@@ -25,7 +25,7 @@ from cxrseg import assets
 from cxrseg.checkpoint import CheckpointInfo, build_model, save_checkpoint
 from cxrseg.cli.app import app
 from cxrseg.config import InferenceSettings, Settings
-from cxrseg.dicom import read_dicom
+from cxrseg.dicom import read_dicom, read_xray
 from cxrseg.errors import DataError, InputPathError
 from cxrseg.inference.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
 from cxrseg.inference.quality import COLUMNS
@@ -215,7 +215,7 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_processed(tmp_path: Path, che
         "text.png": "cannot be read as an image",
         "huge.png": "100 megapixels",
         "huge.dcm": "100 megapixels",
-        "no_pixels.dcm": "without pixel data",
+        "no_pixels.dcm": "truncated or corrupt DICOM",
         "jpegls.dcm": "transfer syntax",
         "missing.png": "no such file",
         "notes.txt": "cannot be read as an image",
@@ -262,6 +262,80 @@ def test_a_blank_image_is_an_error_row_and_a_picture_named_dcm_is_read_as_the_pi
     )
 
 
+def _no_pixels(path: Path, sop_class: str, **elements) -> Path:
+    """A DICOM file of `sop_class` without pixel data (a DICOMDIR, a report), with the DICM preamble."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_dicom_without_pixels_is_named_truncated_not_dicom_or_non_image_object(tmp_path: Path) -> None:
+    """Catches a cut-off DICOM X-ray being called 'a DICOMDIR, report or other non-image object; remove it'
+    (dcmread(force=True) stops silently at the damage), and random bytes named .dcm being called DICOM."""
+    whole = write_dicom(tmp_path / "whole.dcm", chest().astype(np.uint16), SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1")
+    cut = tmp_path / "IM0001.dcm"
+    cut.write_bytes(whole.read_bytes()[:500])  # the transfer stopped inside the header, before Rows
+    header_only = tmp_path / "rows.dcm"  # an image header, Rows included, and nothing after it
+    header_only.write_bytes(whole.read_bytes()[: whole.read_bytes().index(b"\xe0\x7f\x10\x00")])
+    (tmp_path / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "notes.dcm").write_text("a text file under a DICOM name\n" * 20)
+    report = _no_pixels(tmp_path / "report.dcm", "1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    expected = {
+        cut: "truncated or corrupt DICOM",
+        header_only: "truncated or corrupt DICOM",
+        tmp_path / "random.dcm": "not a DICOM file",
+        tmp_path / "notes.dcm": "not a DICOM file",
+        report: "DICOM file without pixel data (a DICOMDIR, report or other non-image object)",
+    }
+    for path, words in expected.items():
+        with pytest.raises(DataError) as caught:
+            read_xray(path)
+        assert f"{path}: {words}" in str(caught.value), str(caught.value)
+
+
+def test_a_cd_exports_dicomdir_is_not_an_input(tmp_path: Path, checkpoint: Path) -> None:
+    """Catches every DICOM CD export exiting 1: its DICOMDIR (the CD's index, no picture) was planned as an input
+    and got an error row; it is now listed as ignored, by name or by its Media Storage SOP Class."""
+    cd = tmp_path / "cd"
+    (cd / "DICOM").mkdir(parents=True)
+    write_dicom(cd / "DICOM" / "IM0001", chest().astype(np.uint16))  # no suffix: found by its preamble
+    _no_pixels(cd / "DICOMDIR", "1.2.840.10008.1.3.10")
+    _no_pixels(cd / "DICOM" / "index.dcm", "1.2.840.10008.1.3.10")  # a renamed one: its SOP Class says
+    result = predict_paths([cd], tmp_path / "out", checkpoint, InferenceSettings(), PredictOptions(recursive=True))
+    assert [(Path(row["input"]).name, row["status"]) for row in result.rows] == [("IM0001", "ok")]
+    assert sorted(path.name for path in result.ignored) == ["DICOMDIR", "index.dcm"]
+    glob = predict_paths([str(cd / "*")], tmp_path / "glob", checkpoint, InferenceSettings(), PredictOptions())
+    assert [row["status"] for row in glob.rows] == ["ok"]  # 'cd/*' matches DICOMDIR and the folder DICOM/
+    assert sorted(path.name for path in glob.ignored) == ["DICOMDIR", "index.dcm"]
+
+
+@pytest.mark.parametrize(
+    "window", [{"WindowCenter": 2000, "WindowWidth": 0}, {"WindowCenter": 90000, "WindowWidth": 100}]
+)
+def test_an_unusable_dicom_window_falls_back_to_the_full_range(
+    tmp_path: Path, checkpoint: Path, window: dict[str, int]
+) -> None:
+    """Catches good pixels refused for their window: WindowWidth 0 gave an error row and a window wholly outside
+    the pixel values a 'blank image' one. The full-range scaling is used instead, and the row says so."""
+    stored = (chest().astype(np.uint16) * 16).astype(np.uint16)
+    plain = read_dicom(write_dicom(tmp_path / "plain.dcm", stored)).gray
+    (tmp_path / "in").mkdir()
+    path = write_dicom(tmp_path / "in" / "windowed.dcm", stored, **window)
+    xray = read_xray(path)
+    np.testing.assert_allclose(xray.gray, plain, atol=1e-6)
+    assert (
+        f"{path}: DICOM window (WindowCenter {window['WindowCenter']}" in xray.note and "full pixel range" in xray.note
+    )
+    (row,) = run([path.parent], tmp_path / "out", checkpoint)
+    assert row["status"] == "ok" and row["message"] == xray.note
+
+
 def test_missing_pydicom_gives_an_install_hint(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     write_dicom(tmp_path / "a.dcm", chest().astype(np.uint16))
     monkeypatch.setitem(sys.modules, "pydicom", None)
@@ -297,6 +371,17 @@ def test_refuses_to_write_into_an_input_folder(tmp_path: Path, checkpoint: Path)
     with pytest.raises(DataError, match="is a file"):
         run([src], src / "a.png", checkpoint)
     assert run([src], src / "predictions", checkpoint)[0]["status"] == "ok"  # not listed without --recursive
+
+
+def test_refuses_an_out_that_directly_holds_an_input_a_glob_picked(tmp_path: Path, checkpoint: Path) -> None:
+    """Catches predictions.csv landing beside input X-rays: with 'g/*/a.png' and --out g/x, where g/x/a.png is an
+    input, the masks go to g/x/x/ and g/x/y/, so only out_dir itself holds an input, and it was not compared."""
+    for folder in ("x", "y"):
+        (tmp_path / "g" / folder).mkdir(parents=True)
+        Image.fromarray(chest()).save(tmp_path / "g" / folder / "a.png")
+    with pytest.raises(InputPathError, match=r"next to input X-rays in .*g/x;"):
+        run([str(tmp_path / "g" / "*" / "a.png")], tmp_path / "g" / "x", checkpoint)
+    assert sorted(p.name for p in (tmp_path / "g" / "x").iterdir()) == ["a.png"]  # nothing written
 
 
 def test_skip_existing_resumes_an_interrupted_run(tmp_path: Path, checkpoint: Path) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +161,161 @@ def test_recursive_glob_refuses_an_out_inside_its_tree(tmp_path: Path, checkpoin
     with pytest.raises(InputPathError, match="or inside it"):
         predict([f"{src}/**/*.png"], out, checkpoint)
     assert not out.exists()
+
+
+def test_work_finished_while_an_interrupted_run_stops_gets_its_rows(tmp_path: Path, checkpoint: Path) -> None:
+    """Catches Ctrl-C losing rows: the writing processes finish the images they had started, but their rows
+    were dropped, so predictions.csv named fewer masks than were on disk (48 masks, 32 rows)."""
+    src = xrays(tmp_path / "in", *(f"x{i:02}.png" for i in range(12)))
+    out = tmp_path / "out"
+
+    def interrupt(count: int, images_per_s: float) -> None:
+        raise KeyboardInterrupt  # after the first row, with the pool busy on the next ones
+
+    options = PredictOptions(workers=2, overlay=False)
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths([src], out, checkpoint, InferenceSettings(batch_size=2), options, on_advance=interrupt)
+    with (out / "predictions.csv").open(newline="") as handle:
+        recorded = {row["mask"] for row in csv.DictReader(handle)}
+    written = {path.name for path in out.glob("*.mask.png")}
+    assert len(written) > 1 and recorded == written
+
+
+def test_ctrl_c_in_predict_says_interrupted_and_how_to_resume(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Catches a silent Ctrl-C: typer turned KeyboardInterrupt into exit code 130 itself, so main() never
+    printed "Interrupted." and nothing said that the table was saved for --skip-existing."""
+    import cxrseg.inference.predict as predict_module
+    from cxrseg.cli import main
+
+    original = predict_module.predict_paths
+
+    def interrupted(*args, **kwargs):
+        def stop(count: int, images_per_s: float) -> None:
+            raise KeyboardInterrupt
+
+        return original(*args[:5], on_start=args[5], on_advance=stop)
+
+    monkeypatch.setattr(predict_module, "predict_paths", interrupted)
+    src, out = xrays(tmp_path / "in", "a.png", "b.png"), tmp_path / "out"
+    argv = ["cxrseg", "predict", str(src), "--out", str(out), "--checkpoint", str(checkpoint), "--workers", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 130
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith("Interrupted. Ctrl-C.") and "--skip-existing" in said, said
+    assert "predictions.csv" in said and (out / "predictions.csv").is_file()
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        listed = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+        todo += [int(child) for child in listed if int(child) not in found]
+        found.update(int(child) for child in listed)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_sigterm_mid_run_leaves_no_worker_processes_behind(tmp_path: Path, command: str) -> None:
+    """Catches SIGTERM orphaning the workers: SIGTERM (what `timeout`, systemd, job runners and `kill` send)
+    ended the main process at once, its decoding and writing processes waited forever on pipes they held
+    themselves, keeping the command's stdout/stderr open (a wrapper reading them hung) and no table was saved.
+    Now SIGTERM stops like Ctrl-C: exit code 143, the rows of every mask written saved, no process left."""
+    from cxrseg.assets import SAMPLE_DIR
+
+    films = tmp_path / "data" / "image"
+    films.mkdir(parents=True)
+    (tmp_path / "data" / "mask").mkdir()
+    for copy in range(4):
+        for source in sorted((SAMPLE_DIR / "image").glob("*.png"))[:5]:
+            shutil.copy(source, films / f"{copy}_{source.name}")
+            shutil.copy(SAMPLE_DIR / "mask" / source.name, tmp_path / "data" / "mask" / f"{copy}_{source.name}")
+    out = tmp_path / "out"
+    args = {
+        "predict": ["predict", str(films), "--out", str(out), "--no-overlay", "--workers", "2"],
+        "evaluate": ["evaluate", "--data", str(tmp_path / "data"), "--split", "all"],
+    }[command]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "cxrseg", *args, "--batch-size", "2"]
+    main = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and main.poll() is None:  # the workers run, and (predict) a mask is out
+            children |= _descendants(main.pid)
+            if len(children) >= 2 and (command == "evaluate" or list(out.glob("*.mask.png"))):
+                break
+            time.sleep(0.05)
+        assert main.poll() is None, f"the run ended before the SIGTERM (exit code {main.returncode})"
+        assert len(children) >= 2, "the run never started its worker processes"
+        main.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = main.communicate(timeout=30)  # returns only once no process holds the pipes
+        except subprocess.TimeoutExpired:
+            left = sorted(pid for pid in children if _alive(pid))
+            pytest.fail(f"stdout/stderr still open 30 s after SIGTERM; worker processes {left} outlived the run")
+        time.sleep(0.5)
+        alive = sorted(pid for pid in children | _descendants(main.pid) if _alive(pid))
+        assert not alive, f"worker processes {alive} outlived the main process"
+        assert main.returncode == 143, stderr
+        assert "Interrupted. SIGTERM." in " ".join(stderr.split()), stderr
+        if command == "predict":
+            with (out / "predictions.csv").open(newline="") as handle:
+                recorded = {row["mask"] for row in csv.DictReader(handle)}
+            assert recorded == {path.name for path in out.glob("*.mask.png")}
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if main.poll() is None:
+            main.kill()
+            main.communicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("way", ["prctl", "watchdog thread"])
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path: Path, way: str) -> None:
+    """Catches workers outliving a main process that could not clean up (SIGKILL, a crash, the OOM killer):
+    they waited forever on queues whose other ends they held themselves. die_with_parent ends them."""
+    script = f"""
+import os, sys, time
+from cxrseg import signals
+parent = os.getpid()
+if os.fork() == 0:
+    if {way!r} != "prctl":
+        sys.platform = "elsewhere"  # as on macOS: no prctl
+    signals.die_with_parent(parent)
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    main = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    worker = 0
+    try:
+        worker = int(main.stdout.readline())  # the worker is set up
+        main.kill()
+        main.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker), f"worker {worker} outlived its parent by 5 s"
+    finally:
+        if worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+        main.kill()
+        main.communicate()

@@ -17,7 +17,7 @@ from cxrseg.cli.export import export
 from cxrseg.cli.options import Command, Group, option
 from cxrseg.cli.predict import predict
 from cxrseg.cli.train import train
-from cxrseg.errors import CxrsegError
+from cxrseg.errors import CxrsegError, Interrupted
 
 app = typer.Typer(
     cls=Group,
@@ -70,11 +70,16 @@ def main() -> None:
     """Console entry point: typed errors become one red line and their exit code (1, or 2 for usage errors)."""
     try:
         app()
+    except Interrupted as exc:  # Ctrl-C or SIGTERM in a command (see Group.invoke): what was kept, if anything
+        if debug["on"]:
+            raise
+        console.print(f"[red]Interrupted.[/red] {escape(str(exc))}".rstrip(), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except CxrsegError as exc:
         if debug["on"]:
             raise
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 1))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130 before us)
         console.print("[red]Interrupted.[/red]")
         sys.exit(130)

@@ -87,9 +87,11 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Score a checkpoint: Dice, IoU, precision, recall, HD95, ASSD per image at the mask's own resolution."""
+    from cxrseg.errors import Interrupted
     from cxrseg.inference.backend import load_model
     from cxrseg.inference.evaluate import evaluate_model, write_csv
     from cxrseg.report import ErrorMaps, write_evaluate_report
+    from cxrseg.signals import sigterm_raises
 
     if csv is not None and csv.is_dir():  # found before the evaluation, not after it
         example = csv / "scores.csv"
@@ -111,17 +113,24 @@ def evaluate(
     model, info = load_model(checkpoint, settings.inference)
     pairs, split = _pairs(settings, info, checkpoint, data is None, split)
     maps = ErrorMaps(report) if report else None
-    with progress_bar() as progress:
-        task = progress.add_task("evaluate", total=len(pairs), info="")
-        result = evaluate_model(
-            model,
-            info.settings,
-            pairs,
-            settings.inference,
-            lambda n: progress.advance(task, n),
-            on_image=maps,
-            spacing=_spacing(spacing),
-        )
+    # SIGTERM stops it as Ctrl-C does: the worker processes end, nothing is written, exit code 143
+    with sigterm_raises(lambda: Interrupted("SIGTERM. Nothing was written.", 143)) as stop:
+        try:
+            with progress_bar() as progress:
+                task = progress.add_task("evaluate", total=len(pairs), info="")
+                result = evaluate_model(
+                    model,
+                    info.settings,
+                    pairs,
+                    settings.inference,
+                    lambda n: progress.advance(task, n),
+                    on_image=maps,
+                    spacing=_spacing(spacing),
+                )
+        except Exception as exc:  # a pool broken by the same SIGTERM sent to the whole process group
+            if stop["signal"] and not isinstance(exc, Interrupted):
+                raise Interrupted("SIGTERM. Nothing was written.", 143) from exc
+            raise
     if csv:
         write_csv(result, csv)
         say(f"Per-image scores written to {csv}")

@@ -104,3 +104,13 @@ class Command(_FlagsAsFlags, TyperCommand):
 
 class Group(_FlagsAsFlags, TyperGroup):
     """The cxrseg app."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Ctrl-C in a command becomes Interrupted, which main() reports; typer would turn KeyboardInterrupt
+        into a silent exit code 130 before main() sees it."""
+        from cxrseg.errors import Interrupted
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise Interrupted() from exc

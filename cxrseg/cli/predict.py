@@ -219,8 +219,13 @@ def _shard(shard: str | None, device: str) -> tuple[Shard, Any]:
 def _run(
     paths: list[str | Path], out: Path, checkpoint: Path, inference: Any, options: PredictOptions
 ) -> PredictResult:
-    """predict_paths with a bar, started once the inputs are found and the output folder is accepted."""
+    """predict_paths with a bar, started once the inputs are found and the output folder is accepted.
+
+    Ctrl-C and SIGTERM stop it alike: the rows of the inputs written are saved, then Interrupted (130 / 143).
+    """
+    from cxrseg.errors import Interrupted
     from cxrseg.inference.predict import predict_paths
+    from cxrseg.signals import sigterm_raises
 
     progress = progress_bar()
     task = progress.add_task("predict", total=None, info="")
@@ -232,10 +237,23 @@ def _run(
     def on_advance(count: int, images_per_s: float) -> None:
         progress.update(task, advance=count, info=f"{images_per_s:.1f} img/s")
 
-    try:
-        return predict_paths(paths, out, checkpoint, inference, options, on_start, on_advance)
-    finally:
-        progress.stop()
+    with sigterm_raises(lambda: Interrupted(exit_code=143)) as stop:
+        try:
+            return predict_paths(paths, out, checkpoint, inference, options, on_start, on_advance)
+        except BaseException as exc:
+            # also an error from a worker the same SIGTERM ended (sent to the whole process group)
+            if stop["signal"] or isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(bool(stop["signal"]), out / options.shard.csv_name()) from exc
+            raise
+        finally:
+            progress.stop()
+
+
+def _interrupted(by_sigterm: bool, table: Path) -> Exception:
+    from cxrseg.errors import Interrupted
+
+    kept = f" The inputs done so far are in {table}; add --skip-existing to resume." if table.is_file() else ""
+    return Interrupted(f"{'SIGTERM' if by_sigterm else 'Ctrl-C'}.{kept}", 143 if by_sigterm else 130)
 
 
 def _finish(failed: int, out: Path, part: Shard, distributed: bool, report: bool = False) -> None:

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -40,6 +39,7 @@ from cxrseg.download.kaggle import kaggle_credentials
 from cxrseg.download.transfer import Progress, Retryable, Stalled, Transfer
 from cxrseg.errors import DataError, DownloadError
 from cxrseg.files import write_text
+from cxrseg.signals import sigterm_raises
 
 backoff_seconds = 1.0  # the first retry waits this long, each next one twice as long; tests shrink it
 MAX_BACKOFF_SECONDS = 60.0
@@ -103,21 +103,15 @@ def _sha256(path: Path) -> str:
 def _stops_on_sigterm(function: Callable[..., DownloadResult]) -> Callable[..., DownloadResult]:
     """SIGTERM raises inside `function` (main thread only), so its clean-up runs as it does for Ctrl-C."""
 
+    def stopped() -> DownloadError:
+        error = DownloadError("Download stopped by SIGTERM; its partial files were removed. Run it again.")
+        error.exit_code = 128 + signal.SIGTERM
+        return error
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> DownloadResult:
-        if threading.current_thread() is not threading.main_thread():
+        with sigterm_raises(stopped):
             return function(*args, **kwargs)
-
-        def stop(signum: int, frame: object) -> None:
-            error = DownloadError("Download stopped by SIGTERM; its partial files were removed. Run it again.")
-            error.exit_code = 128 + signum
-            raise error
-
-        previous = signal.signal(signal.SIGTERM, stop)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

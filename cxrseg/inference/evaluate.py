@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -147,12 +148,14 @@ def evaluate_model(
     decode = partial(load_pair, size=engine.size, trim=engine.trim)
     score_one = partial(_score, cfg=cfg, keep_masks=on_image is not None, spacing=spacing)
     rows: list[ImageScore] = []
-    for row, truth, mask in run_pipeline(engine, list(pairs), decode, score_one, workers):
-        rows.append(row)
-        if on_image and row.scores is not None:
-            on_image(row, truth, mask)
-        if on_advance:
-            on_advance(1)
+    # closed as soon as the loop ends, however it ends, so its worker processes end now, not at exit
+    with contextlib.closing(run_pipeline(engine, list(pairs), decode, score_one, workers)) as results:
+        for row, truth, mask in results:
+            rows.append(row)
+            if on_image and row.scores is not None:
+                on_image(row, truth, mask)
+            if on_advance:
+                on_advance(1)
     scored = [row for row in rows if row.scores is not None]
     unit = distance_unit(spacing)
     return Evaluation(scored, summarize([r.scores for r in scored]), [row for row in rows if row.error], unit)

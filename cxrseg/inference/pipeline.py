@@ -4,10 +4,12 @@ per-image work after the model (restore, clean, measure, draw, write) in a pool 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrseg.inference.engine import Engine, Fitted
+from cxrseg.signals import die_with_parent
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,10 +43,19 @@ class _Inputs(Dataset):
         return self.decode(self.items[index])
 
 
-def _start_worker() -> None:
-    """Pool workers: one thread each (the processes are the parallelism); Ctrl-C is the main process's."""
+def _start_worker(parent: int) -> None:
+    """Pool workers: one thread each (the processes are the parallelism); Ctrl-C is the main process's, which
+    finishes their running tasks; SIGTERM ends them; they end with `parent`, however it ends."""
+    die_with_parent(parent)
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _start_decoder(worker_id: int, parent: int) -> None:
+    """DataLoader workers: they end with `parent`; SIGTERM ends them (not a handler inherited by fork)."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -70,7 +82,13 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def run_pipeline(
-    engine: Engine, items: Sequence[T], decode: Decode, finish: Finish, workers: int, prefetch: int = 2
+    engine: Engine,
+    items: Sequence[T],
+    decode: Decode,
+    finish: Finish,
+    workers: int,
+    prefetch: int = 2,
+    on_late: Callable[[int, R], None] | None = None,
 ) -> Iterator[R]:
     """Yield finish(item, decoded, probability map) for every item, in the order of `items`.
 
@@ -78,8 +96,14 @@ def run_pipeline(
     in a pool of `workers` processes, with at most a few batches waiting, so memory does not grow with the
     number of items. With workers=0 everything runs in this process. decode and finish must be picklable
     (module-level functions or functools.partial of them) and must turn per-item failures into results.
+
+    When the loop stops early (Ctrl-C, SIGTERM, an error, the generator closed), the tasks the pool had
+    started are finished, the others dropped, and on_late(index in `items`, result) is called for each
+    finished one that was not yielded, so its work (files already written) can still be recorded. Every worker
+    process has ended when this returns; they also end if this process is killed.
     """
     batch_size = engine.cfg.batch_size
+    parent = os.getpid()
     loader = DataLoader(
         _Inputs(items, decode),
         batch_size=batch_size,
@@ -87,28 +111,45 @@ def run_pipeline(
         collate_fn=_as_list,
         prefetch_factor=max(1, prefetch) if workers else None,
         multiprocessing_context=_context() if workers else None,
+        worker_init_fn=partial(_start_decoder, parent=parent) if workers else None,
     )
-    pool = ProcessPoolExecutor(workers, _context(), initializer=_start_worker) if workers else _Inline()
-    # the pool forks its processes on the first task: start them now, while this process holds no freed batches
-    # in its heap, or they would inherit it and pay a copy-on-write fault for each page they reuse
-    pool.submit(int).result()
-    pending: deque[Future] = deque()
-    limit = batch_size * (2 + workers)
+    pending: deque[tuple[int, Future]] = deque()
+    pool: ProcessPoolExecutor | _Inline = _Inline()
+    batches: Any = None
+    limit, submitted = batch_size * (2 + workers), 0
     try:
-        for batch, chunk in zip(loader, _chunks(items, batch_size), strict=True):
+        if workers:
+            pool = ProcessPoolExecutor(workers, _context(), initializer=_start_worker, initargs=(parent,))
+        # the pool forks its processes on the first task: start them now, while this process holds no freed
+        # batches in its heap, or they would inherit it and pay a copy-on-write fault for each page they reuse
+        pool.submit(int).result()
+        batches = iter(loader)
+        for batch, chunk in zip(batches, _chunks(items, batch_size), strict=True):
             good = [decoded for decoded in batch if not isinstance(decoded, str)]
             maps = iter(engine.probabilities([d.fitted for d in good])[:, 0].numpy() if good else ())
             for item, decoded in zip(chunk, batch, strict=True):
                 prob = None if isinstance(decoded, str) else next(maps)
-                pending.append(pool.submit(finish, item, decoded, prob))
-            while pending and (len(pending) > limit or pending[0].done()):
-                yield pending.popleft().result()
+                pending.append((submitted, pool.submit(finish, item, decoded, prob)))
+                submitted += 1
+            while pending and (len(pending) > limit or pending[0][1].done()):
+                yield pending.popleft()[1].result()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft()[1].result()
     finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop(pool, batches, pending, on_late)
+
+
+def _stop(pool: Any, batches: Any, pending: deque[tuple[int, Future]], on_late: Callable | None) -> None:
+    """End the decoding processes and the pool (its running tasks finish), then hand on what finished late."""
+    for _, future in pending:
+        future.cancel()
+    shutdown = getattr(batches, "_shutdown_workers", None)  # the DataLoader's own clean-up, now, not at exit
+    if shutdown is not None:
+        shutdown()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for index, future in pending:
+        if on_late is not None and future.done() and not future.cancelled() and future.exception() is None:
+            on_late(index, future.result())
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -97,6 +97,7 @@ class _Decoded:
     midline: float
     spacing: tuple[float, float] | None
     spacing_source: str
+    note: str = ""  # e.g. an unusable DICOM window read past: the ok row's message
 
 
 def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int, trim: bool = False) -> _Decoded | str:
@@ -106,7 +107,8 @@ def _decode(job: Job, size: int, options: PredictOptions, overlay_size: int, tri
         step = max(1, max(xray.gray.shape) // 512)  # the contrast needs no more than ~512 px
         display = display_image(xray.gray, overlay_size) if options.overlay else None
         midline = midline_contrast(xray.gray[::step, ::step])
-        return _Decoded(fit_image(xray.gray, size, trim), display, midline, xray.spacing, xray.spacing_source)
+        fitted = fit_image(xray.gray, size, trim)
+        return _Decoded(fitted, display, midline, xray.spacing, xray.spacing_source, xray.note)
     except CxrsegError as exc:
         return str(exc)
     except Exception as exc:  # one odd file must not end a 10,000-image run
@@ -151,7 +153,7 @@ def _write_one(
     return {
         "input": _recorded(job.source),
         "status": "ok",
-        "message": "",
+        "message": item.note,
         "mask": job.name + MASK,
         "overlay": job.name + OVERLAY if item.display is not None else "",
         "spacing_source": item.spacing_source,
@@ -250,9 +252,14 @@ def predict_paths(
 
     decode = partial(_decode, size=engine.size, options=options, overlay_size=cfg.overlay_size, trim=engine.trim)
     write = partial(_write_one, out_dir=out_dir, cfg=cfg, options=options)
+
+    def finished_late(index: int, row: dict[str, Any]) -> None:  # written while an interrupted run stopped
+        rows[todo[index]] = row
+
     start = last_save = time.perf_counter()
     try:
-        results = run_pipeline(engine, [plan.jobs[i] for i in todo], decode, write, options.workers, options.prefetch)
+        jobs = [plan.jobs[i] for i in todo]
+        results = run_pipeline(engine, jobs, decode, write, options.workers, options.prefetch, finished_late)
         with contextlib.closing(results):
             for done, row in enumerate(results, start=1):
                 rows[todo[done - 1]] = row
@@ -261,7 +268,7 @@ def predict_paths(
                 if time.perf_counter() - last_save > options.save_every:
                     save()  # a killed run leaves a predictions.csv that --skip-existing can resume from
                     last_save = time.perf_counter()
-    except BaseException:  # Ctrl-C or a failure: keep the rows written so far for a resume
+    except BaseException:  # Ctrl-C, SIGTERM or a failure: keep the rows of what was written, for a resume
         with contextlib.suppress(Exception):
             save()
         raise
