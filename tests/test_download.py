@@ -453,7 +453,7 @@ def test_item1_force_keeps_unrelated_files(settings, dest, tmp_path):
 
 
 def test_force_replaces_what_the_archive_installed_but_not_what_the_user_added(settings, dest, tmp_path):
-    """Catches bug 3 of review C: with the marker present, --force deleted everything in DEST, the user's own files
+    """With the marker present, --force deleted everything in DEST, the user's own files
     beside the dataset included. What the archive itself put there (a README) is recorded in the marker and
     replaced."""
     archive = tmp_path / "with-readme.zip"
@@ -651,7 +651,7 @@ def _noisy_tar() -> bytes:
     ids=["corrupt-xz", "corrupt-bz2", "encrypted-zip", "deflate64-zip"],
 )
 def test_unreadable_archives_give_one_line_saying_what_to_do(settings, dest, tmp_path, name, make, message):
-    """Catches bug 2 of review C: a corrupt .tar.xz (lzma.LZMAError), an encrypted zip (RuntimeError) and a deflate64
+    """A corrupt .tar.xz (lzma.LZMAError), an encrypted zip (RuntimeError) and a deflate64
     zip (NotImplementedError) ended in a traceback, and a .tar.bz2 corrupt past its first block (an OSError without
     an errno) was reported as "check the path and permissions"."""
     archive = tmp_path / name
@@ -666,8 +666,8 @@ def test_unreadable_archives_give_one_line_saying_what_to_do(settings, dest, tmp
 
 
 def test_a_bit_flip_in_a_tar_gz_is_caught_by_its_crc(settings, dest, tmp_path):
-    """Catches bug 1 of review C: the gzip stream was never read to its end, so its CRC was never checked; in stored
-    blocks a flipped byte changes an image without any other sign. Also bug 2: gzip's CRC error is an OSError, and it
+    """The gzip stream was never read to its end, so its CRC was never checked; in stored
+    blocks a flipped byte changes an image without any other sign. Also: gzip's CRC error is an OSError, and it
     was reported as "check the path and permissions"."""
     damaged = bytearray(gzip.compress(plain_tar(dataset_files())[0], compresslevel=0))
     damaged[2000] ^= 0xFF  # inside the first image's bytes
@@ -680,7 +680,7 @@ def test_a_bit_flip_in_a_tar_gz_is_caught_by_its_crc(settings, dest, tmp_path):
 
 @pytest.mark.parametrize("at", ["between-members", "inside-a-header"])
 def test_a_tar_cut_short_is_refused_not_installed_short(settings, dest, tmp_path, at):
-    """Catches bug 1 of review C: tarfile stops silently at a missing or cut header past the first member, so a tar
+    """`tarfile` stops silently at a missing or cut header past the first member, so a tar
     cut after image/ and mask/ installed a dataset without test_image/ and test_mask/."""
     raw, ends = plain_tar(dataset_files())
     archive = tmp_path / "lungs.tar"
@@ -693,7 +693,7 @@ def test_a_tar_cut_short_is_refused_not_installed_short(settings, dest, tmp_path
 
 
 def test_a_tar_with_a_garbled_header_is_refused(settings, dest, tmp_path):
-    """Catches bug 1 of review C: a header that fails its checksum past the first member ended the archive
+    """A header that fails its checksum past the first member ended the archive
     silently."""
     raw, ends = plain_tar(dataset_files())
     damaged = bytearray(raw)
@@ -707,7 +707,7 @@ def test_a_tar_with_a_garbled_header_is_refused(settings, dest, tmp_path):
 
 @pytest.mark.parametrize("pack", ["tar", "tar.gz"])
 def test_a_download_without_content_length_cut_short_is_refused(server, settings, dest, pack):
-    """Catches bug 1 of review C over HTTP: without a Content-Length the body ends when the server closes, so a cut
+    """Over HTTP: without a Content-Length the body ends when the server closes, so a cut
     tar (here after image/ and mask/) looked complete and installed without test_image/ and test_mask/. A cut .tar.gz
     was already refused (gzip raises EOFError); it stays here so that both keep one line saying to fetch again."""
     raw, ends = plain_tar(dataset_files())
@@ -732,7 +732,7 @@ def _with_folders(pack: str, count: int) -> bytes:
 
 @pytest.mark.parametrize("pack", ["zip", "tar.gz"])
 def test_folders_count_against_the_file_limit(dest, tmp_path, pack):
-    """Catches bug 5 of review C: folder entries were not counted against download.max_extract_files, so an archive
+    """Folder entries were not counted against download.max_extract_files, so an archive
     of a million empty folders was unpacked in full."""
     archive = tmp_path / f"folders.{pack}"
     archive.write_bytes(_with_folders(pack, 200))
@@ -761,7 +761,7 @@ def _raw_zip(entries: list[tuple[str, bytes]]) -> bytes:
     ],
 )
 def test_an_entry_written_twice_is_refused_naming_it(settings, dest, tmp_path, name, extra, shown):
-    """Catches bug 7 of review C: the same path twice (as written, after normalising, or after case-folding, as a
+    """The same path twice (as written, after normalising, or after case-folding, as a
     macOS or Windows disk compares names) was unpacked "last wins", silently replacing an image."""
     entries = [*dataset_files().items(), (extra, b"not the image")]
     archive = tmp_path / name
@@ -772,7 +772,7 @@ def test_an_entry_written_twice_is_refused_naming_it(settings, dest, tmp_path, n
 
 
 def test_a_file_where_a_folder_goes_is_refused_naming_both_entries(settings, dest, tmp_path):
-    """Catches bug 9 of review C: a file and a folder at one path failed with the staging path, deleted by the time
+    """A file and a folder at one path failed with the staging path, deleted by the time
     the user read it, and "check the path and permissions"."""
     archive = tmp_path / "clash.tar"
     archive.write_bytes(plain_tar(dataset_files() | {"image/0.png/inner.png": b"x"})[0])
@@ -783,7 +783,7 @@ def test_a_file_where_a_folder_goes_is_refused_naming_both_entries(settings, des
 
 @pytest.mark.parametrize("pack", ["zip", "tar"])
 def test_a_member_name_too_long_is_named_not_the_staging_path(settings, dest, tmp_path, pack):
-    """Catches bug 9 of review C: a member name longer than the file system allows failed naming the staging
+    """A member name longer than the file system allows failed naming the staging
     folder, deleted by the time the user read it, with "check the path and permissions"."""
     long_name = "image/" + "a" * 300 + ".png"
     files = dataset_files() | {long_name: b"x"}
@@ -796,7 +796,7 @@ def test_a_member_name_too_long_is_named_not_the_staging_path(settings, dest, tm
 
 
 def test_an_unusable_dataset_is_described_with_paths_inside_the_archive(settings, dest, tmp_path):
-    """Catches bug 9 of review C: the dataset check named files in the staging folder, deleted by the time the user
+    """The dataset check named files in the staging folder, deleted by the time the user
     read the message."""
     files = dict(dataset_files())
     del files["mask/2.jpeg"]
@@ -810,7 +810,7 @@ def test_an_unusable_dataset_is_described_with_paths_inside_the_archive(settings
 
 @pytest.mark.parametrize("value", ["", "  "])
 def test_an_empty_sha256_is_refused_not_skipped(settings, dest, tmp_path, value):
-    """Catches bug 6 of review C: `--sha256 ''` (say, from an unset shell variable) silently turned the check off."""
+    """`--sha256 ''` (say, from an unset shell variable) silently turned the check off."""
     archive = tmp_path / "lungs.zip"
     archive.write_bytes(zip_bytes(dataset_files()))
     with pytest.raises(DownloadError, match=r"--sha256 is empty; give the archive's 64 hex digits, or leave --sha256"):
@@ -820,7 +820,7 @@ def test_an_empty_sha256_is_refused_not_skipped(settings, dest, tmp_path, value)
 
 @pytest.mark.parametrize("where", ["dest", "partial", "staging"])
 def test_an_archive_inside_dest_is_refused_before_anything_is_deleted(settings, dest, tmp_path, where):
-    """Catches bug 3 of review C: `download --archive D/new.zip --dest D --force` deleted the archive with the old
+    """`download --archive D/new.zip --dest D --force` deleted the archive with the old
     dataset, and an archive in D/.partial or in a staging folder beside D was deleted as a leftover of a killed
     run."""
     first = tmp_path / "first.zip"
@@ -843,7 +843,7 @@ def count_files(folder: Path) -> int:
 
 
 def test_a_second_download_to_the_same_dest_stops_at_once(server, settings, dest, tmp_path):
-    """Catches bug 8 of review C: a second download to DEST, started while the first was running, deleted the
+    """A second download to DEST, started while the first was running, deleted the
     first one's DEST/.partial (and staging folders) as leftovers of a killed run, and then both installed."""
     url = server.serve("/ds.zip", zip_bytes(dataset_files()))
     other = tmp_path / "other.zip"

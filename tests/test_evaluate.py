@@ -115,7 +115,7 @@ def test_worker_processes_score_exactly_as_in_process(setup) -> None:
 
 
 def test_evaluate_csv_with_a_name_that_is_not_utf8_is_written_escaped(tmp_path: Path) -> None:
-    """Review C bug 2: `evaluate --csv` crashed with UnicodeEncodeError, after scoring every image, on a file name
+    """`evaluate --csv` crashed with UnicodeEncodeError, after scoring every image, on a file name
     that is not valid UTF-8; it is now written with the bytes escaped as \\xNN, as predictions.csv does."""
     import os
 
@@ -134,7 +134,7 @@ def test_evaluate_csv_with_a_name_that_is_not_utf8_is_written_escaped(tmp_path: 
 
 
 def test_evaluate_csv_text_cells_never_start_a_formula(tmp_path: Path) -> None:
-    """Review C bug 4 (CSV injection): `evaluate --csv` wrote names and errors starting with = + - @ tab or CR as
+    """CSV injection: `evaluate --csv` wrote names and errors starting with = + - @ tab or CR as
     they were, so a spreadsheet ran them as formulas; they now start with a single quote."""
     from cxrseg.inference.evaluate import Evaluation, ImageScore
     from cxrseg.metrics import score

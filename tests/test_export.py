@@ -159,7 +159,7 @@ def test_auto_backend_takes_the_faster_runtime_of_the_cpu(monkeypatch: pytest.Mo
 
 @pytest.mark.slow  # exports the bundled model to int8
 def test_int8_export_calibrated_on_black_images_is_refused(tmp_path: Path) -> None:
-    """Review C bug 3: an int8 model calibrated on flat black images was written with exit 0 although its lung
+    """An int8 model calibrated on flat black images was written with exit 0 although its lung
     masks reach a Dice of about 0.9 against torch's ("mask pixels equal 95.6 %" hid it: mostly background); it is
     now refused, nothing written, with a line saying to calibrate on real training X-rays."""
     from cxrseg.export import export_onnx
@@ -177,7 +177,7 @@ def test_int8_export_calibrated_on_black_images_is_refused(tmp_path: Path) -> No
 
 
 def test_int8_checks_use_the_sample_x_rays_not_used_for_calibration() -> None:
-    """Review C bug 3: with the default calibration (the sample's image/) 20 of the 24 check X-rays were the
+    """With the default calibration (the sample's image/) 20 of the 24 check X-rays were the
     calibration images themselves; the check now takes the others (test_image/), and says when it cannot."""
     from cxrseg.export.calibration import calibration_images, sample_images
     from cxrseg.export.onnx import check_images
@@ -191,7 +191,7 @@ def test_int8_checks_use_the_sample_x_rays_not_used_for_calibration() -> None:
 
 
 def test_mask_dice_sees_a_lost_lung_that_the_share_of_equal_pixels_hides() -> None:
-    """Review C bug 3: the share of equal mask pixels is mostly background; the Dice of the masks is not."""
+    """The share of equal mask pixels is mostly background; the Dice of the masks is not."""
     from cxrseg.export.onnx import mask_dice
 
     torch_mask = np.zeros((2, 1, 64, 64), bool)
@@ -221,7 +221,7 @@ def export_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("link", ["same", "dotted", "symlink", "hardlink"])
 def test_export_never_overwrites_its_input_checkpoint(tmp_path: Path, link: str, export_cli) -> None:
-    """Review C bug 1: `export --checkpoint X --out X` replaced the checkpoint with the ONNX model (weights lost).
+    """`export --checkpoint X --out X` replaced the checkpoint with the ONNX model (weights lost).
     An --out that is the checkpoint by any spelling, symlink or hard link is now refused before the export."""
     import os
     import shutil
@@ -252,7 +252,7 @@ def test_export_never_overwrites_its_input_checkpoint(tmp_path: Path, link: str,
     [("folder", "is a folder; give a file name such as"), ("lung.bin", "give a name ending in .onnx")],
 )
 def test_export_checks_out_before_the_export(tmp_path: Path, make: str, message: str, export_cli) -> None:
-    """Review C bug 1: an --out that is a folder or has no .onnx suffix was found out only after the ~20 s export
+    """An --out that is a folder or has no .onnx suffix was found out only after the ~20 s export
     (or not at all); it is now refused at once, with what to give instead."""
     import time
 
@@ -267,7 +267,7 @@ def test_export_checks_out_before_the_export(tmp_path: Path, make: str, message:
 
 
 def test_export_says_an_onnx_checkpoint_is_an_onnx_model(tmp_path: Path, export_cli) -> None:
-    """Review C bug 1: `export --checkpoint x.onnx` said "truncated or corrupt"; it now says it is an ONNX model
+    """`export --checkpoint x.onnx` said "truncated or corrupt"; it now says it is an ONNX model
     and export takes a .safetensors checkpoint, and export's --help no longer says it takes .onnx."""
     model = tmp_path / "lung.onnx"
     model.write_bytes(b"an onnx model")

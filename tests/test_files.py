@@ -54,7 +54,7 @@ def test_item2_output_below_a_file_is_one_output_error(tmp_path: Path) -> None:
 
 
 def test_a_legal_name_of_243_bytes_is_written_and_leaves_no_temporary(tmp_path: Path) -> None:
-    """Review C bug 7: the temporary `.NAME.XXXXXXXX.tmp` added 14 bytes, so a legal 243-byte name (NAME_MAX is
+    """The temporary `.NAME.XXXXXXXX.tmp` added 14 bytes, so a legal 243-byte name (NAME_MAX is
     255) failed with ENAMETOOLONG; a long name now gets a short hashed temporary name."""
     for length in (241, 243, 255):
         path = tmp_path / ("a" * (length - 4) + ".png")
@@ -64,6 +64,6 @@ def test_a_legal_name_of_243_bytes_is_written_and_leaves_no_temporary(tmp_path: 
 
 
 def test_a_name_too_long_for_the_file_system_says_to_shorten_it(tmp_path: Path) -> None:
-    """Review C bug 7: a name over 255 bytes gets advice about the name, not only "choose another output path"."""
+    """A name over 255 bytes gets advice about the name, not only "choose another output path"."""
     with pytest.raises(OutputError, match="shorter output name"):
         write_text(tmp_path / ("a" * 256), "x")

@@ -530,7 +530,7 @@ def test_cli_end_to_end(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
 
 
 def test_skip_existing_keeps_inputs_whose_names_look_like_formulas(tmp_path: Path, checkpoint: Path) -> None:
-    """Review C bug 4: names starting with = + - @ are written to predictions.csv behind a single quote (CSV
+    """Names starting with = + - @ are written to predictions.csv behind a single quote (CSV
     injection); --skip-existing must still recognise their rows and keep them."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -543,7 +543,7 @@ def test_skip_existing_keeps_inputs_whose_names_look_like_formulas(tmp_path: Pat
 
 
 def test_skip_existing_rebuilds_output_paths_from_the_input_not_the_table(tmp_path: Path, checkpoint: Path) -> None:
-    """Review C bug 6: --skip-existing copied the previous table's `overlay` cell, so a hand-edited predictions.csv
+    """--skip-existing copied the previous table's `overlay` cell, so a hand-edited predictions.csv
     could point the kept row (and the report made from it) outside --out; the paths now come from the input."""
     from cxrseg.report import write_predict_report
 

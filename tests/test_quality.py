@@ -298,7 +298,7 @@ def _csv_cells(path) -> list[str]:
     "name", ['=HYPERLINK("x","y").png', "-2+3.png", "+x.png", "@SUM(A1).png", "\tx.png", "'=x.png"]
 )
 def test_predictions_csv_text_cells_never_start_a_formula_and_read_back_exactly(tmp_path, name) -> None:
-    """Review C bug 4 (CSV injection): predictions.csv wrote names and messages starting with = + - @ tab or CR
+    """CSV injection: predictions.csv wrote names and messages starting with = + - @ tab or CR
     as they were, so a spreadsheet ran them as formulas; they now start with a single quote, which read_rows
     removes (so --skip-existing still finds the row), and negative numbers stay numbers."""
     from cxrseg.inference.quality import empty_row, read_rows, write_rows

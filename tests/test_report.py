@@ -268,7 +268,7 @@ def test_reports_show_table_and_gallery_without_javascript(browser, tmp_path):
 
 
 def test_predict_report_with_a_name_that_is_not_utf8_links_to_the_file(tmp_path):
-    """Review C bug 2: a file name that is not valid UTF-8 (os.listdir keeps its bytes as surrogates) crashed
+    """A file name that is not valid UTF-8 (os.listdir keeps its bytes as surrogates) crashed
     write_predict_report with UnicodeEncodeError, in url() and in writing the page; the page is now written, the
     name shown as \\xNN and the link percent-encodes the name's bytes, so it opens the very file."""
     import os
@@ -286,7 +286,7 @@ def test_predict_report_with_a_name_that_is_not_utf8_links_to_the_file(tmp_path)
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot"])
 def test_predict_report_reads_and_writes_only_inside_its_folder(tmp_path, where):
-    """Review C bug 6: a row whose overlay names a picture outside the output folder (a hand-edited table kept by
+    """A row whose overlay names a picture outside the output folder (a hand-edited table kept by
     --skip-existing) made the report read it and write its thumbnail beside it, outside --out; such a row now
     gets no thumbnail and no link."""
     out = tmp_path / "deep" / "out"

@@ -69,7 +69,7 @@ def test_train_save_images_writes_the_best_checkpoints_validation_pictures(tmp_p
 
 
 def test_reports_and_tables_of_a_name_that_is_not_utf8_are_written(tmp_path: Path) -> None:
-    """Review C bug 2: `predict --report`, `evaluate --report` and `evaluate --csv` crashed with UnicodeEncodeError
+    """`predict --report`, `evaluate --report` and `evaluate --csv` crashed with UnicodeEncodeError
     after all the work on an X-ray whose file name is not valid UTF-8; each now writes its file and exits 0."""
     import os
 

@@ -178,7 +178,7 @@ def sharded_run(tmp_path: Path, checkpoint: Path) -> Path:
 
 
 def test_merge_with_report_writes_the_report_of_every_shard(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    """Review C bug 5: `predict --merge OUT --report` ignored --report; it now writes the report of the merged
+    """`predict --merge OUT --report` ignored --report; it now writes the report of the merged
     table, every shard's inputs in it."""
     out = sharded_run(tmp_path, tiny_checkpoint)
     result = CliRunner().invoke(app, ["predict", "--merge", str(out), "--report"])
@@ -189,7 +189,7 @@ def test_merge_with_report_writes_the_report_of_every_shard(tmp_path: Path, tiny
 
 
 def test_a_shard_refuses_report_before_any_work(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    """Review C bug 5: `predict --shard K/N --report` wrote report.html of its own shard only, each shard
+    """`predict --shard K/N --report` wrote report.html of its own shard only, each shard
     overwriting the last; it is now refused (exit 2, nothing written), pointing at `--merge OUT --report`."""
     films, out = tmp_path / "films", tmp_path / "out"
     films.mkdir()
@@ -203,7 +203,7 @@ def test_a_shard_refuses_report_before_any_work(tmp_path: Path, tiny_checkpoint:
 def test_torchrun_rank_0_writes_the_report_of_the_merged_table(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Review C bug 5: under torchrun each rank wrote report.html of its own shard; rank 0 now writes it from the
+    """Under torchrun each rank wrote report.html of its own shard; rank 0 now writes it from the
     merged table once every rank is done (the other ranks write none)."""
     from cxrseg.cli import predict as predict_cli
     from cxrseg.inference import shard as shard_module
