@@ -44,12 +44,13 @@ class _Inputs(Dataset):
 
 
 def _start_worker(parent: int) -> None:
-    """Pool workers: one thread each (the processes are the parallelism); Ctrl-C is the main process's, which
-    finishes their running tasks; SIGTERM ends them; they end with `parent`, however it ends."""
+    """Pool workers: one thread each (the processes are the parallelism); Ctrl-C and SIGTERM are the main
+    process's, which finishes their running tasks and records them (a SIGTERM sent to the whole process group
+    by `timeout` or a scheduler must not kill a worker mid-task); they end with `parent`, however it ends."""
     die_with_parent(parent)
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _start_decoder(worker_id: int, parent: int) -> None:
