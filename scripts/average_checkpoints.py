@@ -101,6 +101,8 @@ def run(paths: list[Path], weights: list[float], out: Path, data: Path | None) -
     model, info = average(paths, weights)
     if data:
         pairs, _ = unseen(pairs, info.trained_on)  # as `cxrseg evaluate --split val` scores the average
+        if not pairs:
+            raise SystemExit(f"{data}: every `val` film was learnt by one of the inputs; give --data another folder")
         cfg = info.settings.inference.model_copy(update={"tta": False, "device": "cpu"})
         scored = evaluate_model(model, info.settings, pairs, cfg)
         if scored.failed:

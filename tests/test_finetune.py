@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from cxrseg.assets import BUNDLED_MODEL, SAMPLE_DIR
 from cxrseg.checkpoint import atomic_save, checkpoint_metadata, read_checkpoint
 from cxrseg.cli.app import app, main
 from cxrseg.dataset import dataset_splits, film_key
-from cxrseg.errors import ConfigError
+from cxrseg.errors import ConfigError, DataError
 from tests.conftest import tiny_args, write_dataset
 
 
@@ -305,3 +307,73 @@ def test_evaluate_leaves_out_of_val_the_films_a_checkpoint_learnt(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n_images"] == len(val) - 1
     assert f"films the checkpoint learnt: {val[0].name}" in " ".join(result.stderr.split())
+
+
+def test_a_fine_tune_stopped_in_its_first_epoch_still_knows_what_its_start_learnt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped before its first checkpoint, the run's films learnt were read from a last.safetensors that did not
+    exist yet: on resume, films its start had learnt were validated on again. The run writes them as it starts."""
+    import cxrseg.training.loop as loop
+
+    dataset = write_dataset(tmp_path / "data", n_train=20)
+    monkeypatch.setenv("CXRSEG_DATA__SPLIT_RULE", "shuffle")
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.3")
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "first", epochs=1)).exit_code == 0
+    start = run_dir(tmp_path / "first") / "best.safetensors"
+    learnt = read_checkpoint(start)[1].trained_on
+    monkeypatch.setenv("CXRSEG_DATA__SPLIT_SEED", "5")  # another split: some learnt films fall in `val`
+    real, calls = loop.segmentation_loss, []
+
+    def stopped(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C in the first epoch: the step ends, a state is saved, no checkpoint yet
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "segmentation_loss", stopped)
+    args = ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "tune"), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "4", "--init-from", str(start)])
+    run = run_dir(tmp_path / "tune")
+    assert (run / "state.safetensors").is_file() and not (run / "last.safetensors").exists(), result.output
+    monkeypatch.setattr(loop, "segmentation_loss", real)
+    start.unlink()  # the run needs nothing but itself
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "validation films moved to training" in " ".join(result.output.split())
+    assert learnt <= read_checkpoint(run / "last.safetensors")[1].trained_on
+
+
+def test_a_checkpoint_that_records_no_films_keeps_its_own_train_split_out_of_val(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints made before they recorded their films: on the folder they were trained in (by path), their own
+    `train` split is what they learnt, and another split asked for must not validate on it."""
+    dataset = write_dataset(tmp_path / "data", n_train=20)
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "first", epochs=1)).exit_code == 0
+    weights, info = read_checkpoint(run_dir(tmp_path / "first") / "best.safetensors")
+    learnt, info.trained_on = info.trained_on, frozenset()  # as written before
+    atomic_save(weights, checkpoint_metadata(info), tmp_path / "old.safetensors")
+    monkeypatch.setenv("CXRSEG_DATA__VAL_FRACTION", "0.5")
+    args = ["train", "--data", str(dataset), "--runs-dir", str(tmp_path / "tune"), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "4", "--init-from", str(tmp_path / "old.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "validation films moved to training" in " ".join(result.output.split())
+    assert learnt <= read_checkpoint(run_dir(tmp_path / "tune") / "last.safetensors")[1].trained_on
+
+
+def test_a_val_split_the_checkpoint_learnt_whole_is_named_not_scored(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data", n_train=10)
+    assert CliRunner().invoke(app, tiny_args(dataset, tmp_path / "runs", epochs=1)).exit_code == 0
+    weights, info = read_checkpoint(run_dir(tmp_path / "runs") / "best.safetensors")
+    info.trained_on = frozenset(film_key(f"case_{i:03d}") for i in range(10))  # every film of image/
+    atomic_save(weights, checkpoint_metadata(info), tmp_path / "all.safetensors")
+    args = ["evaluate", "--checkpoint", str(tmp_path / "all.safetensors"), "--data", str(dataset), "--split", "val"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, DataError) and "every film of the val split was learnt" in str(result.exception)
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    tune = ["train", "--data", str(copy), "--runs-dir", str(tmp_path / "tune"), "--epochs", "1", "--batch-size", "4"]
+    result = CliRunner().invoke(app, [*tune, "--init-from", str(tmp_path / "all.safetensors")])
+    assert isinstance(result.exception, DataError)
+    assert "moved to training because the --init-from checkpoint" in " ".join(str(result.exception).split())

@@ -159,6 +159,7 @@ def _pairs(
     """The pairs to score, by the checkpoint's own split rule so a seeded split never scores its training images."""
     from cxrseg.assets import BUNDLED_MODEL
     from cxrseg.dataset import default_split, listing, select_pairs, unseen
+    from cxrseg.errors import DataError
 
     trained = info.settings.data
     roots = settings.data.root
@@ -179,6 +180,11 @@ def _pairs(
             if learnt:
                 learnt_names = listing([p.name for p in learnt], "films the checkpoint learnt")
                 say(f"Left out of {root}'s val split: {learnt_names}")
+                if not chosen_pairs:
+                    raise DataError(
+                        f"{root}: every film of the val split was learnt by {checkpoint}, so none can score it; "
+                        "use --split test, or --data a folder of films it never saw."
+                    )
         pairs += chosen_pairs
     if len(set(splits)) == 1:
         return pairs, splits[0]

@@ -104,6 +104,11 @@ def load_training_data(
     if len(val_items) < MIN_VAL_PAIRS * world_size or len(train_pairs) < MIN_TRAIN_PAIRS * world_size:
         each = f" for each of {world_size} processes" if world_size > 1 else ""
         fix = "add pairs" if len(val_items) >= MIN_VAL_PAIRS * world_size else "add pairs or raise data.val_fraction"
+        if moved and len(val_items) < MIN_VAL_PAIRS * world_size:
+            fix = (
+                f"{len(moved)} validation films were moved to training because the --init-from checkpoint (or "
+                "another --data folder) already learnt them; add films it never saw to validate on"
+            )
         raise DataError(
             f"{where}: {count_pairs(len(train_pairs) + len(val_items))} ({len(train_pairs)} to train on, "
             f"{len(val_items)} to validate); {TRAINING_NEEDS}{each}; {fix}."

@@ -10,7 +10,7 @@ import torch
 from cxrseg.assets import BUNDLED_MODEL
 from cxrseg.checkpoint import CheckpointInfo, read_checkpoint, read_info
 from cxrseg.config import DataSettings, Settings
-from cxrseg.dataset import IMAGE_DIR, film_key, list_images
+from cxrseg.dataset import IMAGE_DIR, dataset_splits, film_key, list_images
 from cxrseg.errors import ConfigError
 
 SPLIT = ("split_rule", "val_fraction", "split_seed")  # what decides which films of a folder are `val`
@@ -108,7 +108,9 @@ def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | 
     weights, info = read_checkpoint(path)
     check_init(settings, info.settings, path)
     update: dict[str, object] = {"preprocess": info.settings.preprocess, "model": info.settings.model}
-    if shared_folders(settings, info):
+    shared = shared_folders(settings, info)
+    learnt = info.trained_on or _legacy_learnt(info, shared)
+    if shared:
         defaults = DataSettings.model_fields
         split = {
             field: getattr(info.settings.data, field)
@@ -116,4 +118,17 @@ def apply_init(settings: Settings) -> tuple[Settings, dict[str, torch.Tensor] | 
             if getattr(settings.data, field) == defaults[field].default
         }
         update["data"] = settings.data.model_copy(update=split)
-    return settings.model_copy(update=update), weights, info.trained_on
+    return settings.model_copy(update=update), weights, learnt
+
+
+def _legacy_learnt(info: CheckpointInfo, shared: list[Path]) -> frozenset[str]:
+    """For a checkpoint that records no films (made before it could), those of its own `train` split of the
+    --data folders it was trained in (by path): what it learnt there."""
+    data = info.settings.data
+    return frozenset(
+        film_key(pair.name)
+        for root in shared
+        for pair in dataset_splits(root, data.val_fraction, data.split_seed, rule=data.split_rule, with_test=False)[
+            "train"
+        ]
+    )

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
-from cxrseg.checkpoint import build_model, read_info
+from cxrseg.checkpoint import FILM_KEY, build_model, read_info
 from cxrseg.config import Settings
 from cxrseg.device import amp_dtype, resolve_device
 from cxrseg.errors import CxrsegError, DataError
@@ -82,7 +82,7 @@ def set_up(
     if resume_dir is not None and has_saved_state(resume_dir):
         # the run's state holds the weights, settings.json the checkpoint's shape and split, and its last
         # checkpoint the films learnt so far (those of the --init-from checkpoint among them)
-        init_weights, learnt = None, _learnt_by(resume_dir / "last.safetensors")
+        init_weights, learnt = None, _learnt_by(resume_dir)
     else:
         asked = settings.data
         settings, init_weights, learnt = apply_init(settings)
@@ -139,12 +139,18 @@ def set_up(
     return run
 
 
-def _learnt_by(checkpoint: Path) -> frozenset[str]:
-    """The film keys a run's checkpoint records as fitted on; none when it is missing or unreadable."""
-    try:
-        return read_info(checkpoint).trained_on
-    except CxrsegError:
-        return frozenset()
+TRAINED_ON_FILE = "trained_on.txt"  # a run's film keys as it started: its start's learnt films and its `train`
+
+
+def _learnt_by(run_dir: Path) -> frozenset[str]:
+    """The film keys a resumed run had learnt: those written when it started (so a run stopped in its first
+    epoch, before any checkpoint, keeps its start's) and those its last checkpoint records."""
+    keys: set[str] = set()
+    with contextlib.suppress(OSError):
+        keys |= {key for key in (run_dir / TRAINED_ON_FILE).read_text().split() if FILM_KEY.fullmatch(key)}
+    with contextlib.suppress(CxrsegError):
+        keys |= read_info(run_dir / "last.safetensors").trained_on
+    return frozenset(keys)
 
 
 def _open_run_dir(
@@ -166,6 +172,7 @@ def _open_run_dir(
         run.run_dir = broadcast_object(new_run_dir(run.settings.train.runs_dir) if ctx.is_main else None, ctx)
         if ctx.is_main:
             held.enter_context(lock_run(run.run_dir))
+            write_text(run.run_dir / TRAINED_ON_FILE, " ".join(sorted(run.data.trained_on)) + "\n")
     if ctx.is_main:
         environment_json = json.dumps(environment(run.device, run.dtype, ctx.world_size), indent=2)
         write_text(run.run_dir / "settings.json", run.settings.model_dump_json(indent=2))
