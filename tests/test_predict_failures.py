@@ -227,12 +227,14 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_sigterm_mid_run_leaves_no_worker_processes_behind(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize(("command", "target"), [("predict", "process"), ("evaluate", "process"), ("predict", "group")])
+def test_sigterm_mid_run_leaves_no_worker_processes_behind(tmp_path: Path, command: str, target: str) -> None:
     """Catches SIGTERM orphaning the workers: SIGTERM (what `timeout`, systemd, job runners and `kill` send)
     ended the main process at once, its decoding and writing processes waited forever on pipes they held
     themselves, keeping the command's stdout/stderr open (a wrapper reading them hung) and no table was saved.
-    Now SIGTERM stops like Ctrl-C: exit code 143, the rows of every mask written saved, no process left."""
+    Now SIGTERM stops like Ctrl-C: exit code 143, the rows of every mask written saved, no process left. Sent to
+    the whole process group (`timeout`, systemd, scancel), it killed the decoding processes too, and torch's
+    error for their death, raised in the middle of the clean-up, lost the rows of masks already written."""
     from cxrseg.assets import SAMPLE_DIR
 
     films = tmp_path / "data" / "image"
@@ -249,7 +251,9 @@ def test_sigterm_mid_run_leaves_no_worker_processes_behind(tmp_path: Path, comma
     }[command]
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "cxrseg", *args, "--batch-size", "2"]
-    main = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    main = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 120
@@ -260,7 +264,10 @@ def test_sigterm_mid_run_leaves_no_worker_processes_behind(tmp_path: Path, comma
             time.sleep(0.05)
         assert main.poll() is None, f"the run ended before the SIGTERM (exit code {main.returncode})"
         assert len(children) >= 2, "the run never started its worker processes"
-        main.send_signal(signal.SIGTERM)
+        if target == "group":
+            os.killpg(main.pid, signal.SIGTERM)
+        else:
+            main.send_signal(signal.SIGTERM)
         try:
             _, stderr = main.communicate(timeout=30)  # returns only once no process holds the pipes
         except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -141,16 +142,36 @@ def run_pipeline(
 
 
 def _stop(pool: Any, batches: Any, pending: deque[tuple[int, Future]], on_late: Callable | None) -> None:
-    """End the decoding processes and the pool (its running tasks finish), then hand on what finished late."""
-    for _, future in pending:
-        future.cancel()
-    shutdown = getattr(batches, "_shutdown_workers", None)  # the DataLoader's own clean-up, now, not at exit
-    if shutdown is not None:
-        shutdown()
-    pool.shutdown(wait=True, cancel_futures=True)
-    for index, future in pending:
-        if on_late is not None and future.done() and not future.cancelled() and future.exception() is None:
-            on_late(index, future.result())
+    """End the decoding processes and the pool (its running tasks finish), then hand on what finished late.
+
+    torch's SIGCHLD handler raises when a decoding process dies; a SIGTERM sent to the whole process group kills
+    them while this runs, and that error, raised in the middle, lost the rows of images already written. It is
+    silenced for the clean-up (the processes are being ended anyway) and put back after."""
+    held = _hold_sigchld()
+    try:
+        for _, future in pending:
+            future.cancel()
+        shutdown = getattr(batches, "_shutdown_workers", None)  # the DataLoader's own clean-up, now, not at exit
+        if shutdown is not None:
+            shutdown()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for index, future in pending:
+            if on_late is not None and future.done() and not future.cancelled() and future.exception() is None:
+                on_late(index, future.result())
+    finally:
+        if held is not None:
+            signal.signal(signal.SIGCHLD, held)
+
+
+def _hold_sigchld() -> Any:
+    """Replace the SIGCHLD handler by the default (main thread, where it exists); returns the previous one."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGCHLD)
+    if previous is None:  # set outside Python: left as it is
+        return None
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    return previous
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
