@@ -210,6 +210,8 @@ def main() -> None:
         pairs = select_pairs(args.data, args.split, split.val_fraction, split.split_seed, rule=split.split_rule)
         if args.split == "val":  # as `cxrseg evaluate` scores it: never a film the checkpoint was fitted on
             pairs = unseen(pairs, info.trained_on)[0]
+            if not pairs:
+                raise SystemExit(f"error: {args.data}: the checkpoint learnt every `val` film; use --split test.")
     except CxrsegError as exc:
         raise SystemExit(f"error: {exc}") from None
     films: list[FilmErrors] = []

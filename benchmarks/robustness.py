@@ -49,7 +49,12 @@ def split_pairs(root: Path, split: str, info: CheckpointInfo) -> list[Pair]:
     splits = dataset_splits(root, data.val_fraction, data.split_seed, rule=data.split_rule)
     if split not in splits:
         raise SystemExit(f"{root}: this cxrseg offers no '{split}' split yet; use --split test.")
-    return unseen(splits[split], info.trained_on)[0] if split == "val" else splits[split]
+    pairs = unseen(splits[split], info.trained_on)[0] if split == "val" else splits[split]
+    if not pairs:
+        raise SystemExit(
+            f"{root}: no `{split}` pair left (the checkpoint learnt every one); use another split or folder."
+        )
+    return pairs
 
 
 def load_8bit(pair: Pair) -> tuple[np.ndarray, np.ndarray]:

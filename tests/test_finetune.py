@@ -371,9 +371,19 @@ def test_a_val_split_the_checkpoint_learnt_whole_is_named_not_scored(tmp_path: P
     args = ["evaluate", "--checkpoint", str(tmp_path / "all.safetensors"), "--data", str(dataset), "--split", "val"]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, DataError) and "every film of the val split was learnt" in str(result.exception)
+    other = tmp_path / "other"  # a second folder whose `val` is unseen: scored, the first one's films named
+    for folder in ("image", "mask"):
+        (other / folder).mkdir(parents=True)
+        for file in (dataset / folder).iterdir():
+            shutil.copy(file, other / folder / f"new_{file.name}")
+    result = CliRunner().invoke(app, [*args, "--data", str(other), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_images"] == len(dataset_splits(other)["val"])
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
     tune = ["train", "--data", str(copy), "--runs-dir", str(tmp_path / "tune"), "--epochs", "1", "--batch-size", "4"]
     result = CliRunner().invoke(app, [*tune, "--init-from", str(tmp_path / "all.safetensors")])
     assert isinstance(result.exception, DataError)
-    assert "moved to training because the --init-from checkpoint" in " ".join(str(result.exception).split())
+    assert "moved from validation to training because the --init-from checkpoint" in " ".join(
+        str(result.exception).split()
+    )

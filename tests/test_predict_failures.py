@@ -326,3 +326,34 @@ time.sleep(60)
                 os.kill(worker, signal.SIGKILL)
         main.kill()
         main.communicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and SIGKILL")
+def test_a_writing_process_killed_outright_does_not_hang_the_clean_up() -> None:
+    """The writing processes ignore SIGTERM (a SIGTERM to the process group must not kill them mid-image); a
+    broken pool ends its survivors with SIGTERM and waits for them, and one blocked on a queue lock held by the
+    dead worker was waited on forever: predict hung after the OOM killer took one of its workers."""
+    import threading
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cxrseg.inference.pipeline import _context, _start_worker, _stop
+
+    pool = ProcessPoolExecutor(3, _context(), initializer=_start_worker, initargs=(os.getpid(),))
+    try:
+        for future in [pool.submit(int) for _ in range(6)]:
+            future.result()
+        victim = next(iter(pool._processes))
+        os.kill(victim, signal.SIGKILL)  # an idle worker, as the OOM killer would pick
+        deadline = time.monotonic() + 10
+        while not pool._broken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool._broken, "the pool never noticed its dead worker"
+        stopper = threading.Thread(target=_stop, args=(pool, None, deque(), None), daemon=True)
+        stopper.start()
+        stopper.join(timeout=20)
+        assert not stopper.is_alive(), "the clean-up still waits on the surviving workers"
+    finally:
+        for process in list((pool._processes or {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()

@@ -172,7 +172,7 @@ def _pairs(
                 f"Data: {', '.join(map(str, roots))}; the checkpoint was trained on "
                 f"{', '.join(map(str, trained.root))}, not found here (pass --data to choose)"
             )
-    pairs, splits = [], [split or default_split(root) for root in roots]
+    pairs, splits, emptied = [], [split or default_split(root) for root in roots], []
     for root, chosen in zip(roots, splits, strict=True):
         chosen_pairs = select_pairs(root, chosen, trained.val_fraction, trained.split_seed, rule=trained.split_rule)
         if chosen == "val":  # a film the weights were fitted on (a changed folder, a fine-tune's start) is not `val`
@@ -180,12 +180,13 @@ def _pairs(
             if learnt:
                 learnt_names = listing([p.name for p in learnt], "films the checkpoint learnt")
                 say(f"Left out of {root}'s val split: {learnt_names}")
-                if not chosen_pairs:
-                    raise DataError(
-                        f"{root}: every film of the val split was learnt by {checkpoint}, so none can score it; "
-                        "use --split test, or --data a folder of films it never saw."
-                    )
+                emptied += [] if chosen_pairs else [str(root)]
         pairs += chosen_pairs
+    if emptied and not pairs:
+        raise DataError(
+            f"{', '.join(emptied)}: every film of the val split was learnt by {checkpoint}, so none can score it; "
+            "use --split test, or --data a folder of films it never saw."
+        )
     if len(set(splits)) == 1:
         return pairs, splits[0]
     return pairs, ", ".join(f"{chosen} of {root}" for root, chosen in zip(roots, splits, strict=True))

@@ -3,6 +3,7 @@ per-image work after the model (restore, clean, measure, draw, write) in a pool 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -154,6 +155,7 @@ def _stop(pool: Any, batches: Any, pending: deque[tuple[int, Future]], on_late: 
         shutdown = getattr(batches, "_shutdown_workers", None)  # the DataLoader's own clean-up, now, not at exit
         if shutdown is not None:
             shutdown()
+        _kill_if_broken(pool)
         pool.shutdown(wait=True, cancel_futures=True)
         for index, future in pending:
             if on_late is not None and future.done() and not future.cancelled() and future.exception() is None:
@@ -161,6 +163,17 @@ def _stop(pool: Any, batches: Any, pending: deque[tuple[int, Future]], on_late: 
     finally:
         if held is not None:
             signal.signal(signal.SIGCHLD, held)
+
+
+def _kill_if_broken(pool: Any) -> None:
+    """A pool whose worker died (the OOM killer, a SIGKILL) ends the others with SIGTERM, which they ignore (see
+    _start_worker), and waits for them: one blocked on a queue lock the dead worker held would be waited on
+    forever. Kill them instead; a broken pool's tasks are lost anyway."""
+    if getattr(pool, "_broken", False):
+        processes = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                process.kill()
 
 
 def _hold_sigchld() -> Any:

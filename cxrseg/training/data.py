@@ -71,6 +71,10 @@ def split_folders(
     return train, val, moved
 
 
+def count_films(n: int) -> str:
+    return f"{n} film" if n == 1 else f"{n} films"
+
+
 def names_in_several_folders(pairs: list[Pair]) -> list[str]:
     """File names (stems) found in more than one dataset folder, sorted."""
     folders: dict[str, set[Path]] = {}
@@ -106,18 +110,19 @@ def load_training_data(
         fix = "add pairs" if len(val_items) >= MIN_VAL_PAIRS * world_size else "add pairs or raise data.val_fraction"
         if moved and len(val_items) < MIN_VAL_PAIRS * world_size:
             fix = (
-                f"{len(moved)} validation films were moved to training because the --init-from checkpoint (or "
-                "another --data folder) already learnt them; add films it never saw to validate on"
+                f"{count_films(len(moved))} moved from validation to training because the --init-from checkpoint "
+                "(or another --data folder) already learnt them; add films it never saw to validate on"
             )
         raise DataError(
             f"{where}: {count_pairs(len(train_pairs) + len(val_items))} ({len(train_pairs)} to train on, "
             f"{len(val_items)} to validate); {TRAINING_NEEDS}{each}; {fix}."
         )
     if on_status and moved:
+        what = "validation films moved to training" if len(moved) > 1 else "validation film moved to training"
         on_status(
-            f"{listing([pair.name for pair in moved], 'validation films moved to training')}: the --init-from "
-            "checkpoint, or another --data folder's training films under the same name, already hold them, so "
-            "scoring them would flatter the model."
+            f"{listing([pair.name for pair in moved], what)}: the --init-from checkpoint, or another --data "
+            "folder's training films under the same name, already hold them, so scoring them would flatter the "
+            "model."
         )
     if on_status:
         shared = names_in_several_folders(train_pairs + [pair for _, pair in val_items])
