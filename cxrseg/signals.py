@@ -20,7 +20,9 @@ def sigterm_raises(error: Callable[[], BaseException]) -> Iterator[dict[str, int
     """While inside, SIGTERM raises error() in the main thread, so the clean-up written for Ctrl-C (finally
     blocks, `except BaseException`) runs for it too; the yielded dict's "signal" is then SIGTERM's number.
 
-    Only the first SIGTERM raises: later ones, while that clean-up runs, are ignored. A process forked inside
+    Only the first SIGTERM raises: later ones, while that clean-up runs, are ignored. Should the error be
+    swallowed (a library that catches Exception around an import, as torch's profiler does), it is raised again
+    when the body ends. A process forked inside
     (a worker) that still has this handler dies of SIGTERM as by default. Outside the main thread, nothing is
     installed (Python runs handlers there only).
     """
@@ -44,6 +46,8 @@ def sigterm_raises(error: Callable[[], BaseException]) -> Iterator[dict[str, int
         yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stop["signal"]:  # the body ended normally: code that catches Exception broadly swallowed the error
+        raise error()
 
 
 def die_with_parent(parent: int) -> None:

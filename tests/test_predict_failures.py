@@ -357,3 +357,20 @@ def test_a_writing_process_killed_outright_does_not_hang_the_clean_up() -> None:
         for process in list((pool._processes or {}).values()):
             with contextlib.suppress(Exception):
                 process.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_sigterm_whose_error_a_library_swallows_still_stops_the_command() -> None:
+    """torch's profiler catches Exception around a lazy import: a SIGTERM arriving there lost its error, and
+    evaluate ran on to exit code 0. The error is raised again when the guarded work ends."""
+    from cxrseg.errors import Interrupted
+    from cxrseg.signals import sigterm_raises
+
+    with pytest.raises(Interrupted) as caught, sigterm_raises(lambda: Interrupted("SIGTERM.", 143)) as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here, in the main thread
+        except Exception:  # noqa: S110 (the swallowing library)
+            pass
+        assert stop["signal"] == signal.SIGTERM
+    assert caught.value.exit_code == 143
