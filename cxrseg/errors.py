@@ -29,6 +29,10 @@ class DownloadError(CxrsegError):
     """A dataset could not be fetched or extracted."""
 
 
+class WorkerError(CxrsegError):
+    """A worker process ended abruptly (the out-of-memory killer, a SIGKILL): its images have no result."""
+
+
 class OutputError(CxrsegError):
     """An output cannot be written: disk full, read-only folder, or a path that is not a folder."""
 

@@ -374,3 +374,26 @@ def test_a_sigterm_whose_error_a_library_swallows_still_stops_the_command() -> N
             pass
         assert stop["signal"] == signal.SIGTERM
     assert caught.value.exit_code == 143
+
+
+def _undecodable(item: int) -> str:
+    return f"{item}: not decoded"  # a message: the pipeline sends it to finish without the model
+
+
+def _dies_on_one(item: int, decoded: object, prob: object) -> int:
+    if item == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # the out-of-memory killer takes this writing process
+    return item
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and SIGKILL")
+def test_a_writing_process_killed_outright_is_one_line_not_a_traceback() -> None:
+    """A worker taken by the OOM killer ended predict and evaluate with a BrokenProcessPool traceback."""
+    from types import SimpleNamespace
+
+    from cxrseg.errors import WorkerError
+    from cxrseg.inference.pipeline import run_pipeline
+
+    engine = SimpleNamespace(cfg=SimpleNamespace(batch_size=2))
+    with pytest.raises(WorkerError, match="a writing process ended abruptly"):
+        list(run_pipeline(engine, list(range(6)), _undecodable, _dies_on_one, workers=2))

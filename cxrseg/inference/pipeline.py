@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrseg.errors import WorkerError
 from cxrseg.inference.engine import Engine, Fitted
 from cxrseg.signals import die_with_parent
 
@@ -138,6 +140,11 @@ def run_pipeline(
                 yield pending.popleft()[1].result()
         while pending:
             yield pending.popleft()[1].result()
+    except BrokenProcessPool as exc:
+        raise WorkerError(
+            "a writing process ended abruptly (out of memory, or killed); run again with fewer --workers or a "
+            "smaller --batch-size (predict keeps the rows done: add --skip-existing)"
+        ) from exc
     finally:
         _stop(pool, batches, pending, on_late)
 
