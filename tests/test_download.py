@@ -29,7 +29,7 @@ from PIL import Image
 
 from cxrseg.config import DownloadSettings
 from cxrseg.dataset import dataset_splits
-from cxrseg.download import DownloadResult, download_dataset, extract, http
+from cxrseg.download import DownloadResult, destination, download_dataset, extract, http
 from cxrseg.errors import DownloadError
 
 KAGGLE_PATH = "/api/v1/datasets/download/newra008/chest-segmentation-image"
@@ -161,7 +161,13 @@ def assert_clean(dest: Path, present: bool) -> None:
     entries = sorted(p.name for p in parent.iterdir()) if parent.exists() else []
     assert entries == ([dest.name] if present else [])
     if present:
-        assert sorted(p.name for p in dest.iterdir()) == [extract.MARKER, "image", "mask", "test_image", "test_mask"]
+        assert sorted(p.name for p in dest.iterdir()) == [
+            destination.MARKER,
+            "image",
+            "mask",
+            "test_image",
+            "test_mask",
+        ]
 
 
 def assert_dataset(result: DownloadResult, dest: Path, counts: dict[str, int] = FULL_COUNTS) -> None:
@@ -459,7 +465,7 @@ def test_force_replaces_what_the_archive_installed_but_not_what_the_user_added(s
     archive = tmp_path / "with-readme.zip"
     archive.write_bytes(zip_bytes(dataset_files() | {"README.txt": b"from the archive"}))
     download_dataset(settings, dest, archive=archive)
-    assert json.loads((dest / extract.MARKER).read_text())["entries"] == [
+    assert json.loads((dest / destination.MARKER).read_text())["entries"] == [
         "README.txt", "image", "mask", "test_image", "test_mask"
     ]  # fmt: skip
     download_dataset(settings, dest, archive=archive, force=True)  # the archive's own README is no user file
@@ -473,8 +479,8 @@ def test_force_replaces_what_the_archive_installed_but_not_what_the_user_added(s
 def test_item8_stale_staging_and_partial_are_cleaned(settings, dest, tmp_path):
     stale = dest.parent / f".{dest.name}.tmp-abc123"
     (stale / "unpacked" / "image").mkdir(parents=True)
-    (dest / extract.PARTIAL_DIR).mkdir(parents=True)
-    (dest / extract.PARTIAL_DIR / "ds.zip").write_bytes(b"half")
+    (dest / destination.PARTIAL_DIR).mkdir(parents=True)
+    (dest / destination.PARTIAL_DIR / "ds.zip").write_bytes(b"half")
     archive = tmp_path / "good.zip"
     archive.write_bytes(zip_bytes(dataset_files()))
     assert_dataset(download_dataset(settings, dest, archive=archive), dest)
@@ -827,7 +833,7 @@ def test_an_archive_inside_dest_is_refused_before_anything_is_deleted(settings, 
     first.write_bytes(zip_bytes(dataset_files()))
     if where == "dest":
         download_dataset(settings, dest, archive=first)
-    folder = {"dest": dest, "partial": dest / extract.PARTIAL_DIR, "staging": dest.parent / f".{dest.name}.tmp-x"}
+    folder = {"dest": dest, "partial": dest / destination.PARTIAL_DIR, "staging": dest.parent / f".{dest.name}.tmp-x"}
     archive = folder[where] / "lungs-v2.zip"
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(zip_bytes(dataset_files(n_train=4)))

@@ -24,17 +24,17 @@ from typing import Any
 
 from cxrseg.config import DownloadSettings
 from cxrseg.dataset import dataset_splits
-from cxrseg.download.extract import (
+from cxrseg.download.destination import (
     MARKER,
     PARTIAL_DIR,
     check_destination,
     count_images,
-    extract_dataset,
     install,
     installed_entries,
     is_present,
     remove_stale_staging,
 )
+from cxrseg.download.extract import extract_dataset
 from cxrseg.download.kaggle import kaggle_credentials
 from cxrseg.download.transfer import Progress, Retryable, Stalled, Transfer
 from cxrseg.errors import DataError, DownloadError
