@@ -28,7 +28,7 @@ from cxrseg.config import InferenceSettings, Settings
 from cxrseg.dicom import read_dicom, read_xray
 from cxrseg.errors import DataError, InputPathError
 from cxrseg.inference.predict import OVERLAY_MAX_SIDE, PredictOptions, predict_paths, sample_inputs
-from cxrseg.inference.quality import COLUMNS
+from cxrseg.inference.table import COLUMNS
 
 H, W = 48, 64  # deliberately not square
 

@@ -263,7 +263,7 @@ def test_columns_round_numbers_and_leave_unknowns_empty() -> None:
 def test_rows_round_trip_through_csv_and_json(tmp_path) -> None:
     import json
 
-    from cxrseg.inference.quality import COLUMNS, empty_row, read_rows, write_rows
+    from cxrseg.inference.table import COLUMNS, empty_row, read_rows, write_rows
 
     m = LungMeasures(20, 30, 110, 80, 30, 2, 3, 0.812345, math.nan, 0.2)  # no border confidence: an empty cell
     ok = empty_row() | {"input": "a.png", "status": "ok", "mask": "a.png.mask.png"} | columns(m, (0.5, 0.25))
@@ -301,7 +301,7 @@ def test_predictions_csv_text_cells_never_start_a_formula_and_read_back_exactly(
     """CSV injection: predictions.csv wrote names and messages starting with = + - @ tab or CR
     as they were, so a spreadsheet ran them as formulas; they now start with a single quote, which read_rows
     removes (so --skip-existing still finds the row), and negative numbers stay numbers."""
-    from cxrseg.inference.quality import empty_row, read_rows, write_rows
+    from cxrseg.inference.table import empty_row, read_rows, write_rows
 
     ok = empty_row() | {"input": name, "status": "ok", "mask": name + ".mask.png", "overlay": name + ".overlay.jpg"}
     ok |= {"lung_px": 110, "midline_contrast": -0.25}

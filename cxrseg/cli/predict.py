@@ -170,7 +170,7 @@ def _write_report(out: Path, rows: list[dict]) -> None:
 def _write_merged_report(out: Path, table: Path) -> None:
     """The report of every shard's inputs, from the merged predictions.csv."""
     from cxrseg.errors import DataError
-    from cxrseg.inference.quality import read_table
+    from cxrseg.inference.table import read_table
 
     rows = read_table(table, "run the shards again")
     if None in rows:

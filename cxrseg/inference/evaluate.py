@@ -22,7 +22,7 @@ from cxrseg.files import write_text
 from cxrseg.imaging import read_image, read_mask
 from cxrseg.inference.engine import Engine, Fitted, engine_for, finish, fit_image
 from cxrseg.inference.pipeline import run_pipeline
-from cxrseg.inference.quality import csv_text, printable
+from cxrseg.inference.table import csv_text, printable
 from cxrseg.metrics import METRICS, Scores, distance_unit, score, summarize
 from cxrseg.preprocess import Geometry
 from cxrseg.runtime import OnnxModel

@@ -25,18 +25,10 @@ from cxrseg.imaging import MAX_PIXELS
 from cxrseg.inference.engine import Fitted, finish, fit_image, load_engine
 from cxrseg.inference.evaluate import default_workers
 from cxrseg.inference.pipeline import run_pipeline
-from cxrseg.inference.quality import (
-    border_confidence,
-    columns,
-    empty_row,
-    measure,
-    midline_contrast,
-    printable,
-    read_rows,
-    write_rows,
-)
+from cxrseg.inference.quality import border_confidence, columns, measure, midline_contrast
 from cxrseg.inference.render import display_image, overlay, save_jpeg, save_png
 from cxrseg.inference.shard import Shard, select, write_manifest
+from cxrseg.inference.table import empty_row, printable, read_rows, write_rows
 from cxrseg.inputs import Job, Plan, check_output, plan_inputs
 from cxrseg.postprocess import lung_sides
 from cxrseg.preprocess import valid_region
