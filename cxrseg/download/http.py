@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import functools
 import hashlib
@@ -17,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from cxrseg.download.destination import (
     install,
     installed_entries,
     is_present,
+    locked,
+    refuse_archive_in_dest,
     remove_stale_staging,
 )
 from cxrseg.download.extract import extract_dataset
@@ -153,12 +154,12 @@ def download_dataset(
     if is_present(dest) and not force:
         return DownloadResult(dest, True, count_images(dest), source)
     if archive is not None:
-        _refuse_archive_in_dest(archive, dest)
+        refuse_archive_in_dest(archive, dest)
     check_destination(dest, force)
     headers = _kaggle_headers(env or {}, kaggle_json) if kaggle_dataset is not None else {}
     if archive is not None and not archive.is_file():
         raise DownloadError(f"Archive {archive} not found; fix the --archive path.")
-    with _locked(dest):
+    with locked(dest):
         if is_present(dest) and not force:  # another download finished while this one started
             return DownloadResult(dest, True, count_images(dest), source)
         check_destination(dest, force)
@@ -199,60 +200,6 @@ def _download(
     return counts
 
 
-LOCK_TRIES = 5
-
-
-@contextlib.contextmanager
-def _locked(dest: Path) -> Iterator[None]:
-    """Hold `.DEST.lock` beside `dest` inside the block, so that a second download to `dest` stops at once instead
-    of deleting the first one's partial file and staging folder. The lock file is removed by its holder, while
-    held; the operating system releases the lock however the process ends."""
-    try:
-        import fcntl  # POSIX; elsewhere (Windows) downloads run unguarded, as `train` does
-    except ImportError:
-        yield
-        return
-    real = dest.resolve()  # one lock for every spelling of DEST ("." included)
-    lock = real.parent / f".{real.name}.lock"
-    try:
-        real.parent.mkdir(parents=True, exist_ok=True)
-        handle = _acquire(lock, dest, fcntl)
-    except OSError as exc:
-        raise DownloadError(
-            f"Cannot create {lock} ({exc.strerror or exc}); check the permissions of {dest.parent} or pick another "
-            "--dest."
-        ) from exc
-    try:
-        yield
-    finally:
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                lock.unlink()  # before closing: a download waiting on this file sees it gone and tries again
-            os.close(handle)
-
-
-def _acquire(lock: Path, dest: Path, fcntl: Any) -> int | None:
-    """An open, locked descriptor of `lock`, or None where the file system has no locks (some network mounts)."""
-    for _ in range(LOCK_TRIES):
-        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(lock).st_ino == os.fstat(handle).st_ino:
-                return handle
-        except BlockingIOError:
-            os.close(handle)
-            raise DownloadError(
-                f"{dest} is in use by another `cxrseg download` (it holds {lock}); wait for it to end, then run again."
-            ) from None
-        except FileNotFoundError:
-            pass  # its holder removed it as we locked it: open the next one
-        except OSError:
-            os.close(handle)
-            return None
-        os.close(handle)
-    raise DownloadError(f"Could not lock {lock}: other downloads keep replacing it; run again.")
-
-
 def _source(
     settings: DownloadSettings, url: str | None, archive: Path | None, kaggle_base_url: str
 ) -> tuple[str, str | None]:
@@ -269,19 +216,6 @@ def _source(
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", kaggle_dataset):
         raise DownloadError(f"download.kaggle_dataset must look like owner/name, got {kaggle_dataset!r}.")
     return f"{kaggle_base_url.rstrip('/')}/datasets/download/{kaggle_dataset}", kaggle_dataset
-
-
-def _refuse_archive_in_dest(archive: Path, dest: Path) -> None:
-    """The download replaces `dest` (--force), and deletes dest/.partial and the staging folders beside `dest`:
-    never with the archive it reads inside."""
-    where, inside = archive.resolve(), dest.resolve()
-    staging = [p for p in where.parents if p.parent == inside.parent and p.name.startswith(f".{inside.name}.tmp-")]
-    if where.is_relative_to(inside) or staging:
-        folder = dest if where.is_relative_to(inside) else staging[0]
-        raise DownloadError(
-            f"Archive {archive} is inside {folder}, which the download replaces or deletes; move the archive out of "
-            f"{folder} first."
-        )
 
 
 def _kaggle_headers(env: Mapping[str, str], kaggle_json: Path | None) -> dict[str, str]:
