@@ -104,6 +104,9 @@ class TrainSettings(Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     dice_weight: float = Field(1.0, ge=0)
+    hard_pixel_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the scored pixels, those with the largest loss, whose BCE counts; 1: all"
+    )
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "auto"

@@ -20,12 +20,24 @@ def soft_dice_loss(
 
 
 def segmentation_loss(
-    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None, dice_weight: float = 1.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    dice_weight: float = 1.0,
+    hard_fraction: float = 1.0,
 ) -> torch.Tensor:
     """BCE-with-logits (mean over valid pixels) + dice_weight * soft Dice, in float32 whatever the autocast dtype.
 
     `valid` (N, 1, H, W) is 1 on the image and 0 on the padding that fits it into a square: padding is not scored.
+    `hard_fraction` below 1 averages the BCE over only that share of the batch's scored pixels, the ones with
+    the largest loss (online hard example mining): rare hard regions, such as gas under a thin diaphragm, are
+    not outweighed by the many pixels the model already gets right.
     """
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=valid, reduction="sum")
-    bce = bce / (valid.sum().clamp_min(1) if valid is not None else targets.numel())
+    count = valid.sum().clamp_min(1) if valid is not None else torch.tensor(float(targets.numel()))
+    if hard_fraction < 1:
+        per_pixel = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=valid, reduction="none")
+        k = max(1, min(per_pixel.numel(), round(hard_fraction * float(count))))
+        bce = per_pixel.flatten().topk(k, sorted=False).values.mean()
+    else:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=valid, reduction="sum") / count
     return bce + dice_weight * soft_dice_loss(logits, targets, valid) if dice_weight else bce

@@ -77,3 +77,37 @@ def test_padding_pixels_do_not_change_the_loss_or_get_a_gradient() -> None:
 def test_loss_is_float32_under_bf16_logits() -> None:
     loss = segmentation_loss(as_image(LOGITS).bfloat16(), as_image(TARGETS), dice_weight=1.0)
     assert loss.dtype == torch.float32
+
+
+def test_hard_fraction_averages_the_cross_entropy_over_the_worst_pixels_only() -> None:
+    """Per-pixel BCE of LOGITS/TARGETS: 0.1269, 0.3133, 0.6931, 3.0486; the worst half is the last two."""
+    per_pixel = [math.log1p(math.exp(x)) - t * x for x, t in zip(LOGITS, TARGETS, strict=True)]
+    worst_half = sum(sorted(per_pixel)[2:]) / 2
+    assert worst_half == pytest.approx((math.log(2) + math.log1p(math.exp(3.0))) / 2)
+    loss = segmentation_loss(as_image(LOGITS), as_image(TARGETS), dice_weight=0.0, hard_fraction=0.5)
+    assert float(loss) == pytest.approx(worst_half, rel=1e-6)
+    quarter = segmentation_loss(as_image(LOGITS), as_image(TARGETS), dice_weight=0.0, hard_fraction=0.25)
+    assert float(quarter) == pytest.approx(max(per_pixel), rel=1e-6)
+    _, dice = by_hand(LOGITS, TARGETS)
+    both = segmentation_loss(as_image(LOGITS), as_image(TARGETS), dice_weight=1.0, hard_fraction=0.5)
+    assert float(both) == pytest.approx(worst_half + dice, rel=1e-6)  # the Dice term still sees every pixel
+
+
+def test_hard_fraction_one_is_the_plain_mean() -> None:
+    torch.manual_seed(1)
+    logits, targets = torch.randn(2, 1, 5, 5), (torch.rand(2, 1, 5, 5) > 0.5).float()
+    assert float(segmentation_loss(logits, targets, hard_fraction=1.0)) == float(segmentation_loss(logits, targets))
+
+
+def test_hard_pixels_are_chosen_among_the_scored_ones_and_only_they_get_a_gradient() -> None:
+    """Padding holds the largest losses here; it is never picked, and the share is of the scored pixels."""
+    logits = torch.cat([as_image(LOGITS), torch.full((1, 1, 2, 2), -9.0)], dim=3).requires_grad_()
+    targets = torch.cat([as_image(TARGETS), torch.ones(1, 1, 2, 2)], dim=3)
+    valid = torch.cat([torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)], dim=3)
+    loss = segmentation_loss(logits, targets, valid, dice_weight=0.0, hard_fraction=0.5)
+    assert float(loss) == pytest.approx((math.log(2) + math.log1p(math.exp(3.0))) / 2, rel=1e-6)
+    loss.backward()
+    grad = logits.grad.reshape(2, 4)  # rows: logits 2, -1 | padding; 0, 3 | padding
+    assert torch.all(grad[:, 2:] == 0)  # padding
+    assert grad[0, 0] == 0 and grad[0, 1] == 0  # the two easy pixels (logit 2 on lung, -1 on background)
+    assert grad[1, 0] < 0 and grad[1, 1] > 0  # the hard ones: lung at 0 pushed up, background at 3 down

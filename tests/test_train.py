@@ -240,3 +240,15 @@ def test_a_second_train_of_a_running_run_stops_at_once(tmp_path: Path, data: Pat
     assert still_running and first.returncode == 143, stderr  # the first run went on, undisturbed
     assert second.returncode == 1 and f"{run} is in use by another `cxrseg train`" in " ".join(second.stderr.split())
     assert "Epoch" not in second.stdout
+
+
+def test_hard_pixel_fraction_reaches_the_loss(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, fractions = train_module.segmentation_loss, []
+
+    def spy(*args: object) -> torch.Tensor:
+        fractions.append(args[4])
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "segmentation_loss", spy)
+    train(tiny_settings(tmp_path, data, epochs=1, hard_pixel_fraction=0.25))
+    assert fractions and set(fractions) == {0.25}

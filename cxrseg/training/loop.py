@@ -165,7 +165,7 @@ def _train_epoch(run: Run, epoch: int, stop: dict[str, int]) -> int:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, run.dtype):
             logits = run.net(x)
-        loss = segmentation_loss(logits, masks.to(device), scored.to(device), cfg.dice_weight)
+        loss = segmentation_loss(logits, masks.to(device), scored.to(device), cfg.dice_weight, cfg.hard_pixel_fraction)
         loss_sum, stop_votes = all_sum([loss.item(), float(stop["signal"])], ctx, device)
         if not math.isfinite(loss_sum):
             last = run.run_dir / "last.safetensors"
