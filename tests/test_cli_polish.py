@@ -183,6 +183,23 @@ def test_usage_errors_exit_2_before_the_model_loads(
         assert not out
 
 
+def test_a_missing_resume_folder_or_archive_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Catches --resume and --archive paths that do not exist reported as exit code 1 (a failed run) instead of
+    2, the README's code for a path given on the command line that does not exist."""
+    cases = [
+        (["train", "--resume", str(tmp_path / "no-run")], "--resume"),
+        (["download", "--archive", str(tmp_path / "no.zip"), "--dest", str(tmp_path / "data")], "--archive"),
+    ]
+    for args, words in cases:
+        code, out, err = run_main(args, monkeypatch, capsys)
+        assert code == 2 and words in err and "no such file or folder" in err, (args, code, err)
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert not out
+    assert not (tmp_path / "data").exists()
+
+
 def test_messages_never_start_with_a_blank_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cxrseg.cli.common import ConfigOption, console, flag_settings, say
+from cxrseg.cli.common import ConfigOption, console, flag_settings, require_paths, say
 from cxrseg.cli.options import option
 
 
@@ -36,6 +36,7 @@ def download(
 
     if url and archive:
         raise typer.BadParameter("give either --url or --archive, not both", param_hint="--url/--archive")
+    require_paths(archive, "--archive", "pass the .zip or .tar.gz file you downloaded")
     settings = flag_settings(ctx, {"data": {"root": dest}}, config)
     columns = (
         TextColumn("[bold]download"),

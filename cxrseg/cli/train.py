@@ -153,6 +153,7 @@ def train(
     from cxrseg.training.loop import train as run_training
 
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/, or run `cxrseg download`")
+    require_paths(resume, "--resume", "pass a run folder made by `cxrseg train`")
     flags = {
         "data": {"root": data or None},
         "preprocess": {"image_size": image_size, "trim_border": trim_border},
