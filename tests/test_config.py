@@ -93,3 +93,30 @@ def test_init_from_is_kept_absolute_and_an_empty_value_is_none(tmp_path: Path, m
     assert Settings.model_validate({"train": {"init_from": "pretrained"}}).train.init_from == "pretrained"
     for empty in ("", "  "):  # an unset variable in a script, `CXRSEG_TRAIN__INIT_FROM=`: train from scratch
         assert Settings.model_validate({"train": {"init_from": empty}}).train.init_from is None
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("CXRSEG_TRAIN_EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),  # one underscore: read by nothing
+        ("CXRSEG_TRIAN__EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_TRAIN__EPOCHZ", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_NOTHING_LIKE_IT", "unset it"),
+    ],
+)
+def test_a_variable_that_names_no_setting_is_refused(name: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "10")
+    with pytest.raises(ConfigError, match=f"unknown variable {name}; {hint}") as caught:
+        load_settings()
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+
+
+def test_every_setting_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrseg.config_sources import setting_variables
+
+    assert {"CXRSEG_DEBUG", "CXRSEG_TRAIN", "CXRSEG_TRAIN__EPOCHS", "CXRSEG_DATA__ROOT"} <= set(setting_variables())
+    monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "7")
+    monkeypatch.setenv("cxrseg_model__depth", "3")  # read whatever the case, so accepted whatever the case
+    settings = load_settings()
+    assert (settings.train.epochs, settings.model.depth) == (7, 3)
