@@ -47,9 +47,9 @@ class DataSettings(Section):
     @field_validator("root")
     @classmethod
     def _absolute(cls, value: list[Path]) -> list[Path]:
-        """Made absolute (links not resolved) where the settings are made, so that a checkpoint's settings
-        still name the folders when read from another working directory."""
-        return [path.absolute() for path in value]
+        """Made absolute (links not resolved, `~` expanded as a shell would) where the settings are made, so that a
+        checkpoint's settings still name the folders when read from another working directory."""
+        return [path.expanduser().absolute() for path in value]
 
 
 class PreprocessSettings(Section):
@@ -129,7 +129,13 @@ class TrainSettings(Section):
         it from any working directory. An empty value (`CXRSEG_TRAIN__INIT_FROM=`) is no checkpoint."""
         if value is None or not value.strip():
             return None
-        return value if value == "pretrained" else str(Path(value).absolute())
+        return value if value == "pretrained" else str(Path(value).expanduser().absolute())
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        """`~/runs` from a config file or a quoted flag is the home folder's, never a folder named `~` here."""
+        return value.expanduser()
 
     @field_validator("max_time", mode="before")
     @classmethod

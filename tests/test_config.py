@@ -120,3 +120,15 @@ def test_every_setting_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("cxrseg_model__depth", "3")  # read whatever the case, so accepted whatever the case
     settings = load_settings()
     assert (settings.train.epochs, settings.model.depth) == (7, 3)
+
+
+def test_a_home_folder_in_a_setting_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`~` in a config file or a quoted flag is the home folder, as the shell would read it, never a folder `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nroot = "~/films"\n[train]\nruns_dir = "~/runs"\ninit_from = "~/a.safetensors"\n')
+    settings = load_settings(config)
+    assert settings.data.root == [tmp_path / "home" / "films"]
+    assert settings.train.runs_dir == tmp_path / "home" / "runs"
+    assert settings.train.init_from == str(tmp_path / "home" / "a.safetensors")
