@@ -107,7 +107,7 @@ class TrainSettings(Section):
     hard_pixel_fraction: float = Field(
         1.0, gt=0, le=1, description="share of the scored pixels, those with the largest loss, whose BCE counts; 1: all"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**53), le=2**53)  # torch seeds its generators with seed x 1009 + rank, in 64 bits
     device: Device = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
@@ -175,7 +175,9 @@ class DownloadSettings(Section):
 
     kaggle_dataset: str = "newra008/chest-segmentation-image"
     retries: int = Field(5, ge=0)
-    timeout: float = Field(30.0, gt=0, description="seconds one connection or read may wait for the server")
+    timeout: float = Field(
+        30.0, gt=0, le=86400, description="seconds one connection or read may wait for the server (at most a day)"
+    )
     min_speed: int = Field(
         1024, ge=0, description="bytes/s a download must average over each speed_window, else it is retried"
     )

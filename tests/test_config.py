@@ -132,3 +132,27 @@ def test_a_home_folder_in_a_setting_path_is_expanded(tmp_path: Path, monkeypatch
     assert settings.data.root == [tmp_path / "home" / "films"]
     assert settings.train.runs_dir == tmp_path / "home" / "runs"
     assert settings.train.init_from == str(tmp_path / "home" / "a.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ({"train": {"seed": 10**23}}, "train.seed"),  # past what torch's 64-bit generators take
+        ({"train": {"seed": -(10**23)}}, "train.seed"),
+        ({"download": {"timeout": 1e12}}, "download.timeout"),  # past what a socket's timeout takes
+    ],
+)
+def test_values_no_run_could_use_are_refused_by_name(override: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        with_overrides(Settings(), override)
+
+
+def test_the_largest_seeds_allowed_seed_every_generator() -> None:
+    from cxrseg.training.schedule import seed_everything
+
+    for seed in (2**53, -(2**53)):
+        settings = with_overrides(Settings(), {"train": {"seed": seed}})
+        seed_everything(settings.train.seed)
+        torch = pytest.importorskip("torch")
+        torch.Generator().manual_seed(settings.train.seed * 1009 + 7)  # the augmentation generator of rank 7
+        torch.Generator().manual_seed(settings.train.seed + 10**6)  # the sampler's, at epoch one million
