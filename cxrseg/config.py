@@ -198,8 +198,9 @@ class DownloadSettings(Section):
 class Settings(BaseSettings):
     """Every knob of cxrseg. Precedence: CLI flags > CXRSEG_* env > config file > defaults."""
 
+    # an empty variable (`CXRSEG_DEBUG=`, `CXRSEG_TRAIN__PATIENCE=$UNSET`) is an unset one, as for the shell
     model_config = SettingsConfigDict(
-        env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+        env_prefix="CXRSEG_", env_nested_delimiter="__", env_ignore_empty=True, extra="forbid", allow_inf_nan=False
     )
 
     data: DataSettings = Field(default_factory=DataSettings)  # built when used: folders follow the working dir

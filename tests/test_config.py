@@ -156,3 +156,19 @@ def test_the_largest_seeds_allowed_seed_every_generator() -> None:
         torch = pytest.importorskip("torch")
         torch.Generator().manual_seed(settings.train.seed * 1009 + 7)  # the augmentation generator of rank 7
         torch.Generator().manual_seed(settings.train.seed + 10**6)  # the sampler's, at epoch one million
+
+
+def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CXRSEG_TRAIN__PATIENCE=$PATIENCE` with PATIENCE unset, or `CXRSEG_DEBUG=`: the default, as for the shell,
+    not a refusal (nor, for a folder, the working directory)."""
+    for name in (
+        "CXRSEG_DEBUG",
+        "CXRSEG_TRAIN__PATIENCE",
+        "CXRSEG_TRAIN__RUNS_DIR",
+        "CXRSEG_DATA__ROOT",
+        "CXRSEG_MODEL",
+    ):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert settings.debug is False and settings.train.patience is None
+    assert settings.train.runs_dir == Path("runs") and settings.data.root == Settings().data.root
