@@ -47,9 +47,9 @@ class DataSettings(Section):
     @field_validator("root")
     @classmethod
     def _absolute(cls, value: list[Path]) -> list[Path]:
-        """Made absolute (links not resolved) where the settings are made, so that a checkpoint's settings
-        still name the folders when read from another working directory."""
-        return [path.absolute() for path in value]
+        """Made absolute (links not resolved, `~` expanded as a shell would) where the settings are made, so that a
+        checkpoint's settings still name the folders when read from another working directory."""
+        return [path.expanduser().absolute() for path in value]
 
 
 class PreprocessSettings(Section):
@@ -107,7 +107,7 @@ class TrainSettings(Section):
     hard_pixel_fraction: float = Field(
         1.0, gt=0, le=1, description="share of the scored pixels, those with the largest loss, whose BCE counts; 1: all"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**53), le=2**53)  # torch seeds its generators with seed x 1009 + rank, in 64 bits
     device: Device = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
@@ -129,7 +129,13 @@ class TrainSettings(Section):
         it from any working directory. An empty value (`CXRSEG_TRAIN__INIT_FROM=`) is no checkpoint."""
         if value is None or not value.strip():
             return None
-        return value if value == "pretrained" else str(Path(value).absolute())
+        return value if value == "pretrained" else str(Path(value).expanduser().absolute())
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        """`~/runs` from a config file or a quoted flag is the home folder's, never a folder named `~` here."""
+        return value.expanduser()
 
     @field_validator("max_time", mode="before")
     @classmethod
@@ -169,7 +175,9 @@ class DownloadSettings(Section):
 
     kaggle_dataset: str = "newra008/chest-segmentation-image"
     retries: int = Field(5, ge=0)
-    timeout: float = Field(30.0, gt=0, description="seconds one connection or read may wait for the server")
+    timeout: float = Field(
+        30.0, gt=0, le=86400, description="seconds one connection or read may wait for the server (at most a day)"
+    )
     min_speed: int = Field(
         1024, ge=0, description="bytes/s a download must average over each speed_window, else it is retried"
     )
@@ -190,8 +198,9 @@ class DownloadSettings(Section):
 class Settings(BaseSettings):
     """Every knob of cxrseg. Precedence: CLI flags > CXRSEG_* env > config file > defaults."""
 
+    # an empty variable (`CXRSEG_DEBUG=`, `CXRSEG_TRAIN__PATIENCE=$UNSET`) is an unset one, as for the shell
     model_config = SettingsConfigDict(
-        env_prefix="CXRSEG_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+        env_prefix="CXRSEG_", env_nested_delimiter="__", env_ignore_empty=True, extra="forbid", allow_inf_nan=False
     )
 
     data: DataSettings = Field(default_factory=DataSettings)  # built when used: folders follow the working dir

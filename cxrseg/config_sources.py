@@ -6,8 +6,10 @@ Every way in turns a bad value into one ConfigError line that names the setting 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,46 @@ def _unknown_setting(loc: tuple[Any, ...]) -> str:
     return f"unknown setting {where}; known: {', '.join(known)}" if known else f"unknown setting {where}"
 
 
-def load_settings(config_file: Path | None = None) -> Settings:
-    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables (env wins)."""
+ENV_PREFIX = "CXRSEG_"
+
+
+def setting_variables() -> list[str]:
+    """Every CXRSEG_* variable a setting is read from: a section as JSON (CXRSEG_TRAIN), one field of it
+    (CXRSEG_TRAIN__EPOCHS) or a top-level field (CXRSEG_DEBUG)."""
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{name.upper()}")
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names += [f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in model.model_fields]
+    return names
+
+
+def _unknown_variable(environ: Mapping[str, str]) -> str | None:
+    """'unknown variable CXRSEG_TRAIN_EPOCHS; did you mean CXRSEG_TRAIN__EPOCHS?' for the first CXRSEG_* variable
+    that names no setting (pydantic-settings would pass over it, so the value would be silently unused)."""
+    known = setting_variables()
+    for name in sorted(environ):
+        upper = name.upper()  # names are read case-insensitively, as pydantic-settings does
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            fields = [k for k in known if "__" in k and upper.endswith(k.partition("__")[2])]  # CXRSEG_EPOCHS
+            rests = {k.removeprefix(ENV_PREFIX): k for k in known}
+            similar = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), rests, n=2, cutoff=0.75)
+            close = fields[:3] or [rests[r] for r in similar]
+            hint = f"did you mean {' or '.join(close)}?" if close else "unset it"
+            return f"unknown variable {name}; {hint} (CXRSEG_<SECTION>__<FIELD>, two underscores)"
+    return None
+
+
+def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, an optional TOML file and CXRSEG_* environment variables (env wins).
+
+    A CXRSEG_* variable that names no setting is refused, as an unknown key in the file is."""
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"Config file {config_file} not found; fix the --config path.")
+    unknown = _unknown_variable(os.environ if environ is None else environ)
+    if unknown:
+        raise ConfigError(f"Invalid settings (CXRSEG_* environment): {unknown}")
 
     class _Loader(Settings):
         @classmethod

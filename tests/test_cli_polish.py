@@ -313,3 +313,37 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     # the fewest of three runs: one run of a full test session once faulted 3 of its 4 blocks in (49,152),
     # never seen again in 40 runs alone; without the setting every run faults all four
     assert min(faults("tuned") for _ in range(3)) < 2_000
+
+
+def test_a_resumed_run_says_what_it_does_not_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A resumed run keeps its settings.json: a config file is refused and CXRSEG_* variables are named as unused,
+    never passed over in silence (the run would end at its old epoch count while asked for more)."""
+    import types
+
+    from cxrseg.config import Settings
+    from cxrseg.training import loop
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text(Settings.model_validate({"data": {"root": str(tmp_path)}}).model_dump_json())
+    seen = []
+
+    def fake_train(settings: Settings, view: object, resume_dir: Path, ctx: object) -> object:
+        seen.append(settings)
+        return types.SimpleNamespace(stop_reason="completed", best_dice=0.0, best_epoch=0, run_dir=resume_dir)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nepochs = 9\n")
+    for args in (
+        ["--config", str(config), "train", "--resume", str(run)],
+        ["train", "--resume", str(run), "--config", str(config)],
+    ):
+        code, _, err = run_main(args, monkeypatch, capsys)
+        assert code == 2 and "not from a config file" in err and not seen, err
+    monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "9")
+    code, _, err = run_main(["train", "--resume", str(run), "--epochs", "5"], monkeypatch, capsys)
+    assert code == 0 and "CXRSEG_TRAIN__EPOCHS not applied" in err, err
+    assert seen[-1].train.epochs == 5

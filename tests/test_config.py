@@ -93,3 +93,82 @@ def test_init_from_is_kept_absolute_and_an_empty_value_is_none(tmp_path: Path, m
     assert Settings.model_validate({"train": {"init_from": "pretrained"}}).train.init_from == "pretrained"
     for empty in ("", "  "):  # an unset variable in a script, `CXRSEG_TRAIN__INIT_FROM=`: train from scratch
         assert Settings.model_validate({"train": {"init_from": empty}}).train.init_from is None
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("CXRSEG_TRAIN_EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),  # one underscore: read by nothing
+        ("CXRSEG_TRIAN__EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_EPOCHS", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_TRAIN__EPOCHZ", "did you mean CXRSEG_TRAIN__EPOCHS?"),
+        ("CXRSEG_NOTHING_LIKE_IT", "unset it"),
+    ],
+)
+def test_a_variable_that_names_no_setting_is_refused(name: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "10")
+    with pytest.raises(ConfigError, match=f"unknown variable {name}; {hint}") as caught:
+        load_settings()
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+
+
+def test_every_setting_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrseg.config_sources import setting_variables
+
+    assert {"CXRSEG_DEBUG", "CXRSEG_TRAIN", "CXRSEG_TRAIN__EPOCHS", "CXRSEG_DATA__ROOT"} <= set(setting_variables())
+    monkeypatch.setenv("CXRSEG_TRAIN__EPOCHS", "7")
+    monkeypatch.setenv("cxrseg_model__depth", "3")  # read whatever the case, so accepted whatever the case
+    settings = load_settings()
+    assert (settings.train.epochs, settings.model.depth) == (7, 3)
+
+
+def test_a_home_folder_in_a_setting_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`~` in a config file or a quoted flag is the home folder, as the shell would read it, never a folder `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nroot = "~/films"\n[train]\nruns_dir = "~/runs"\ninit_from = "~/a.safetensors"\n')
+    settings = load_settings(config)
+    assert settings.data.root == [tmp_path / "home" / "films"]
+    assert settings.train.runs_dir == tmp_path / "home" / "runs"
+    assert settings.train.init_from == str(tmp_path / "home" / "a.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ({"train": {"seed": 10**23}}, "train.seed"),  # past what torch's 64-bit generators take
+        ({"train": {"seed": -(10**23)}}, "train.seed"),
+        ({"download": {"timeout": 1e12}}, "download.timeout"),  # past what a socket's timeout takes
+    ],
+)
+def test_values_no_run_could_use_are_refused_by_name(override: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        with_overrides(Settings(), override)
+
+
+def test_the_largest_seeds_allowed_seed_every_generator() -> None:
+    from cxrseg.training.schedule import seed_everything
+
+    for seed in (2**53, -(2**53)):
+        settings = with_overrides(Settings(), {"train": {"seed": seed}})
+        seed_everything(settings.train.seed)
+        torch = pytest.importorskip("torch")
+        torch.Generator().manual_seed(settings.train.seed * 1009 + 7)  # the augmentation generator of rank 7
+        torch.Generator().manual_seed(settings.train.seed + 10**6)  # the sampler's, at epoch one million
+
+
+def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CXRSEG_TRAIN__PATIENCE=$PATIENCE` with PATIENCE unset, or `CXRSEG_DEBUG=`: the default, as for the shell,
+    not a refusal (nor, for a folder, the working directory)."""
+    for name in (
+        "CXRSEG_DEBUG",
+        "CXRSEG_TRAIN__PATIENCE",
+        "CXRSEG_TRAIN__RUNS_DIR",
+        "CXRSEG_DATA__ROOT",
+        "CXRSEG_MODEL",
+    ):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert settings.debug is False and settings.train.patience is None
+    assert settings.train.runs_dir == Path("runs") and settings.data.root == Settings().data.root

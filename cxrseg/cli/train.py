@@ -12,7 +12,15 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from cxrseg.cli.common import ConfigOption, console, flag_settings, progress_bar, require_paths, say
+from cxrseg.cli.common import (
+    ConfigOption,
+    RootOptions,
+    console,
+    flag_settings,
+    progress_bar,
+    require_paths,
+    say,
+)
 from cxrseg.cli.options import option
 from cxrseg.config import Device, Precision
 from cxrseg.config_sources import with_overrides
@@ -201,7 +209,27 @@ def _settings(ctx: typer.Context, flags: dict[str, dict[str, Any]], resume: Path
             "only --epochs, --max-time, --patience, --device and --save-images can.",
             param_hint="--resume",
         )
-    return with_overrides(resumed_settings(resume), {"train": flags["train"]})
+    root = ctx.obj if isinstance(ctx.obj, RootOptions) else RootOptions()
+    if config or root.config:
+        raise typer.BadParameter(
+            f"a resumed run takes its settings from {resume / 'settings.json'}, not from a config file; "
+            "only the flags --epochs, --max-time, --patience, --device and --save-images change them",
+            param_hint="--config",
+        )
+    settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})
+    unused = sorted(name for name, value in os.environ.items() if _setting_variable(name) and value.strip())
+    if unused:
+        say(
+            f"Resuming with {resume / 'settings.json'}: {', '.join(unused)} not applied (only the flags --epochs, "
+            "--max-time, --patience, --device and --save-images change a resumed run)."
+        )
+    return settings
+
+
+def _setting_variable(name: str) -> bool:
+    """A CXRSEG_* variable that sets a run's settings (CXRSEG_DEBUG only shows tracebacks)."""
+    upper = name.upper()
+    return upper.startswith("CXRSEG_") and upper != "CXRSEG_DEBUG"
 
 
 class _TrainView:
