@@ -281,3 +281,56 @@ def test_zoom_out_margins_take_any_grey_and_some_are_grainy() -> None:
     levels, spread = corner.mean(1), corner.std(1)
     assert ((levels > 0.3) & (levels < 0.5)).any()  # mid-grey margins, not only dark or bright ones
     assert (spread > 0.02).any() and (spread < 1e-6).any()  # grainy margins and flat ones
+
+
+ALL_ON = AugmentSettings(
+    border_p=1, letterbox_p=1, intensity_p=1, acquisition_p=1, marks_p=1, pathology_p=1, gas_bubble_p=1, clean_p=0.5
+)
+
+
+def test_draws_come_only_from_the_generator_given() -> None:
+    """A seeded run is repeatable and leaves torch's global random stream alone, with every group on."""
+    images, masks, valid = lungs(4, 32)
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    a = augment_batch(images, masks, valid, ALL_ON, torch.Generator().manual_seed(8))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = augment_batch(images, masks, valid, ALL_ON, torch.Generator().manual_seed(8))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("off", ["pathology_p", "gas_bubble_p", "intensity_p", "acquisition_p"])
+def test_a_group_switched_off_draws_nothing(off: str) -> None:
+    """The documented order, opacities, gastric bubble, framing, intensity, acquisition, marks, with one group at 0:
+    the other groups get the same draws as if the group did not exist (switching one off changes no other)."""
+    from cxrseg.augment import acquisition
+
+    images, masks, valid = lungs(4, 48)
+    cfg = AugmentSettings(pathology_p=1, gas_bubble_p=1, intensity_p=1, acquisition_p=1, marks_p=1, letterbox_p=1)
+    cfg = cfg.model_copy(update={off: 0.0})
+    out, out_masks, out_valid = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    expected = images
+    if cfg.pathology_p:
+        expected = add_opacities(expected, masks, valid, 1.0, g)
+    if cfg.gas_bubble_p:
+        expected = add_gas_bubbles(expected, masks, valid, 1.0, g)
+    expected, expected_masks, expected_valid = frame(expected, masks, valid, cfg, g)
+    if cfg.intensity_p:
+        expected = intensity(expected, expected_valid, cfg, g)
+    if cfg.acquisition_p:
+        expected = acquisition(expected, cfg, g)
+    expected = burn_in_marks(expected, expected_valid, 1.0, g)
+    assert torch.equal(out, expected * expected_valid)
+    assert torch.equal(out_masks, expected_masks) and torch.equal(out_valid, expected_valid)
+
+
+def test_padding_is_black_and_every_pixel_a_grey_level() -> None:
+    images, masks, valid = lungs(8, 48)
+    cfg = AugmentSettings(zoom_min=0.5, border_p=0, letterbox_p=1, intensity_p=1, acquisition_p=1)
+    cfg = cfg.model_copy(update={"zoom_max": 0.6})
+    out, out_masks, out_valid = augment_batch(images, masks, valid, cfg, torch.Generator().manual_seed(6))
+    assert (out_valid == 0).float().mean() > 0.3  # much padding ...
+    assert torch.all(out[out_valid == 0] == 0)  # ... all of it black
+    assert out.isfinite().all() and out.min() >= 0 and out.max() <= 1
+    assert (out_masks <= out_valid).all()
