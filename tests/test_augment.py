@@ -334,3 +334,70 @@ def test_padding_is_black_and_every_pixel_a_grey_level() -> None:
     assert torch.all(out[out_valid == 0] == 0)  # ... all of it black
     assert out.isfinite().all() and out.min() >= 0 and out.max() <= 1
     assert (out_masks <= out_valid).all()
+
+
+def test_the_ignored_area_moves_with_the_lung_and_never_shrinks() -> None:
+    """A second mask channel (pixels left out of the loss) is warped with the lung, kept wherever a pixel touches it,
+    and is 0 in what the warp brings in from outside the film, even where the margin is drawn as film."""
+    images, masks, valid = lungs(4, 32)
+    both = torch.cat([masks, masks], dim=1)  # the ignored area is the lung itself
+    cfg = OFF.model_copy(update={"rotate_degrees": 20, "zoom_min": 0.6, "zoom_max": 0.7, "border_p": 1})
+    _, out_masks, out_valid = frame(images, both, valid, cfg, torch.Generator().manual_seed(1))
+    assert out_masks.shape == both.shape and set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    lung, ignored = out_masks[:, :1], out_masks[:, 1:]
+    assert (ignored >= lung).all() and ignored.sum() > lung.sum()  # wherever a pixel touches it
+    assert torch.equal(out_valid, valid)  # the margin is film ...
+    assert ignored[:, :, :3, :3].sum() == 0 and ignored[:, :, -3:, -3:].sum() == 0  # ... but not ignored
+
+
+def margins(n: int = 300, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n films shrunk to half size inside margins drawn as film: (framed films, margin levels, margin spreads)."""
+    images = torch.full((n, 1, 16, 16), 0.5)
+    half = OFF.model_copy(update={"zoom_min": 0.5, "zoom_max": 0.5, "border_p": 1})
+    out, _, _ = frame(
+        images, torch.zeros_like(images), torch.ones_like(images), half, torch.Generator().manual_seed(seed)
+    )
+    band = out[:, 0, :3].flatten(1)  # the top three rows lie outside the shrunk film
+    return out, band.mean(1), band.std(1)
+
+
+def test_zoom_out_margins_are_mostly_dark_any_grey_up_to_white_and_finely_grainy() -> None:
+    out, levels, spread = margins()
+    assert out.min() >= 0 and out.max() <= 1
+    flat = levels[spread == 0]
+    assert len(flat) > 100  # about half are flat
+    assert flat.median() < 0.25 and flat.max() > 0.9  # mostly dark, some nearly white ...
+    assert (flat >= 0.999).float().mean() < 0.02  # ... but not stuck at white
+    grainy = spread[spread > 0]
+    assert grainy.max() < 0.15  # a photo's grain, not salt and pepper
+
+
+def test_filling_the_margin_leaves_the_film_inside_it() -> None:
+    images = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    half = OFF.model_copy(update={"zoom_min": 0.5, "zoom_max": 0.5})
+    framed = {
+        p: frame(
+            images,
+            torch.zeros_like(images),
+            torch.ones_like(images),
+            half.model_copy(update={"border_p": p}),
+            torch.Generator().manual_seed(2),
+        )[0]
+        for p in (0, 1)
+    }
+    assert torch.equal(framed[0][..., 5:11, 5:11], framed[1][..., 5:11, 5:11])  # the shrunk film itself
+    assert not torch.equal(framed[0][..., :3, :], framed[1][..., :3, :])  # its margin
+
+
+def test_letterbox_bands_are_centred_on_average_and_either_way_round() -> None:
+    images = torch.ones(400, 1, 32, 32)
+    cfg = OFF.model_copy(update={"letterbox_p": 1})
+    _, _, out_valid = frame(images, torch.zeros_like(images), images, cfg, torch.Generator().manual_seed(9))
+    blank_rows = (out_valid[:, 0].amax(2) == 0).float()  # (N, S): rows without any valid pixel
+    blank_cols = (out_valid[:, 0].amax(1) == 0).float()
+    by_rows = blank_rows.sum(1) > 0
+    assert 150 < int(by_rows.sum()) < 250  # top and bottom bands about as often as left and right ones
+    lines = torch.where(by_rows.view(-1, 1), blank_rows, blank_cols)
+    assert (lines[:, 0] * lines[:, -1]).mean() > 0.7  # mostly both sides blanked ...
+    first, last = lines[:, :16].sum(1), lines[:, 16:].sum(1)
+    assert abs(float((first - last).mean())) < 0.7  # ... as much on either side, on average
