@@ -401,3 +401,51 @@ def test_letterbox_bands_are_centred_on_average_and_either_way_round() -> None:
     assert (lines[:, 0] * lines[:, -1]).mean() > 0.7  # mostly both sides blanked ...
     first, last = lines[:, :16].sum(1), lines[:, 16:].sum(1)
     assert abs(float((first - last).mean())) < 0.7  # ... as much on either side, on average
+
+
+def ramp(n: int, size: int) -> torch.Tensor:
+    """n films that are one grey ramp from black (left) to white (right)."""
+    return (torch.arange(size, dtype=torch.float32) / (size - 1)).expand(n, 1, size, size).clone()
+
+
+def test_gamma_spreads_over_its_log_range_both_ways() -> None:
+    """`gamma` is the log-range of the gamma: the films only the gamma changed are x ** g, log g within +-gamma."""
+    images = ramp(200, 64)
+    cfg = OFF.model_copy(update={"intensity_p": 1, "gamma": 0.6})
+    out = intensity(images, torch.ones_like(images), cfg, torch.Generator().manual_seed(1))
+    assert out.min() >= 0 and out.max() <= 1
+    x, y = images[0, 0, 0], out[:, 0, 0]
+    grey = (x > 0.1) & (x < 0.9)
+    power = y[:, grey].log() / x[grey].log()  # the exponent, column by column
+    gamma_only = (power.amax(1) - power.amin(1)) < 1e-3  # one exponent for the whole film
+    assert gamma_only.sum() > 30
+    log_gamma = power[gamma_only, 0].log()
+    assert log_gamma.abs().max() <= 0.6 + 1e-4
+    assert log_gamma.min() < -0.4 and log_gamma.max() > 0.4  # brighter and darker films
+
+
+def test_gamma_zero_leaves_the_films_no_other_remap_touched() -> None:
+    """With gamma 0 the gamma is 1; the other remaps (window p/3, local contrast p/2, equalisation p/4) together
+    leave (2/3)(1/2)(3/4), a quarter of the films, as they were."""
+    images = torch.rand(1000, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = OFF.model_copy(update={"intensity_p": 1, "gamma": 0.0})
+    out = intensity(images, torch.ones_like(images), cfg, torch.Generator().manual_seed(1))
+    unchanged = sum(torch.equal(out[i], images[i]) for i in range(1000))
+    assert 215 <= unchanged <= 285  # 250, standard deviation 14
+
+
+def test_sigmoid_window_keeps_black_and_white_and_steepens_mid_greys() -> None:
+    """A window film maps black to black and white to white through an S-curve that is steepest in the mid-greys."""
+    images = ramp(200, 64)
+    cfg = OFF.model_copy(update={"intensity_p": 1, "gamma": 0.0})
+    y = intensity(images, torch.ones_like(images), cfg, torch.Generator().manual_seed(1))[:, 0, 0]
+    x = images[0, 0, 0]
+    ends_kept = (y[:, 0].abs() < 1e-5) & ((y[:, -1] - 1).abs() < 1e-5)
+    rising = (y[:, 1:] > y[:, :-1]).all(1)
+    middle_moved = (y - x)[:, 16:48].abs().amax(1) > 0.02  # not the ramp, nor a local contrast at its ends
+    window = ends_kept & rising & middle_moved
+    assert window.sum() >= 10
+    slope = (y[window, 1:] - y[window, :-1]) * 63
+    steepest = (slope.argmax(1).float() + 0.5) / 63
+    assert steepest.min() > 0.28 and steepest.max() < 0.72  # centred on a mid-grey ...
+    assert slope.amax(1).min() > 1.15  # ... and steeper there than the ramp
