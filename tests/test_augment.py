@@ -449,3 +449,25 @@ def test_sigmoid_window_keeps_black_and_white_and_steepens_mid_greys() -> None:
     steepest = (slope.argmax(1).float() + 0.5) / 63
     assert steepest.min() > 0.28 and steepest.max() < 0.72  # centred on a mid-grey ...
     assert slope.amax(1).min() > 1.15  # ... and steeper there than the ramp
+
+
+def test_noise_is_a_share_of_films_within_its_level_and_grows_with_brightness() -> None:
+    """Vertical stripes of black, dark grey, light grey and white: low resolution and blur keep every column flat,
+    so any difference down a column is the noise, added to half the films at sigma level * (0.5 + grey)."""
+    from cxrseg.augment import acquisition
+
+    stripes = torch.tensor([0.0, 0.2, 0.6, 1.0]).repeat_interleave(8).expand(300, 1, 32, 32).clone()
+    cfg = OFF.model_copy(update={"acquisition_p": 1})
+    out = acquisition(stripes, cfg, torch.Generator().manual_seed(2))
+    assert out.min() >= 0 and out.max() <= 1
+    down = out[:, 0, 1:] - out[:, 0, :-1]  # (N, 31, 32)
+    noisy = down.abs().amax((1, 2)) > 1e-4  # beyond rounding
+    assert 120 <= int(noisy.sum()) <= 180  # half of 300 (standard deviation 8.7)
+    sigma = {
+        grey: down[noisy][:, :, cols].std((1, 2)) / math.sqrt(2) for grey, cols in ((0.2, [11, 12]), (0.6, [19, 20]))
+    }
+    dark_level, light_level = sigma[0.2] / 0.7, sigma[0.6] / 1.1
+    assert 0.85 < float((light_level / dark_level).median()) < 1.15  # the same level at both greys
+    level = (dark_level + light_level) / 2
+    assert level.min() > 0.005 and level.max() < 0.09  # within 0.01-0.07, give or take the estimate
+    assert level.min() < 0.02 and level.max() > 0.055  # faint and strong noise
