@@ -347,3 +347,22 @@ def test_a_resumed_run_says_what_it_does_not_apply(
     code, _, err = run_main(["train", "--resume", str(run), "--epochs", "5"], monkeypatch, capsys)
     assert code == 0 and "CXRSEG_TRAIN__EPOCHS not applied" in err, err
     assert seen[-1].train.epochs == 5
+
+
+@pytest.mark.parametrize(
+    ("names", "line"),
+    [
+        (["notes.txt"], "Ignored 1 file that is not an X-ray: "),
+        (["notes.txt", "list.csv"], "Ignored 2 files that are not X-rays: "),
+    ],
+)
+def test_the_files_predict_ignores_are_counted_in_plain_words(
+    names: list[str], line: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cxrseg.cli.predict import _summarize
+    from cxrseg.inference.predict import PredictResult
+
+    row = {"status": "ok", "flags": "", "message": ""}
+    _summarize(PredictResult([row], tmp_path / "predictions.csv", None, [tmp_path / name for name in names]))
+    err = capsys.readouterr().err
+    assert line in err and "1 ok, 0 failed" in err

@@ -289,7 +289,8 @@ def _summarize(result: PredictResult) -> None:
     if result.ignored:
         shown = escape(", ".join(str(p) for p in result.ignored[:MAX_SHOWN]))
         more = f" and {len(result.ignored) - MAX_SHOWN} more" if len(result.ignored) > MAX_SHOWN else ""
-        console.print(f"Ignored {len(result.ignored)} files that are not X-rays: {shown}{more}", highlight=False)
+        what = "file that is not an X-ray" if len(result.ignored) == 1 else "files that are not X-rays"
+        console.print(f"Ignored {len(result.ignored)} {what}: {shown}{more}", highlight=False)
     kept = f", {result.skipped} kept from the previous run" if result.skipped else ""
     colour = "red" if failed else "green"
     console.print(
