@@ -107,7 +107,7 @@ def time_training(case: Case, settings: Settings, device, batch: int, steps: int
     case.model = case.model.to(device).train()
     if case.channels_last:
         case.model = case.model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(case.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(case.model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     total = warmup + steps
     ramp = max(1, int(cfg.warmup_fraction * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, ramp))

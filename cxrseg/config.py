@@ -95,12 +95,15 @@ class AugmentSettings(Section):
     clean_p: float = Field(0.0, ge=0, le=1, description="share of films left as they are: no group applied")
 
 
+SCRATCH_LR = 1e-2  # train.lr when unset and not fine-tuning
+
+
 class TrainSettings(Section):
     """Optimisation, schedule and run bookkeeping."""
 
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-2, gt=0)
+    lr: float | None = Field(None, gt=0, description="peak learning rate of AdamW; unset: see peak_lr")
     weight_decay: float = Field(1e-4, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     dice_weight: float = Field(1.0, ge=0)
@@ -121,6 +124,14 @@ class TrainSettings(Section):
         0.0, ge=0, lt=1, description="per-step decay of a moving average of the weights, validated and saved; 0: off"
     )
     init_from: str | None = Field(None, description="start from `pretrained` (the bundled model) or a checkpoint file")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate asked for; unset, 1e-2 from scratch and a tenth of it when starting from a trained model
+        (`init_from`): at the from-scratch rate one epoch on a small set undoes much of what the start had learnt."""
+        if self.lr is not None:
+            return self.lr
+        return SCRATCH_LR / 10 if self.init_from else SCRATCH_LR
 
     @field_validator("init_from")
     @classmethod

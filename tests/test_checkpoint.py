@@ -160,7 +160,7 @@ def saved(tmp_path: Path, settings: Settings) -> Path:
         ("metrics", "[1]", "metrics must be a JSON object"),
         ("epoch", "x", "invalid literal"),
         ("trained_on", "6e4ddced <script>", "trained_on must hold film keys"),
-        ("settings", '{"train": {"lr": null}}', "train.lr"),
+        ("settings", '{"train": {"lr": -1}}', "train.lr"),
     ],
 )
 def test_item9_malformed_metadata_is_one_checkpoint_error(
@@ -214,7 +214,7 @@ def test_item4_an_unreadable_newest_run_falls_back_to_older_runs_and_the_bundled
     for name in ("old", "new"):
         (runs / name).mkdir(parents=True)
     older = _with_metadata(runs / "old" / "best.safetensors", saved)
-    newer = _with_metadata(runs / "new" / "best.safetensors", saved, settings='{"train": {"lr": null}}')
+    newer = _with_metadata(runs / "new" / "best.safetensors", saved, settings='{"train": {"lr": -1}}')
     os.utime(older, (1_000, 1_000))
     assert newest_run_checkpoint(runs) == older
     older.unlink()

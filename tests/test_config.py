@@ -172,3 +172,10 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings()
     assert settings.debug is False and settings.train.patience is None
     assert settings.train.runs_dir == Path("runs") and settings.data.root == Settings().data.root
+
+
+def test_the_learning_rate_unset_is_a_tenth_when_fine_tuning() -> None:
+    assert Settings().train.peak_lr == 1e-2
+    assert Settings.model_validate({"train": {"init_from": "pretrained"}}).train.peak_lr == 1e-3
+    assert Settings.model_validate({"train": {"init_from": "pretrained", "lr": 5e-3}}).train.peak_lr == 5e-3
+    assert Settings.model_validate({"train": {"lr": 2e-2}}).train.peak_lr == 2e-2

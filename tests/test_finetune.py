@@ -1,4 +1,4 @@
-"""Issue-9 training rules: test_image/ is never read, --init-from, and combined --data folders."""
+"""Training rules: test_image/ is never read, --init-from, and combined --data folders."""
 
 from __future__ import annotations
 
@@ -157,6 +157,20 @@ def test_fine_tuning_one_epoch_beats_ten_epochs_from_scratch_on_real_films(tmp_p
     scratch_best = max(r["val_dice"] for r in metrics(run_dir(tmp_path / "s")))
     assert tuned_best >= scratch_best, (tuned_best, scratch_best)
     assert tuned_best > 0.9
+
+
+@pytest.mark.slow  # one epoch of the bundled model at 256 px
+def test_a_fine_tune_at_the_default_learning_rate_keeps_what_its_start_learnt(tmp_path: Path) -> None:
+    """No --lr: a fine-tune peaks at 1e-3, not the from-scratch 1e-2 that drags the bundled model down in an epoch."""
+    data = tmp_path / "sample"
+    for folder in ("image", "mask"):
+        shutil.copytree(SAMPLE_DIR / folder, data / folder)
+    args = ["train", "--data", str(data), "--runs-dir", str(tmp_path / "t"), "--batch-size", "4", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--init-from", "pretrained"], env={"CXRSEG_DATA__VAL_FRACTION": "0.25"})
+    assert result.exit_code == 0, result.output
+    [epoch] = metrics(run_dir(tmp_path / "t"))
+    assert epoch["lr"] == pytest.approx(1e-5)  # the cosine ends an epoch at 1 % of the peak
+    assert epoch["val_dice"] > 0.93, epoch
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,10 @@ Epochs = Annotated[int | None, option(help="Epochs.", setting="train.epochs", pa
 BatchSize = Annotated[
     int | None, option(help="Images per step and process.", setting="train.batch_size", panel=OPTIMISATION)
 ]
-Lr = Annotated[float | None, option(help="Peak learning rate of AdamW.", setting="train.lr", panel=OPTIMISATION)]
+Lr = Annotated[
+    float | None,
+    option(help="Peak learning rate of AdamW.", default="1e-2; 1e-3 with --init-from", panel=OPTIMISATION),
+]
 EmaDecay = Annotated[
     float | None,
     option(

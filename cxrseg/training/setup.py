@@ -107,7 +107,7 @@ def set_up(
         if ctx.enabled
         else model
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     sampler = DistributedSampler(
         range(len(data.train.pairs)), ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=ctx.enabled
     )
