@@ -131,9 +131,9 @@ def spy_on_the_loss(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor,
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = loop.segmentation_loss
 
-    def spy(logits, targets, valid, dice_weight):
+    def spy(logits, targets, valid, *rest):
         seen.append((targets.detach().clone(), valid.detach().clone()))
-        return real(logits, targets, valid, dice_weight)
+        return real(logits, targets, valid, *rest)
 
     monkeypatch.setattr(loop, "segmentation_loss", spy)
     return seen
