@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from cxrseg.imaging import grey_window
 from cxrseg.inference.quality import (
     FLAGS,
     MIN_BORDER_CONFIDENCE,
@@ -375,17 +376,17 @@ def test_a_canvas_needs_80_percent_of_the_outermost_pixels(inked, found) -> None
 
 
 def test_the_canvas_colour_reaches_exactly_two_percent_of_the_grey_window() -> None:
-    """Window 0-50: pixels up to 1.0 from the canvas have its colour, in the frame and off it."""
+    """Window 25-75: pixels up to 1.0 (2 % of its width) from the canvas have its colour, in the frame and off it."""
     page = paste(np.full((20, 30), 10.0), (40, 60), 10, 15, 0.0)
     page[0] = 1.0  # 60 of the 196 outermost pixels, a tolerance away: a larger region than 5 % of the film
-    assert film_box(page, (0.0, 50.0)) == box(10, 30, 15, 45)
+    assert film_box(page, (25.0, 75.0)) == box(10, 30, 15, 45)
     page[0] = 1.0 + 1e-9  # just over: not the canvas colour, so under 80 % of the frame has it
-    assert film_box(page, (0.0, 50.0)) == box(0, 40, 0, 60)
+    assert film_box(page, (25.0, 75.0)) == box(0, 40, 0, 60)
     page[0] = 0.0
     page[35, 5:55] = 1.0 + 1e-9  # a rule below the film, off the canvas: it joins the box
-    assert film_box(page, (0.0, 50.0)) == box(10, 36, 5, 55)
+    assert film_box(page, (25.0, 75.0)) == box(10, 36, 5, 55)
     page[35, 5:55] = 1.0
-    assert film_box(page, (0.0, 50.0)) == box(10, 30, 15, 45)
+    assert film_box(page, (25.0, 75.0)) == box(10, 30, 15, 45)
 
 
 @pytest.mark.parametrize(("piece", "joins"), [(20, True), (19, False)])
@@ -426,3 +427,21 @@ def test_midline_contrast_of_a_film_on_a_canvas_is_that_of_the_film(canvas, top,
     assert upright > 0.3 and inverted == pytest.approx(-upright)
     assert midline_contrast(paste(film, (120, 130), top, left, canvas)) == pytest.approx(upright, rel=1e-12)
     assert midline_contrast(paste(1 - film, (120, 130), top, left, canvas)) == pytest.approx(inverted, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "top", "left", "height", "width"),
+    [
+        ((61, 80), 1, 0, 60, 80),  # touching the left, right and bottom, one pixel short of the top
+        ((80, 61), 0, 1, 80, 60),  # touching the top, bottom and right, one pixel short of the left
+        ((100, 80), 0, 0, 80, 80),  # touching the top, left and right: a box as wide as high on a taller page
+    ],
+)
+def test_midline_contrast_reads_an_oval_film_from_its_box(shape, top, left, height, width) -> None:
+    """An oval film touching three sides of the page: its box is all but a strip of the page, and the film is
+    still read from its box alone."""
+    film = textured_chest(height, width, seed=3)
+    film = np.where(ellipse(0.5, 0.5, 0.5, 0.5, film.shape), film, 0.0)
+    page = paste(film, shape, top, left, 0.0)
+    assert film_box(page, grey_window(page)) == box(top, top + height, left, left + width)
+    assert midline_contrast(page) == pytest.approx(midline_contrast(film), rel=1e-12)
