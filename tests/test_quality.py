@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pytest
 
+from cxrseg.imaging import grey_window
 from cxrseg.inference.quality import (
     FLAGS,
     MIN_BORDER_CONFIDENCE,
     LungMeasures,
     border_confidence,
     columns,
+    film_box,
     measure,
     midline_contrast,
     quality_flags,
@@ -309,3 +311,137 @@ def test_predictions_csv_text_cells_never_start_a_formula_and_read_back_exactly(
     path = write_rows([ok, failed], tmp_path / "predictions.csv")
     assert [cell for cell in _csv_cells(path) if cell.startswith(FORMULA_START)] == ["-0.25"]  # a number stays one
     assert read_rows(path) == {name + ".mask.png": ok}
+
+
+def textured_chest(height: int = 60, width: int = 72, seed: int = 0) -> np.ndarray:
+    """A frontal film with grain: no flat margin of its own, every pixel well away from black and white."""
+    shape = (height, width)
+    lungs = ellipse(0.5, 0.3, 0.3, 0.13, shape) | ellipse(0.5, 0.7, 0.3, 0.13, shape)
+    body = ellipse(0.5, 0.5, 0.48, 0.46, shape)
+    grain = np.random.default_rng(seed).uniform(-0.04, 0.04, shape)
+    return np.where(lungs, 0.3, np.where(body, 0.75, 0.1)) + grain
+
+
+def paste(film: np.ndarray, shape: tuple[int, int], top: int, left: int, canvas: float) -> np.ndarray:
+    page = np.full(shape, canvas)
+    page[top : top + film.shape[0], left : left + film.shape[1]] = film
+    return page
+
+
+def box(top: int, bottom: int, left: int, right: int) -> tuple[slice, slice]:
+    return slice(top, bottom), slice(left, right)
+
+
+@pytest.mark.parametrize("canvas", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize(
+    ("shape", "top", "left"),
+    [
+        ((100, 120), 1, 1),  # one pixel in from the top and left
+        ((100, 120), 39, 47),  # one pixel in from the bottom and right
+        ((100, 120), 0, 30),  # touching the top
+        ((100, 120), 40, 10),  # touching the bottom
+        ((62, 74), 1, 1),  # all but a one-pixel margin: only the outermost pixels are canvas
+    ],
+)
+def test_film_box_is_the_films_extent(canvas, shape, top, left) -> None:
+    film = textured_chest()
+    page = paste(film, shape, top, left, canvas)
+    assert film_box(page, (0.0, 1.0)) == box(top, top + 60, left, left + 72)
+
+
+def test_film_box_is_the_whole_image_without_a_flat_canvas() -> None:
+    film = textured_chest()
+    assert film_box(film, (0.0, 1.0)) == box(0, 60, 0, 72)
+    flat = np.full((40, 50), 0.5) + np.random.default_rng(1).uniform(-0.01, 0.01, (40, 50))
+    assert film_box(flat, (0.0, 1.0)) == box(0, 40, 0, 50)  # all canvas: nothing to box
+    page = paste(np.full((20, 30), 0.9), (40, 50), 10, 10, 0.0)
+    assert film_box(page, (0.0, 1.0)) == box(10, 30, 10, 40)
+    assert film_box(page, (0.5, 0.5)) == box(0, 40, 0, 50)  # an empty grey window: no canvas colour
+    assert film_box(page, (1.0, 0.0)) == box(0, 40, 0, 50)
+
+
+def test_film_box_needs_eight_pixels_each_way() -> None:
+    film = np.full((4, 30), 0.9)
+    assert film_box(paste(film, (8, 40), 2, 5, 0.0), (0.0, 1.0)) == box(2, 6, 5, 35)
+    assert film_box(paste(film, (7, 40), 2, 5, 0.0), (0.0, 1.0)) == box(0, 7, 0, 40)
+    assert film_box(paste(film.T, (40, 7), 5, 2, 0.0), (0.0, 1.0)) == box(0, 40, 0, 7)
+
+
+@pytest.mark.parametrize(("inked", "found"), [(32, True), (33, False)])
+def test_a_canvas_needs_80_percent_of_the_outermost_pixels(inked, found) -> None:
+    """41 x 41: 160 outermost pixels, of which 128 (80 %) must have the canvas colour."""
+    page = paste(np.full((31, 31), 0.9), (41, 41), 5, 5, 0.0)
+    page[0, :inked] = 1.0  # a rule along the top, 32 px: under 5 % of the film, so never part of its box
+    assert film_box(page, (0.0, 1.0)) == (box(5, 36, 5, 36) if found else box(0, 41, 0, 41))
+
+
+def test_the_canvas_colour_reaches_exactly_two_percent_of_the_grey_window() -> None:
+    """Window 25-75: pixels up to 1.0 (2 % of its width) from the canvas have its colour, in the frame and off it."""
+    page = paste(np.full((20, 30), 10.0), (40, 60), 10, 15, 0.0)
+    page[0] = 1.0  # 60 of the 196 outermost pixels, a tolerance away: a larger region than 5 % of the film
+    assert film_box(page, (25.0, 75.0)) == box(10, 30, 15, 45)
+    page[0] = 1.0 + 1e-9  # just over: not the canvas colour, so under 80 % of the frame has it
+    assert film_box(page, (25.0, 75.0)) == box(0, 40, 0, 60)
+    page[0] = 0.0
+    page[35, 5:55] = 1.0 + 1e-9  # a rule below the film, off the canvas: it joins the box
+    assert film_box(page, (25.0, 75.0)) == box(10, 36, 5, 55)
+    page[35, 5:55] = 1.0
+    assert film_box(page, (25.0, 75.0)) == box(10, 30, 15, 45)
+
+
+@pytest.mark.parametrize(("piece", "joins"), [(20, True), (19, False)])
+def test_regions_of_five_percent_of_the_largest_join_the_box(piece, joins) -> None:
+    """Film 20 x 20 (400 px); a region of 20 px is 5 % of it, one of 19 px a caption."""
+    page = paste(np.full((20, 20), 0.9), (60, 80), 5, 10, 0.0)
+    page[50, 60 : 60 + piece] = 0.9
+    assert film_box(page, (0.0, 1.0)) == (box(5, 51, 10, 80) if joins else box(5, 25, 10, 30))
+
+
+def test_a_film_whose_mediastinum_matches_the_page_is_boxed_whole() -> None:
+    """White page, mediastinum and body printed white: the film falls into two lungs of unequal size;
+    the box spans both, and a caption under them stays out."""
+    page = np.ones((80, 100))
+    page[10:50, 12:40] = 0.3  # patient's right lung
+    page[14:46, 55:78] = 0.35  # patient's left lung, smaller
+    page[70, 20:40] = 0.0  # caption: 20 px, under 5 % of the larger lung's 1120
+    assert film_box(page, (0.0, 1.0)) == box(10, 50, 12, 78)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "found"),
+    [(20, 60, True), (19, 60, False), (60, 30, True), (60, 29, False)],
+)
+def test_a_box_under_a_quarter_of_the_image_is_not_the_film(rows, cols, found) -> None:
+    """80 x 120: a quarter is 20 rows or 30 columns."""
+    page = paste(np.full((rows, cols), 0.9), (80, 120), 10, 20, 0.0)
+    assert film_box(page, (0.0, 1.0)) == (box(10, 10 + rows, 20, 20 + cols) if found else box(0, 80, 0, 120))
+
+
+@pytest.mark.parametrize("canvas", [0.0, 1.0])
+@pytest.mark.parametrize(("top", "left"), [(3, 5), (50, 40)])
+def test_midline_contrast_of_a_film_on_a_canvas_is_that_of_the_film(canvas, top, left) -> None:
+    """Its regions and its 1-99 % grey range are those of the film's own box, whatever the page round it."""
+    film = textured_chest()
+    assert film_box(film, (0.0, 1.0)) == box(0, 60, 0, 72)
+    upright, inverted = midline_contrast(film), midline_contrast(1 - film)
+    assert upright > 0.3 and inverted == pytest.approx(-upright)
+    assert midline_contrast(paste(film, (120, 130), top, left, canvas)) == pytest.approx(upright, rel=1e-12)
+    assert midline_contrast(paste(1 - film, (120, 130), top, left, canvas)) == pytest.approx(inverted, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "top", "left", "height", "width"),
+    [
+        ((61, 80), 1, 0, 60, 80),  # touching the left, right and bottom, one pixel short of the top
+        ((80, 61), 0, 1, 80, 60),  # touching the top, bottom and right, one pixel short of the left
+        ((100, 80), 0, 0, 80, 80),  # touching the top, left and right: a box as wide as high on a taller page
+    ],
+)
+def test_midline_contrast_reads_an_oval_film_from_its_box(shape, top, left, height, width) -> None:
+    """An oval film touching three sides of the page: its box is all but a strip of the page, and the film is
+    still read from its box alone."""
+    film = textured_chest(height, width, seed=3)
+    film = np.where(ellipse(0.5, 0.5, 0.5, 0.5, film.shape), film, 0.0)
+    page = paste(film, shape, top, left, 0.0)
+    assert film_box(page, grey_window(page)) == box(top, top + height, left, left + width)
+    assert midline_contrast(page) == pytest.approx(midline_contrast(film), rel=1e-12)
