@@ -171,6 +171,8 @@ def test_a_fine_tune_at_the_default_learning_rate_keeps_what_its_start_learnt(tm
     [epoch] = metrics(run_dir(tmp_path / "t"))
     assert epoch["lr"] == pytest.approx(1e-5)  # the cosine ends an epoch at 1 % of the peak
     assert epoch["val_dice"] > 0.93, epoch
+    saved = json.loads((run_dir(tmp_path / "t") / "settings.json").read_text())
+    assert saved["train"]["lr"] == 1e-3  # the rate used is written down, for older versions and for readers
 
 
 @pytest.mark.parametrize(

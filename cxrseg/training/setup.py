@@ -75,6 +75,9 @@ def set_up(
     settings: Settings, cb: TrainCallbacks, resume_dir: Path | None, ctx: Distributed, held: contextlib.ExitStack
 ) -> Run:
     """Decode the data, build the model and optimiser, and open a new run folder or restore `resume_dir`."""
+    if settings.train.lr is None:  # the rate used is written down: a run's settings and checkpoints name it
+        train = settings.train.model_copy(update={"lr": settings.train.peak_lr})
+        settings = settings.model_copy(update={"train": train})
     cfg = settings.train
     seed_everything(cfg.seed, cfg.deterministic)
     device = setup(ctx, resolve_device(cfg.device))
