@@ -105,7 +105,7 @@ def test_hard_pixels_are_chosen_among_the_scored_ones_and_only_they_get_a_gradie
     targets = torch.cat([as_image(TARGETS), torch.ones(1, 1, 2, 2)], dim=3)
     valid = torch.cat([torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)], dim=3)
     loss = segmentation_loss(logits, targets, valid, dice_weight=0.0, hard_fraction=0.5)
-    assert float(loss) == pytest.approx((math.log(2) + math.log1p(math.exp(3.0))) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx((math.log(2) + math.log1p(math.exp(3.0))) / 2, rel=1e-6)
     loss.backward()
     grad = logits.grad.reshape(2, 4)  # rows: logits 2, -1 | padding; 0, 3 | padding
     assert torch.all(grad[:, 2:] == 0)  # padding
