@@ -366,3 +366,26 @@ def test_the_files_predict_ignores_are_counted_in_plain_words(
     _summarize(PredictResult([row], tmp_path / "predictions.csv", None, [tmp_path / name for name in names]))
     err = capsys.readouterr().err
     assert line in err and "1 ok, 0 failed" in err
+
+
+def test_train_and_evaluate_take_the_shipped_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    runs = tmp_path / "runs"
+    args = ["train", "--sample", "--runs-dir", str(runs), "--epochs", "1", *TINY_MODEL]
+    code, _, err = run_main(args, monkeypatch, capsys)
+    assert code == 0, err
+    [run] = list(runs.iterdir())
+    assert json.loads((run / "settings.json").read_text())["data"]["root"] == [str(SAMPLE_DIR)]
+
+    code, out, err = run_main(
+        ["evaluate", "--sample", "--json", "--checkpoint", str(BUNDLED_MODEL)], monkeypatch, capsys
+    )
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["split"] == "test" and scores["n_images"] == 4 and scores["dice"] > 0.9  # the bundled model
+
+    code, _, err = run_main(["evaluate", "--sample", "--data", str(SAMPLE_DIR)], monkeypatch, capsys)
+    assert code == 2 and "--data or --sample" in err

@@ -46,6 +46,15 @@ DataOption = Annotated[
         default="the folder(s) the checkpoint was trained on, else data.root",
     ),
 ]
+SampleOption = Annotated[
+    bool,
+    option(
+        "--sample",
+        help="Score on the sample shipped with cxrseg (24 pairs, none seen by the bundled model): --data its folder.",
+        default=False,
+        flag=True,
+    ),
+]
 SplitOption = Annotated[
     Split | None, option(help="Which pairs to score.", default="test when the folder has test_image/, else val")
 ]
@@ -71,6 +80,7 @@ def evaluate(
     ctx: typer.Context,
     checkpoint: CheckpointOption = None,
     data: DataOption = None,
+    sample: SampleOption = False,
     split: SplitOption = None,
     runs_dir: RunsDirOption = None,
     csv: CsvOption = None,
@@ -98,6 +108,12 @@ def evaluate(
         raise typer.BadParameter(f"{csv} is a folder; give a file name such as {example}", param_hint="--csv")
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors or .onnx file")
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/")
+    if sample:
+        if data is not None:
+            raise typer.BadParameter("give --data or --sample, not both", param_hint="--sample")
+        from cxrseg.assets import SAMPLE_DIR
+
+        data = SAMPLE_DIR
     inference = {
         "trim_border": trim_border,
         "keep_by": keep_by,

@@ -31,6 +31,16 @@ if TYPE_CHECKING:
 RESUMABLE = {"epochs", "max_time", "patience", "device", "save_images"}
 DATA, MODEL, OPTIMISATION, RUN, OUTPUT = "Data", "Model", "Optimisation", "Run control", "Output"
 
+SampleData = Annotated[
+    bool,
+    option(
+        "--sample",
+        help="Add the 20 training pairs of the sample shipped with cxrseg to --data (a first run with no download).",
+        default=False,
+        flag=True,
+        panel=DATA,
+    ),
+]
 Data = Annotated[
     list[Path] | None,
     option(
@@ -133,6 +143,7 @@ Previews = Annotated[
 def train(
     ctx: typer.Context,
     data: Data = None,
+    sample: SampleData = False,
     augment: Augment = None,
     image_size: ImageSize = None,
     trim_border: TrimBorder = None,
@@ -164,6 +175,10 @@ def train(
     from cxrseg.training.loop import train as run_training
 
     require_paths(data, "--data", "pass a dataset folder with image/ and mask/, or run `cxrseg download`")
+    if sample:
+        from cxrseg.assets import SAMPLE_DIR
+
+        data = [*(data or []), SAMPLE_DIR]
     require_paths(resume, "--resume", "pass a run folder made by `cxrseg train`")
     flags = {
         "data": {"root": data or None},
