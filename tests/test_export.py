@@ -266,6 +266,16 @@ def test_export_checks_out_before_the_export(tmp_path: Path, make: str, message:
     assert sorted(p.name for p in tmp_path.iterdir()) == (["folder"] if make == "folder" else [])
 
 
+def test_a_bad_out_is_refused_before_a_checkpoint_is_chosen(
+    tmp_path: Path, export_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --checkpoint the usage error comes first, not after a line naming the model it would have used."""
+    monkeypatch.chdir(tmp_path)
+    code, output = export_cli("--out", "lung.pt")
+    assert code == 2 and "give a name ending in .onnx" in output, output
+    assert "pretrained" not in output and "Using" not in output, output
+
+
 def test_export_says_an_onnx_checkpoint_is_an_onnx_model(tmp_path: Path, export_cli) -> None:
     """`export --checkpoint x.onnx` said "truncated or corrupt"; it now says it is an ONNX model
     and export takes a .safetensors checkpoint, and export's --help no longer says it takes .onnx."""

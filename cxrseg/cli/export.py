@@ -52,12 +52,13 @@ def export(
     on) is not written.
     """
     from cxrseg.export import export_onnx
-    from cxrseg.export.onnx import check_paths
+    from cxrseg.export.onnx import check_out, check_paths
 
     if calibration is not None and not int8:
         raise typer.BadParameter("calibration images are used only with --int8", param_hint="--calibration")
     require_paths(checkpoint, "--checkpoint", "pass a .safetensors checkpoint")
     require_paths(calibration, "--calibration", "pass a folder of X-rays or a dataset folder")
+    check_out(out)  # before a checkpoint is chosen and named
     settings = flag_settings(ctx, {"train": {"runs_dir": runs_dir}}, config)
     checkpoint = chosen_checkpoint(checkpoint, settings.train.runs_dir)
     check_paths(checkpoint, out)  # before the export's 20 s, not after

@@ -101,6 +101,22 @@ def mask_dice(expected: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean(np.where(total > 0, 2 * both / np.maximum(total, 1), 1.0)))
 
 
+def check_out(out_path: Path) -> None:
+    """Refuse an --out that cannot take the ONNX model: a folder, a name not ending in .onnx, a path below a file."""
+    if out_path.is_dir():
+        raise InputPathError(f"--out {out_path} is a folder; give a file name such as {out_path / 'lung.onnx'}.")
+    if out_path.suffix.lower() != ".onnx":
+        raise InputPathError(
+            f"--out {out_path}: the ONNX model is written to a .onnx file; give a name ending in .onnx, "
+            f"e.g. {out_path.with_name(out_path.name + '.onnx')}."
+        )
+    for parent in out_path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputPathError(f"--out {out_path}: {parent} is a file, not a folder; give another --out.")
+            break
+
+
 def check_paths(checkpoint_path: Path, out_path: Path) -> None:
     """Refuse, before any work, an export that cannot be written or would destroy its input (InputPathError).
 
@@ -112,23 +128,12 @@ def check_paths(checkpoint_path: Path, out_path: Path) -> None:
             f"--checkpoint {checkpoint_path} is an ONNX model; export takes a .safetensors checkpoint "
             "(the one this model was exported from, or a run's best.safetensors)."
         )
-    if out_path.is_dir():
-        raise InputPathError(f"--out {out_path} is a folder; give a file name such as {out_path / 'lung.onnx'}.")
-    if out_path.suffix.lower() != ".onnx":
-        raise InputPathError(
-            f"--out {out_path}: the ONNX model is written to a .onnx file; give a name ending in .onnx, "
-            f"e.g. {out_path.with_name(out_path.name + '.onnx')}."
-        )
+    check_out(out_path)
     if _same_file(checkpoint_path, out_path):
         raise InputPathError(
             f"--out {out_path} is the checkpoint {checkpoint_path}; writing it would destroy the weights. "
             "Give another --out."
         )
-    for parent in out_path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputPathError(f"--out {out_path}: {parent} is a file, not a folder; give another --out.")
-            break
 
 
 def _same_file(a: Path, b: Path) -> bool:
