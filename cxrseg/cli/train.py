@@ -23,12 +23,13 @@ from cxrseg.cli.common import (
 )
 from cxrseg.cli.options import option
 from cxrseg.config import Device, Precision
-from cxrseg.config_sources import with_overrides
+from cxrseg.config_sources import ENV_PREFIX, with_overrides
 
 if TYPE_CHECKING:
     from cxrseg.training.loop import EpochReport
 
 RESUMABLE = {"epochs", "max_time", "patience", "device", "save_images"}
+RESUMABLE_FLAGS = "--epochs, --max-time, --patience, --device and --save-images"  # the flags of RESUMABLE
 DATA, MODEL, OPTIMISATION, RUN, OUTPUT = "Data", "Model", "Optimisation", "Run control", "Output"
 
 SampleData = Annotated[
@@ -223,23 +224,22 @@ def _settings(ctx: typer.Context, flags: dict[str, dict[str, Any]], resume: Path
     )
     if fixed:
         raise typer.BadParameter(
-            f"{', '.join(fixed)} cannot change when resuming; "
-            "only --epochs, --max-time, --patience, --device and --save-images can.",
+            f"{', '.join(fixed)} cannot change when resuming; only {RESUMABLE_FLAGS} can.",
             param_hint="--resume",
         )
     root = ctx.obj if isinstance(ctx.obj, RootOptions) else RootOptions()
     if config or root.config:
         raise typer.BadParameter(
             f"a resumed run takes its settings from {resume / 'settings.json'}, not from a config file; "
-            "only the flags --epochs, --max-time, --patience, --device and --save-images change them",
+            f"only the flags {RESUMABLE_FLAGS} change them",
             param_hint="--config",
         )
     settings = with_overrides(resumed_settings(resume), {"train": flags["train"]})
     unused = sorted(name for name, value in os.environ.items() if _setting_variable(name) and value.strip())
     if unused:
         say(
-            f"Resuming with {resume / 'settings.json'}: {', '.join(unused)} not applied (only the flags --epochs, "
-            "--max-time, --patience, --device and --save-images change a resumed run)."
+            f"Resuming with {resume / 'settings.json'}: {', '.join(unused)} not applied "
+            f"(only the flags {RESUMABLE_FLAGS} change a resumed run)."
         )
     return settings
 
@@ -247,7 +247,7 @@ def _settings(ctx: typer.Context, flags: dict[str, dict[str, Any]], resume: Path
 def _setting_variable(name: str) -> bool:
     """A CXRSEG_* variable that sets a run's settings (CXRSEG_DEBUG only shows tracebacks)."""
     upper = name.upper()
-    return upper.startswith("CXRSEG_") and upper != "CXRSEG_DEBUG"
+    return upper.startswith(ENV_PREFIX) and upper != f"{ENV_PREFIX}DEBUG"
 
 
 class _TrainView:
